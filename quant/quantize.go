@@ -1,0 +1,68 @@
+package quant
+
+import (
+	"fmt"
+	"math"
+)
+
+// Quantize encodes a row-major float32 matrix [rows, cols] with MLX's affine
+// quantizer (the rules of mlx/backend/cuda/quantized/affine_quantize.cu):
+//
+//   - per group: lo = min(w), hi = max(0, max(w)) (the running max starts at 0);
+//   - scale = max((hi-lo)/(2^bits-1), 1e-7); the "edge" is lo when |lo| > |hi|,
+//     else hi with the scale negated;
+//   - q0 = round(edge/scale); when q0 != 0 the scale becomes edge/q0 and the
+//     bias the edge (so 0.0 is exactly representable), otherwise bias = 0;
+//   - q = min(round((w-bias)/scale), 2^bits-1), round half away from zero;
+//   - scales and biases are stored as bf16 (round to nearest even).
+//
+// Codes are computed with the float32 scale and bias, before the bf16 cast.
+func Quantize(w []float32, rows, cols, bits, group int) (*Matrix, error) {
+	m := &Matrix{Bits: bits, GroupSize: group, Rows: rows, Cols: cols}
+	if len(w) != rows*cols {
+		return nil, fmt.Errorf("%w: %d values for %dx%d", ErrLayout, len(w), rows, cols)
+	}
+	if bits != 2 && bits != 4 && bits != 8 || group <= 0 || cols%group != 0 || group%(32/bits) != 0 {
+		return nil, fmt.Errorf("%w: cannot quantize %dx%d at %d bits, group %d", ErrLayout, rows, cols, bits, group)
+	}
+	m.W = make([]uint32, rows*m.WordsPerRow())
+	m.Scales = make([]uint16, rows*m.GroupsPerRow())
+	m.Biases = make([]uint16, len(m.Scales))
+	nBins := float32(int(1)<<bits - 1)
+	per := 32 / bits
+	for g := 0; g < rows*m.GroupsPerRow(); g++ {
+		vals := w[g*group : (g+1)*group]
+		lo, hi := float32(math.MaxFloat32), float32(0)
+		for _, v := range vals {
+			lo = min(lo, v)
+			hi = max(hi, v)
+		}
+		scale := max((hi-lo)/nBins, 1e-7)
+		edge := hi
+		if abs32(lo) > abs32(hi) {
+			edge = lo
+		} else {
+			scale = -scale
+		}
+		q0 := round32(edge / scale)
+		bias := float32(0)
+		if q0 != 0 {
+			scale = edge / q0
+			bias = edge
+		}
+		m.Scales[g] = F32ToBF16(scale)
+		m.Biases[g] = F32ToBF16(bias)
+		words := m.W[g*group/per : (g+1)*group/per]
+		for i, v := range vals {
+			q := min(round32((v-bias)/scale), nBins)
+			q = max(q, 0)
+			words[i/per] |= uint32(q) << (uint(i%per) * uint(bits))
+		}
+	}
+	return m, nil
+}
+
+func abs32(x float32) float32 { return float32(math.Abs(float64(x))) }
+
+// round32 rounds half away from zero, like C's roundf.
+func round32(x float32) float32 { return float32(math.Round(float64(x))) }
