@@ -1,0 +1,99 @@
+package quant
+
+import (
+	"runtime"
+	"sync"
+	"sync/atomic"
+)
+
+// minParallelWork is the estimated work (weight bytes touched) below which a
+// product runs inline on the calling goroutine: handing a few microseconds of
+// work to other goroutines costs more than it saves.
+const minParallelWork = 64 << 10
+
+// rowQuantum is the row granularity of the work split. Chunks always start
+// at multiples of it, so the SIMD kernels see the same row blocks whatever
+// the number of threads and every row is computed in the same order.
+const rowQuantum = 4
+
+// rowJob is one parallel loop over rows [0, n) in chunks of chunk rows.
+type rowJob struct {
+	fn    func(lo, hi int)
+	n     int
+	chunk int
+	next  atomic.Int64
+	wg    sync.WaitGroup
+}
+
+func (j *rowJob) work() {
+	for {
+		c := int(j.next.Add(1) - 1)
+		lo := c * j.chunk
+		if lo >= j.n {
+			return
+		}
+		j.fn(lo, min(lo+j.chunk, j.n))
+	}
+}
+
+// pool is the package's worker pool: GOMAXPROCS (read at first use)
+// long-lived goroutines that help callers of parallelRows.
+var pool struct {
+	once  sync.Once
+	procs int
+	jobs  chan *rowJob
+}
+
+func startPool() {
+	pool.procs = runtime.GOMAXPROCS(0)
+	pool.jobs = make(chan *rowJob, 4*pool.procs)
+	for i := 0; i < pool.procs; i++ {
+		go func() {
+			for j := range pool.jobs {
+				j.work()
+				j.wg.Done()
+			}
+		}()
+	}
+}
+
+// testChunkRows, when > 0, overrides the chunk size (tests only; a multiple
+// of rowQuantum).
+var testChunkRows int
+
+var jobPool = sync.Pool{New: func() any { return new(rowJob) }}
+
+// parallelRows calls fn over [0, rows) split into chunks that start at
+// multiples of rowQuantum; rowBytes estimates the work per row. Small jobs run
+// inline. The caller works too, and never blocks on a busy pool: whatever the
+// helpers do not take, it does itself.
+func parallelRows(rows, rowBytes int, fn func(lo, hi int)) {
+	pool.once.Do(startPool)
+	if pool.procs <= 1 || rows <= rowQuantum || rows*rowBytes < minParallelWork {
+		fn(0, rows)
+		return
+	}
+	// About 4 chunks per thread balances load without much claiming traffic.
+	chunk := (rows + 4*pool.procs - 1) / (4 * pool.procs)
+	chunk = max(rowQuantum, (chunk+rowQuantum-1)/rowQuantum*rowQuantum)
+	if testChunkRows > 0 {
+		chunk = testChunkRows
+	}
+	nChunks := (rows + chunk - 1) / chunk
+	j := jobPool.Get().(*rowJob)
+	j.fn, j.n, j.chunk = fn, rows, chunk
+	j.next.Store(0)
+	helpers := min(pool.procs-1, nChunks-1)
+	for i := 0; i < helpers; i++ {
+		j.wg.Add(1)
+		select {
+		case pool.jobs <- j:
+		default:
+			j.wg.Done() // pool saturated: do it ourselves
+		}
+	}
+	j.work()
+	j.wg.Wait()
+	j.fn = nil
+	jobPool.Put(j)
+}
