@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"time"
 
 	"github.com/fmoe/fmoe/quant"
 )
@@ -77,7 +78,9 @@ type Tensor interface {
 }
 
 // Weight is a backend-resident weight: a matrix [Out, In] (quantized or dense
-// float32) or a vector (Out == 1).
+// float32) or a vector (Out == 1, In = length). Conventions used by the engine:
+// RMSNorm weights, dt_bias and A_log are vectors; the depthwise conv weight is
+// dense [ConvDim, ConvKernel] (element c*Kernel+k).
 type Weight interface {
 	Out() int
 	In() int
@@ -130,10 +133,24 @@ type MoEParams struct {
 	TopK       int
 }
 
-// Routing records, per token, the chosen experts and their renormalised weights.
+// Routing records, per token, the chosen experts and their renormalised
+// weights. A backend overwrites Experts/Weights (len T, each len TopK, experts
+// in descending weight order) and ADDS to the timing fields, which the engine
+// reports with --timing (zero when a backend cannot measure them).
 type Routing struct {
 	Experts [][]int
 	Weights [][]float32
+
+	Route     time.Duration // router matvec, softmax, top-K
+	Read      time.Duration // ExpertSource.ReadExperts (expert I/O)
+	Compute   time.Duration // expert matvecs and combine
+	BytesRead int64         // expert bytes read through the ExpertSource
+}
+
+// Syncer is an optional Backend capability: Sync waits until every queued
+// operation has finished (used only to attribute time with --timing).
+type Syncer interface {
+	Sync() error
 }
 
 // ExpertSource provides the packed bytes of routed experts, one layer at a

@@ -1,0 +1,232 @@
+package cpu
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/fmoe/fmoe/quant"
+	"github.com/fmoe/fmoe/runtime"
+)
+
+// bufAlign is the alignment of expert buffers (page size; O_DIRECT needs it).
+const bufAlign = 4096
+
+// moeScratch holds the buffers reused across MoE calls.
+type moeScratch struct {
+	bufs [2][][]byte // two sets: one being read while the other is computed
+	size int64
+}
+
+// alignedBuf returns a zeroed slice of n bytes whose start is bufAlign-aligned.
+func alignedBuf(n int64) []byte {
+	raw := make([]byte, n+bufAlign)
+	off := 0
+	if r := int(uintptrOf(raw) % bufAlign); r != 0 {
+		off = bufAlign - r
+	}
+	return raw[off : off+int(n) : off+int(n)]
+}
+
+// buffers returns set i with at least n buffers of the layout's size.
+func (s *moeScratch) buffers(i, n int, size int64) [][]byte {
+	if s.size != size {
+		s.bufs = [2][][]byte{}
+		s.size = size
+	}
+	for len(s.bufs[i]) < n {
+		s.bufs[i] = append(s.bufs[i], alignedBuf(size))
+	}
+	return s.bufs[i][:n]
+}
+
+// chunkExperts is how many experts are read per I/O batch.
+func chunkExperts(topK int) int { return max(topK, 8) }
+
+// MoE implements runtime.Backend.
+func (b *Backend) MoE(ctx context.Context, dst, x runtime.Tensor, router runtime.Weight, src runtime.ExpertSource, p runtime.MoEParams, routing *runtime.Routing) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	d, err := tens(dst)
+	if err != nil {
+		return err
+	}
+	xt, err := tens(x)
+	if err != nil {
+		return err
+	}
+	rw, err := wt(router)
+	if err != nil {
+		return err
+	}
+	lay := src.Layout()
+	T, H, E, K := xt.rows, xt.cols, p.NumExperts, p.TopK
+	if rw.out != E || rw.in != H || d.rows != T || d.cols != H || lay.Hidden != H || K <= 0 || K > E {
+		return fmt.Errorf("%w: MoE x[%d,%d] router [%d,%d] experts %d top-%d hidden %d", ErrShape, T, H, rw.out, rw.in, E, K, lay.Hidden)
+	}
+	if err := lay.Validate(); err != nil {
+		return err
+	}
+
+	// Route.
+	t0 := time.Now()
+	logits := make([]float32, T*E)
+	b.matmul(logits, rw.w, xt.d, T)
+	ids, weights := route(logits, T, E, K)
+	if routing != nil {
+		routing.Experts, routing.Weights = ids, weights
+	}
+	// Group tokens by expert, ascending expert id (HF accumulates in this order).
+	type use struct {
+		tok int
+		w   float32
+	}
+	users := make([][]use, E)
+	for t := 0; t < T; t++ {
+		for i, e := range ids[t] {
+			users[e] = append(users[e], use{t, weights[t][i]})
+		}
+	}
+	var need []int
+	for e := range users {
+		if len(users[e]) > 0 {
+			need = append(need, e)
+		}
+	}
+	t1 := time.Now()
+
+	clear(d.d)
+	chunk := chunkExperts(K)
+	var readTime, computeTime time.Duration
+	type result struct {
+		err error
+		dur time.Duration
+	}
+	read := func(set int, part []int) <-chan result {
+		ch := make(chan result, 1)
+		bufs := b.moe.buffers(set, len(part), lay.Size)
+		go func() {
+			s := time.Now()
+			err := src.ReadExperts(ctx, p.Layer, part, bufs)
+			ch <- result{err, time.Since(s)}
+		}()
+		return ch
+	}
+	// Pre-size both buffer sets before any goroutine uses them.
+	b.moe.buffers(0, min(chunk, len(need)), lay.Size)
+	b.moe.buffers(1, min(chunk, len(need)), lay.Size)
+	xs := make([]float32, T*H)
+	gate := make([]float32, T*lay.Intermediate)
+	up := make([]float32, T*lay.Intermediate)
+	ys := make([]float32, T*H)
+
+	var pending <-chan result
+	if len(need) > 0 {
+		pending = read(0, need[:min(chunk, len(need))])
+	}
+	for c, set := 0, 0; c < len(need); c, set = c+chunk, 1-set {
+		part := need[c:min(c+chunk, len(need))]
+		w := time.Now()
+		res := <-pending
+		readTime += time.Since(w)
+		if res.err != nil {
+			return fmt.Errorf("cpu: MoE layer %d: reading experts %v: %w", p.Layer, part, res.err)
+		}
+		if next := c + chunk; next < len(need) {
+			pending = read(1-set, need[next:min(next+chunk, len(need))])
+		}
+		cs := time.Now()
+		bufs := b.moe.bufs[set]
+		for i, e := range part {
+			mats, err := expertMatrices(lay, bufs[i])
+			if err != nil {
+				return fmt.Errorf("cpu: MoE layer %d expert %d: %w", p.Layer, e, err)
+			}
+			us := users[e]
+			n := len(us)
+			for j, u := range us {
+				copy(xs[j*H:(j+1)*H], xt.row(u.tok))
+			}
+			I := lay.Intermediate
+			b.matmul(gate[:n*I], &runtime.WeightData{Out: I, In: H, Q: mats[0]}, xs[:n*H], n)
+			b.matmul(up[:n*I], &runtime.WeightData{Out: I, In: H, Q: mats[1]}, xs[:n*H], n)
+			swiglu(gate[:n*I], gate[:n*I], up[:n*I])
+			b.matmul(ys[:n*H], &runtime.WeightData{Out: H, In: I, Q: mats[2]}, gate[:n*I], n)
+			for j, u := range us {
+				dr := d.row(u.tok)
+				for k, v := range ys[j*H : (j+1)*H] {
+					dr[k] += u.w * v
+				}
+			}
+		}
+		computeTime += time.Since(cs)
+		if err := ctx.Err(); err != nil {
+			if pending != nil && c+chunk < len(need) {
+				<-pending
+			}
+			return err
+		}
+	}
+	if routing != nil {
+		routing.Route += t1.Sub(t0)
+		routing.Read += readTime
+		routing.Compute += computeTime
+		routing.BytesRead += int64(len(need)) * lay.Size
+	}
+	return nil
+}
+
+func expertMatrices(l runtime.ExpertLayout, buf []byte) ([3]*quant.Matrix, error) {
+	var out [3]*quant.Matrix
+	for i, p := range []runtime.ProjLayout{l.Gate, l.Up, l.Down} {
+		m, err := p.Matrix(buf, l.GroupSize)
+		if err != nil {
+			return out, err
+		}
+		out[i] = m
+	}
+	return out, nil
+}
+
+// route applies softmax over each token's logits (float64), selects the
+// top-K (descending probability, ties to the lower id) and renormalises.
+func route(logits []float32, T, E, K int) ([][]int, [][]float32) {
+	ids := make([][]int, T)
+	ws := make([][]float32, T)
+	p := make([]float64, E)
+	taken := make([]bool, E)
+	for t := 0; t < T; t++ {
+		l := logits[t*E : (t+1)*E]
+		mx := math.Inf(-1)
+		for _, v := range l {
+			mx = math.Max(mx, float64(v))
+		}
+		var sum float64
+		for e, v := range l {
+			p[e] = math.Exp(float64(v) - mx)
+			sum += p[e]
+		}
+		clear(taken)
+		sel := make([]int, K)
+		var tot float64
+		for k := 0; k < K; k++ {
+			best := -1
+			for e := 0; e < E; e++ {
+				if !taken[e] && (best < 0 || p[e] > p[best]) {
+					best = e
+				}
+			}
+			taken[best] = true
+			sel[k] = best
+			tot += p[best]
+		}
+		w := make([]float32, K)
+		for k, e := range sel {
+			w[k] = float32(p[e] / tot)
+		}
+		ids[t], ws[t] = sel, w
+	}
+	return ids, ws
+}
