@@ -112,3 +112,11 @@ func (m *Matrix) DequantizeRow(dst []float32, r int) {
 		dst[c] = float32(m.Code(r, c))*BF16ToF32(m.Scales[g]) + BF16ToF32(m.Biases[g])
 	}
 }
+
+// U8sFromU32 reinterprets words as their little-endian bytes (no copy).
+func U8sFromU32(w []uint32) []byte {
+	if len(w) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&w[0])), 4*len(w))
+}

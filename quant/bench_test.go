@@ -1,0 +1,118 @@
+package quant
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+)
+
+// The benchmarks stream weights the way the engine does: from memory, not
+// from cache. Each iteration uses the next matrix of a set whose total size
+// (benchSlab bytes) is well beyond the last-level cache, and BenchmarkMemcpy
+// copies the same bytes (matrix-sized slices of the same slab, in the same
+// order) with all cores, which is the bandwidth limit the products are
+// compared with (`make bench-matvec` prints the ratio).
+
+const benchSlab = 512 << 20
+
+var slab struct {
+	once sync.Once
+	w    []uint32
+	sb   []uint16
+}
+
+func benchSlabs() ([]uint32, []uint16) {
+	slab.once.Do(func() {
+		slab.w = make([]uint32, benchSlab/4)
+		s := uint32(2463534242)
+		for i := range slab.w {
+			s ^= s << 13
+			s ^= s >> 17
+			s ^= s << 5
+			slab.w[i] = s
+		}
+		slab.sb = make([]uint16, benchSlab/16)
+		for i := range slab.sb {
+			slab.sb[i] = F32ToBF16(0.01 + float32(i%97)*1e-4)
+		}
+	})
+	return slab.w, slab.sb
+}
+
+// benchMatrices returns matrices of one shape tiling the slab, and the bytes
+// of one matrix (weights + scales + biases).
+func benchMatrices(bits, group, rows, cols int) ([]*Matrix, int) {
+	w, sb := benchSlabs()
+	wb, s, _ := ByteSizes(bits, group, rows, cols)
+	nw, ns := wb/4, s/2
+	n := min(len(w)/nw, len(sb)/(2*ns))
+	ms := make([]*Matrix, n)
+	for i := range ms {
+		ms[i] = &Matrix{Bits: bits, GroupSize: group, Rows: rows, Cols: cols,
+			W: w[i*nw : (i+1)*nw], Scales: sb[2*i*ns : (2*i+1)*ns], Biases: sb[(2*i+1)*ns : (2*i+2)*ns]}
+	}
+	return ms, wb + 2*s
+}
+
+var benchShapes = [][2]int{{1024, 4096}, {4096, 1024}, {16384, 4096}}
+
+func benchMatVec(b *testing.B, bits int) {
+	for _, sh := range benchShapes {
+		b.Run(fmt.Sprintf("%dx%d", sh[0], sh[1]), func(b *testing.B) {
+			ms, bytes := benchMatrices(bits, 64, sh[0], sh[1])
+			x := make([]float32, sh[1])
+			for i := range x {
+				x[i] = float32(i%13) * 0.1
+			}
+			dst := make([]float32, sh[0])
+			b.SetBytes(int64(bytes))
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				MatVec(dst, ms[i%len(ms)], x)
+			}
+		})
+	}
+}
+
+func BenchmarkMatVec4(b *testing.B) { benchMatVec(b, 4) }
+func BenchmarkMatVec2(b *testing.B) { benchMatVec(b, 2) }
+func BenchmarkMatVec8(b *testing.B) { benchMatVec(b, 8) }
+
+// BenchmarkMemcpy copies, with all cores, the bytes each MatVec benchmark
+// reads: sub-benchmark "4/1024x4096" matches BenchmarkMatVec4/1024x4096.
+func BenchmarkMemcpy(b *testing.B) {
+	for _, bits := range []int{4, 2, 8} {
+		for _, sh := range benchShapes {
+			b.Run(fmt.Sprintf("%d/%dx%d", bits, sh[0], sh[1]), func(b *testing.B) {
+				w, _ := benchSlabs()
+				src := U8sFromU32(w)
+				_, bytes := benchMatrices(bits, 64, sh[0], sh[1])
+				n := len(src) / bytes
+				dst := make([]byte, bytes)
+				const rowBytes = 4096
+				rows := (bytes + rowBytes - 1) / rowBytes
+				b.SetBytes(int64(bytes))
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					s := src[(i%n)*bytes : (i%n+1)*bytes]
+					parallelRows(rows, rowBytes, func(lo, hi int) {
+						copy(dst[lo*rowBytes:min(hi*rowBytes, bytes)], s[lo*rowBytes:min(hi*rowBytes, bytes)])
+					})
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkMatMul4 is the prefill product: 64 tokens through a 4-bit matrix.
+func BenchmarkMatMul4(b *testing.B) {
+	const tokens = 64
+	ms, bytes := benchMatrices(4, 64, 1024, 4096)
+	x := make([]float32, tokens*4096)
+	dst := make([]float32, tokens*1024)
+	b.SetBytes(int64(bytes))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		MatMul(dst, ms[i%len(ms)], x, tokens)
+	}
+}
