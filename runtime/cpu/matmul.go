@@ -1,31 +1,20 @@
 package cpu
 
 import (
+	"github.com/fmoe/fmoe/quant"
 	"github.com/fmoe/fmoe/runtime"
 )
 
 // matmul computes dst[t] = W·x[t] for t < T (x [T, In], dst [T, Out]).
-// It is the one place every matrix product goes through; quantized weights
-// are dequantized one row at a time (never the whole matrix) and the row is
-// reused for all T tokens.
+// It is the one place every matrix product goes through: quant.MatMul
+// (fused per-group dequantization, all cores) for quantized weights,
+// quant.MatMulF32 for dense ones.
 func (b *Backend) matmul(dst []float32, w *runtime.WeightData, x []float32, T int) {
-	out, in := w.Out, w.In
-	b.parallel(out, func(lo, hi int) {
-		var row []float32
-		if w.Q != nil {
-			row = make([]float32, in)
-		}
-		for r := lo; r < hi; r++ {
-			if w.Q != nil {
-				w.Q.DequantizeRow(row, r)
-			} else {
-				row = w.F[r*in : (r+1)*in]
-			}
-			for t := 0; t < T; t++ {
-				dst[t*out+r] = dot(row, x[t*in:(t+1)*in])
-			}
-		}
-	})
+	if w.Q != nil {
+		quant.MatMul(dst[:T*w.Out], w.Q, x[:T*w.In], T)
+		return
+	}
+	quant.MatMulF32(dst[:T*w.Out], w.F, w.Out, w.In, x[:T*w.In], T)
 }
 
 // dot is a float32 dot product with four float32 accumulators.

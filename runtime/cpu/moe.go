@@ -19,14 +19,16 @@ type moeScratch struct {
 	size int64
 }
 
-// alignedBuf returns a zeroed slice of n bytes whose start is bufAlign-aligned.
+// alignedBuf returns a zeroed slice of n bytes whose start is bufAlign-aligned
+// and whose capacity is n rounded up to bufAlign.
 func alignedBuf(n int64) []byte {
-	raw := make([]byte, n+bufAlign)
+	c := (n + bufAlign - 1) / bufAlign * bufAlign // capacity rounded for O_DIRECT reads
+	raw := make([]byte, c+bufAlign)
 	off := 0
 	if r := int(uintptrOf(raw) % bufAlign); r != 0 {
 		off = bufAlign - r
 	}
-	return raw[off : off+int(n) : off+int(n)]
+	return raw[off : off+int(n) : off+int(c)]
 }
 
 // buffers returns set i with at least n buffers of the layout's size.
