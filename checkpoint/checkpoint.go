@@ -49,6 +49,8 @@ type Checkpoint struct {
 	Files   []string // shard names, sorted
 	files   map[string]*os.File
 	sizes   map[string]int64
+	virtual map[string]io.ReaderAt // computed files (see NewVirtual)
+	closers []io.Closer            // closed with the checkpoint (see NewVirtual)
 }
 
 // Open reads config.json and the safetensors headers of dir. The shard files
@@ -179,6 +181,9 @@ func (c *Checkpoint) Shapes() map[string][]int64 {
 
 // ReaderAt returns the open shard file (a name from Files or Ref.File).
 func (c *Checkpoint) ReaderAt(file string) (io.ReaderAt, error) {
+	if v, ok := c.virtual[file]; ok {
+		return v, nil
+	}
 	f, ok := c.files[file]
 	if !ok {
 		return nil, fmt.Errorf("%w: %s is not a shard of %s", ErrMissingShard, file, c.Dir)
@@ -274,6 +279,12 @@ func (c *Checkpoint) Close() error {
 		}
 	}
 	c.files = map[string]*os.File{}
+	for _, cl := range c.closers {
+		if err := cl.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	c.closers = nil
 	return first
 }
 

@@ -428,6 +428,12 @@ func (p *parser) quant() *QuantConfig {
 		p.fail("quantization is not an object")
 		return nil
 	}
+	if _, hf := m["quant_method"]; hf {
+		// A Hugging Face quantization_config (e.g. {"quant_method":"fp8",
+		// "weight_block_size":[128,128]}): the weights are not MLX-packed;
+		// package hfconv reads it from config.json itself.
+		return nil
+	}
 	q := &QuantConfig{Overrides: map[string]*QuantSpec{}}
 	gs, ok1 := m["group_size"]
 	bs, ok2 := m["bits"]
