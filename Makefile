@@ -14,8 +14,38 @@ build: ## build bin/fmoe (static, no cgo)
 vet: ## go vet
 	$(GO) vet ./...
 
-test: vet ## vet + all tests (-race on the concurrent packages)
+# Packages with goroutines, locks or parallel I/O also run under the race detector.
+RACE_PKGS := ./internal/... ./convert/... ./pack/... ./requant/... ./hfconv/...
+
+test: vet ## vet + all tests, then the concurrent packages again under -race (what CI runs)
 	$(GO) test -count=1 ./...
+	$(GO) test -race -count=1 $(RACE_PKGS)
+
+demo: build ## synthesize the tiny model, extract -> pack-experts -> verify -> requant -> run
+	@rm -rf $(DEMO) && mkdir -p $(DEMO)
+	$(BIN) synth --preset tiny -o $(DEMO)/hf
+	$(BIN) extract $(DEMO)/hf -o $(DEMO)/model
+	$(BIN) pack-experts $(DEMO)/hf --bits 4 -o $(DEMO)/model/packed_experts
+	$(BIN) verify $(DEMO)/model/packed_experts
+	$(BIN) requant --to 2bit $(DEMO)/model/packed_experts -o $(DEMO)/model/packed_experts_2bit
+	$(BIN) verify $(DEMO)/model/packed_experts_2bit
+	$(BIN) run --model $(DEMO)/model --prompt "The capital of France is" --tokens 16 --timing
+	$(BIN) run --model $(DEMO)/model --2bit --prompt "The capital of France is" --tokens 16
 
 clean: ## remove build and demo outputs
 	rm -rf bin out
+
+# bench-matvec (kernels engineer): quantized matvec vs memcpy bandwidth, same
+# runs interleaved, medians and ratios (quant/benchratio.awk).
+BENCH_RUNS ?= 3
+BENCH_TIME ?= 1s
+.PHONY: bench-matvec
+bench-matvec: ## CPU quantized matvec bandwidth vs memcpy (quant/)
+	@mkdir -p out
+	$(GO) test -c -o out/quant.test ./quant/
+	@rm -f out/bench-matvec.txt
+	@for i in $$(seq $(BENCH_RUNS)); do \
+		out/quant.test -test.run '^$$' -test.bench '^Benchmark(MatVec[248]|Memcpy|MatMul4|MatVec4Hot)$$' \
+			-test.benchtime $(BENCH_TIME) | tee -a out/bench-matvec.txt | grep -E '^Benchmark' ; \
+	done
+	@awk -f quant/benchratio.awk out/bench-matvec.txt
