@@ -116,3 +116,16 @@ func BenchmarkMatMul4(b *testing.B) {
 		MatMul(dst, ms[i%len(ms)], x, tokens)
 	}
 }
+
+// BenchmarkMatVec4Hot runs one cache-resident 4-bit 1024x1024 matrix: the
+// kernel's compute limit, without memory traffic.
+func BenchmarkMatVec4Hot(b *testing.B) {
+	ms, bytes := benchMatrices(4, 64, 1024, 1024)
+	x := make([]float32, 1024)
+	dst := make([]float32, 1024)
+	b.SetBytes(int64(bytes))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		MatVec(dst, ms[0], x)
+	}
+}

@@ -44,7 +44,7 @@ func MatMul(dst []float32, m *Matrix, x []float32, tokens int) {
 // tokenBlock is how many tokens of x a MatMul worker sweeps per dequantized
 // row: enough to amortise the dequantization, few enough that the block of x
 // (tokenBlock·Cols floats) stays in cache.
-const tokenBlock = 16
+const tokenBlock = 32
 
 // MatVecF32 computes dst[r] = Σ_c w[r*cols+c]·x[c] for a dense row-major
 // float32 matrix w [rows, cols]. Parallel and deterministic like MatVec.

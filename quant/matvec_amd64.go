@@ -27,7 +27,34 @@ import (
 // tot += scale·acc + bias·(Σx/8 in every lane); one horizontal sum per row
 // at the end.
 
-var useAVX2 = cpufeat.AVX2FMA
+// With AVX-512 (and a row of a multiple of 16 groups) a 64-column block
+// is the block's words broadcast into the 16 lanes of a ZMM register and
+// unpacked in 4 steps; lane l at step i holds column
+//
+//	4-bit: 8·(l mod 8) + 2·i + l/8     (shift 4·(2·i + l/8))
+//	2-bit: 16·(l mod 4) + 4·i + l/4    (shift 2·(4·i + l/4))
+//
+// and x is permuted to xp[64·blk + 16·i + l]. VPERMPS of a 16-entry table
+// gives the code's float value directly; scales are widened once per 4-row
+// block; the bias term is a vector dot product of biases with Σx per group.
+
+var (
+	useAVX2   = cpufeat.AVX2FMA
+	useAVX512 = cpufeat.AVX512 && cpufeat.AVX2FMA
+)
+
+// kernel kinds of a MatVec call.
+const (
+	kernGo = iota
+	kernAVX2
+	kernAVX512
+)
+
+//go:noescape
+func dot4x4AVX512(w *uint32, wstride int, sc, bi *uint16, gstride int, xp, sumx *float32, ngroups, bpg int, out *[4]float32, scratch *float32)
+
+//go:noescape
+func dot2x4AVX512(w *uint32, wstride int, sc, bi *uint16, gstride int, xp, sumx *float32, ngroups, bpg int, out *[4]float32, scratch *float32)
 
 //go:noescape
 func dot4x4AVX2(w *uint32, wstride int, sc, bi *uint16, gstride int, xp, sumx8 *float32, ngroups, bpg int, out *[4]float32)
@@ -42,34 +69,60 @@ func dotF32AVX2(a, b *float32, n int) float32
 type mvArgs struct {
 	m       *Matrix
 	x, sumx []float32
-	simd    bool
+	kern    int
 	xp      []float32 // x permuted for the SIMD kernels
-	sumx8   []float32 // per group, 8 lanes of Σx/8
+	sumx8   []float32 // AVX2: per group, 8 lanes of Σx/8
 }
 
-func newMVArgs(m *Matrix, x []float32) *mvArgs {
-	a := &mvArgs{m: m, x: x, sumx: groupSums(x, m.GroupSize)}
-	a.simd = useAVX2 && (m.Bits == 4 || m.Bits == 2) && m.GroupSize%64 == 0 && m.Rows >= 4
-	if !a.simd {
+// xperm[kernel-kernAVX2][bits/4][i] is the column of a 64-column block
+// whose x goes to position i of the permuted block (see above).
+var xperm = func() (p [2][2][64]uint8) {
+	for i := 0; i < 64; i++ {
+		l, s := i%8, i/8 // AVX2: lane, step
+		p[0][1][i] = uint8(8*l + s)
+		p[0][0][i] = uint8(16*(l%4) + 2*s + l/4)
+		l, s = i%16, i/16 // AVX-512
+		p[1][1][i] = uint8(8*(l%8) + 2*s + l/8)
+		p[1][0][i] = uint8(16*(l%4) + 4*s + l/4)
+	}
+	return p
+}()
+
+// kernelFor picks the kernel of a matrix shape, from the shape alone.
+func kernelFor(m *Matrix) int {
+	if (m.Bits != 4 && m.Bits != 2) || m.GroupSize%64 != 0 || m.Rows < 4 {
+		return kernGo
+	}
+	if useAVX512 && m.GroupsPerRow()%16 == 0 {
+		return kernAVX512
+	}
+	if useAVX2 {
+		return kernAVX2
+	}
+	return kernGo
+}
+
+func newMVArgs(m *Matrix, x []float32) *mvArgs { return newMVArgsKern(m, x, kernelFor(m)) }
+
+func newMVArgsKern(m *Matrix, x []float32, kern int) *mvArgs {
+	a := &mvArgs{m: m, x: x, sumx: groupSums(x, m.GroupSize), kern: kern}
+	if a.kern == kernGo {
 		return a
 	}
+	perm := &xperm[a.kern-kernAVX2][m.Bits/4]
 	a.xp = make([]float32, len(x))
 	for blk := 0; blk < len(x); blk += 64 {
-		xs, ps := x[blk:blk+64], a.xp[blk:blk+64]
-		for i := 0; i < 8; i++ {
-			for l := 0; l < 8; l++ {
-				if m.Bits == 4 {
-					ps[8*i+l] = xs[8*l+i]
-				} else {
-					ps[8*i+l] = xs[16*(l%4)+2*i+l/4]
-				}
-			}
+		xs, ps := x[blk:blk+64:blk+64], a.xp[blk:blk+64:blk+64]
+		for i, c := range perm {
+			ps[i] = xs[c]
 		}
 	}
-	a.sumx8 = make([]float32, 8*len(a.sumx))
-	for g, s := range a.sumx {
-		for l := 0; l < 8; l++ {
-			a.sumx8[8*g+l] = s / 8
+	if a.kern == kernAVX2 {
+		a.sumx8 = make([]float32, 8*len(a.sumx))
+		for g, s := range a.sumx {
+			for l := 0; l < 8; l++ {
+				a.sumx8[8*g+l] = s / 8
+			}
 		}
 	}
 	return a
@@ -79,23 +132,35 @@ func newMVArgs(m *Matrix, x []float32) *mvArgs {
 // multiple of rowQuantum (4).
 func (a *mvArgs) rows(dst []float32, lo, hi int) {
 	r := lo
-	if a.simd {
-		m := a.m
-		wpr, gpr := m.WordsPerRow(), m.GroupsPerRow()
-		bpg := m.GroupSize / 64
+	m := a.m
+	wpr, gpr := m.WordsPerRow(), m.GroupsPerRow()
+	bpg := m.GroupSize / 64
+	var out [4]float32
+	switch a.kern {
+	case kernAVX2:
 		kernel := dot4x4AVX2
 		if m.Bits == 2 {
 			kernel = dot2x4AVX2
 		}
-		var out [4]float32
 		for ; r+4 <= hi; r += 4 {
 			kernel(&m.W[r*wpr], wpr*4, &m.Scales[r*gpr], &m.Biases[r*gpr], gpr*2,
 				&a.xp[0], &a.sumx8[0], gpr, bpg, &out)
 			copy(dst[r-lo:], out[:])
 		}
+	case kernAVX512:
+		kernel := dot4x4AVX512
+		if m.Bits == 2 {
+			kernel = dot2x4AVX512
+		}
+		scratch := make([]float32, 4*gpr)
+		for ; r+4 <= hi; r += 4 {
+			kernel(&m.W[r*wpr], wpr*4, &m.Scales[r*gpr], &m.Biases[r*gpr], gpr*2,
+				&a.xp[0], &a.sumx[0], gpr, bpg, &out, &scratch[0])
+			copy(dst[r-lo:], out[:])
+		}
 	}
 	for ; r < hi; r++ {
-		dst[r-lo] = dotRowGo(a.m, r, a.x, a.sumx)
+		dst[r-lo] = dotRowGo(m, r, a.x, a.sumx)
 	}
 }
 

@@ -6,6 +6,7 @@ package quant
 type mvArgs struct {
 	m       *Matrix
 	x, sumx []float32
+	kern    int // always 0: the Go kernels
 }
 
 func newMVArgs(m *Matrix, x []float32) *mvArgs {

@@ -16,8 +16,15 @@ func TestKernelsAgainstGo(t *testing.T) {
 	rng := rand.New(rand.NewPCG(21, 22))
 	for _, bits := range []int{2, 4, 8} {
 		for _, group := range []int{64, 128, 256} {
-			for _, fill := range []string{"random", "zeros", "ones"} {
-				rows, cols := 4*3+3, group*3
+			// 3 groups per row: AVX2 only; 16 and 32: AVX-512 where present.
+			for _, fill := range []string{"random", "zeros", "ones", "3 groups", "32 groups"} {
+				rows, cols := 4*3+3, group*16
+				switch fill {
+				case "3 groups":
+					cols = group * 3
+				case "32 groups":
+					cols = group * 32
+				}
 				m := randMatrix(rng, bits, group, rows, cols)
 				for i := range m.W {
 					switch fill {
@@ -28,17 +35,32 @@ func TestKernelsAgainstGo(t *testing.T) {
 					}
 				}
 				x := randVec(rng, cols)
-				got := make([]float32, rows)
-				a := newMVArgs(m, x)
-				a.rows(got, 0, rows)
 				_, mag := refProduct(m, x, 1)
-				for r := 0; r < rows; r++ {
-					want := dotRowGo(m, r, x, a.sumx)
-					if d := math.Abs(float64(got[r] - want)); d > 1e-5*mag[r]+1e-6 {
-						t.Fatalf("%s", fmt.Sprintf("%d-bit g%d %s row %d: kernel %v, Go %v", bits, group, fill, r, got[r], want))
+				for _, a := range testKernels(m, x) {
+					got := make([]float32, rows)
+					a.rows(got, 0, rows)
+					for r := 0; r < rows; r++ {
+						want := dotRowGo(m, r, x, a.sumx)
+						if d := math.Abs(float64(got[r] - want)); d > 1e-5*mag[r]+1e-6 {
+							t.Fatalf("%s", fmt.Sprintf("%d-bit g%d %s kernel %d row %d: %v, Go %v", bits, group, fill, a.kern, r, got[r], want))
+						}
 					}
 				}
 			}
+		}
+	}
+}
+
+// TestKernelChoice makes sure the shapes above reach the SIMD kernels this
+// machine has (a silent fallback to Go would make the test vacuous).
+func TestKernelChoice(t *testing.T) {
+	m := &Matrix{Bits: 4, GroupSize: 64, Rows: 8, Cols: 1024}
+	for _, bits := range []int{2, 4} {
+		m.Bits = bits
+		a := newMVArgs(m, make([]float32, m.Cols))
+		t.Logf("%d-bit 8x1024 g64: kernel %d", bits, a.kern)
+		if simdAvailable() && a.kern == 0 {
+			t.Errorf("%d-bit: no SIMD kernel although the CPU has one", bits)
 		}
 	}
 }

@@ -36,25 +36,34 @@ func (j *rowJob) work() {
 	}
 }
 
-// pool is the package's worker pool: GOMAXPROCS (read at first use)
-// long-lived goroutines that help callers of parallelRows.
+// pool is the package's worker pool: long-lived goroutines that help
+// callers of parallelRows, GOMAXPROCS-1 of them (the caller is the last
+// worker), grown when GOMAXPROCS grows.
 var pool struct {
-	once  sync.Once
-	procs int
-	jobs  chan *rowJob
+	mu      sync.Mutex
+	workers atomic.Int32
+	jobs    chan *rowJob
 }
 
-func startPool() {
-	pool.procs = runtime.GOMAXPROCS(0)
-	pool.jobs = make(chan *rowJob, 4*pool.procs)
-	for i := 0; i < pool.procs; i++ {
-		go func() {
-			for j := range pool.jobs {
-				j.work()
-				j.wg.Done()
-			}
-		}()
+func init() { pool.jobs = make(chan *rowJob, 256) }
+
+// threads returns GOMAXPROCS, first making sure the pool has enough helpers.
+func threads() int {
+	procs := runtime.GOMAXPROCS(0)
+	if int(pool.workers.Load()) < procs-1 {
+		pool.mu.Lock()
+		for int(pool.workers.Load()) < procs-1 {
+			pool.workers.Add(1)
+			go func() {
+				for j := range pool.jobs {
+					j.work()
+					j.wg.Done()
+				}
+			}()
+		}
+		pool.mu.Unlock()
 	}
+	return procs
 }
 
 // testChunkRows, when > 0, overrides the chunk size (tests only; a multiple
@@ -68,13 +77,13 @@ var jobPool = sync.Pool{New: func() any { return new(rowJob) }}
 // inline. The caller works too, and never blocks on a busy pool: whatever the
 // helpers do not take, it does itself.
 func parallelRows(rows, rowBytes int, fn func(lo, hi int)) {
-	pool.once.Do(startPool)
-	if pool.procs <= 1 || rows <= rowQuantum || rows*rowBytes < minParallelWork {
+	procs := threads()
+	if procs <= 1 || rows <= rowQuantum || rows*rowBytes < minParallelWork {
 		fn(0, rows)
 		return
 	}
 	// About 4 chunks per thread balances load without much claiming traffic.
-	chunk := (rows + 4*pool.procs - 1) / (4 * pool.procs)
+	chunk := (rows + 4*procs - 1) / (4 * procs)
 	chunk = max(rowQuantum, (chunk+rowQuantum-1)/rowQuantum*rowQuantum)
 	if testChunkRows > 0 {
 		chunk = testChunkRows
@@ -83,7 +92,7 @@ func parallelRows(rows, rowBytes int, fn func(lo, hi int)) {
 	j := jobPool.Get().(*rowJob)
 	j.fn, j.n, j.chunk = fn, rows, chunk
 	j.next.Store(0)
-	helpers := min(pool.procs-1, nChunks-1)
+	helpers := min(procs-1, nChunks-1)
 	for i := 0; i < helpers; i++ {
 		j.wg.Add(1)
 		select {
