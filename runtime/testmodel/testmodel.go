@@ -19,15 +19,15 @@ import (
 )
 
 // Tiny returns a small config with both layer kinds (layer 3 is full
-// attention), 8 experts and top-2.
+// attention), 8 experts and top-2, whose vocabulary covers WriteTokenizer's.
 func Tiny() *formats.Config {
 	return &formats.Config{
 		ModelType: "qwen3_5_moe_text", HiddenSize: 64, NumHiddenLayers: 4, NumAttentionHeads: 4,
-		NumKeyValueHeads: 2, HeadDim: 16, VocabSize: 96, RMSNormEps: 1e-6, NumExperts: 8,
+		NumKeyValueHeads: 2, HeadDim: 16, VocabSize: 128, RMSNormEps: 1e-6, NumExperts: 8,
 		NumExpertsPerTok: 2, MoEIntermediateSize: 32, SharedExpertIntermediateSize: 32,
 		FullAttentionInterval: 4, LayerTypes: []string{"linear_attention", "linear_attention", "linear_attention", "full_attention"},
 		LinearNumKeyHeads: 2, LinearNumValueHeads: 4, LinearKeyHeadDim: 16, LinearValueHeadDim: 16,
-		LinearConvKernelDim: 4, RopeTheta: 1e7, PartialRotaryFactor: 0.25, EOSTokenIDs: []int{95},
+		LinearConvKernelDim: 4, RopeTheta: 1e7, PartialRotaryFactor: 0.25, EOSTokenIDs: []int{EndOfText},
 		Quantization: &formats.QuantConfig{GroupSize: 32, Bits: 4},
 	}
 }
