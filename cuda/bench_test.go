@@ -1,0 +1,234 @@
+package cuda
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"unsafe"
+
+	"github.com/fmoe/fmoe/quant"
+	"github.com/fmoe/fmoe/runtime"
+)
+
+// gpuMillis times n runs of f (on the worker) with GPU events, after one warm-up.
+func gpuMillis(tb testing.TB, be *Backend, n int, f func() error) float64 {
+	tb.Helper()
+	var ms float32
+	err := be.run(func() error {
+		if err := f(); err != nil {
+			return err
+		}
+		s, err := be.d.eventCreate()
+		if err != nil {
+			return err
+		}
+		e, err := be.d.eventCreate()
+		if err != nil {
+			return err
+		}
+		defer be.d.eventDestroy(s)
+		defer be.d.eventDestroy(e)
+		if err := be.d.eventRecord(s); err != nil {
+			return err
+		}
+		for i := 0; i < n; i++ {
+			if err := f(); err != nil {
+				return err
+			}
+		}
+		if err := be.d.eventRecord(e); err != nil {
+			return err
+		}
+		ms, err = be.d.eventElapsed(s, e)
+		return err
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return float64(ms) / float64(n)
+}
+
+// BenchmarkCopyD2D measures HBM bandwidth with a 1 GiB device copy (bytes read + written).
+func BenchmarkCopyD2D(b *testing.B) {
+	be := openOrSkip(b, Options{})
+	defer be.Close()
+	const n = 1 << 30
+	var src, dst uintptr
+	if err := be.run(func() (err error) {
+		if src, err = be.alloc(n); err != nil {
+			return err
+		}
+		dst, err = be.alloc(n)
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		ms := gpuMillis(b, be, 10, func() error { return be.d.dtod(dst, src, n) })
+		b.ReportMetric(2*n/ms/1e6, "GB/s")
+	}
+}
+
+// BenchmarkCopyH2D measures pinned host-to-device bandwidth (256 MiB).
+func BenchmarkCopyH2D(b *testing.B) {
+	be := openOrSkip(b, Options{})
+	defer be.Close()
+	const n = 256 << 20
+	var dst uintptr
+	var h unsafe.Pointer
+	if err := be.run(func() (err error) {
+		if dst, err = be.alloc(n); err != nil {
+			return err
+		}
+		h, err = be.d.hostAlloc(n)
+		be.hosts = append(be.hosts, h)
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		ms := gpuMillis(b, be, 10, func() error { return be.d.htodAsync(dst, h, n) })
+		b.ReportMetric(n/ms/1e6, "GB/s")
+	}
+}
+
+// randQuant returns a quantized matrix with random codes and plausible scales.
+func randQuant(r *rand.Rand, bits, group, rows, cols int) *quant.Matrix {
+	m := &quant.Matrix{Bits: bits, GroupSize: group, Rows: rows, Cols: cols}
+	m.W = make([]uint32, rows*m.WordsPerRow())
+	for i := range m.W {
+		m.W[i] = r.Uint32()
+	}
+	m.Scales = make([]uint16, rows*m.GroupsPerRow())
+	m.Biases = make([]uint16, len(m.Scales))
+	for i := range m.Scales {
+		m.Scales[i] = quant.F32ToBF16(0.001 + 0.01*r.Float32())
+		m.Biases[i] = quant.F32ToBF16(-0.05 * r.Float32())
+	}
+	return m
+}
+
+// BenchmarkQMatVec: fused 4-bit dequant matvec (decode, T=1) and an 8-token
+// batch, 4 matrices of 16384×4096 rotated so L2 does not hold them. GB/s
+// counts weight bytes (codes, scales, biases) read once per token batch.
+func BenchmarkQMatVec(b *testing.B) {
+	be := openOrSkip(b, Options{})
+	defer be.Close()
+	r := rand.New(rand.NewPCG(1, 2))
+	const rows, cols = 16384, 4096
+	var ws []*Weight
+	for i := 0; i < 4; i++ {
+		w, err := be.LoadWeight(&runtime.WeightData{Name: "w", Out: rows, In: cols, Q: randQuant(r, 4, 64, rows, cols)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ws = append(ws, w.(*Weight))
+	}
+	wbytes := float64(rows*cols/2 + 2*rows*cols/64*2)
+	for _, T := range []int{1, 8, 64} {
+		b.Run(fmt.Sprintf("T=%d", T), func(b *testing.B) {
+			x, _ := be.NewTensor(T, cols)
+			y, _ := be.NewTensor(T, rows)
+			xv := make([]float32, T*cols)
+			for i := range xv {
+				xv[i] = r.Float32()*2 - 1
+			}
+			be.Upload(x, xv)
+			i := 0
+			for b.Loop() {
+				ms := gpuMillis(b, be, 40, func() error {
+					i++
+					return be.matmul(y.(*Tensor).p, ws[i%4], x.(*Tensor).p, T)
+				})
+				b.ReportMetric(wbytes/ms/1e6, "GB/s")
+				b.ReportMetric(ms*1e3, "us/matmul")
+			}
+		})
+	}
+}
+
+// memSource serves random experts from host memory.
+type memSource struct {
+	l    runtime.ExpertLayout
+	data [][]byte
+}
+
+func (m *memSource) Layout() runtime.ExpertLayout { return m.l }
+func (m *memSource) ReadExperts(ctx context.Context, layer int, ids []int, dst [][]byte) error {
+	for i, id := range ids {
+		copy(dst[i], m.data[id])
+	}
+	return ctx.Err()
+}
+
+func newMemSource(tb testing.TB, r *rand.Rand, E int) *memSource {
+	l, err := runtime.PackedExpertLayout(4096, 1024, 4, 64)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	m := &memSource{l: l}
+	for e := 0; e < E; e++ {
+		buf := make([]byte, l.Size)
+		for _, p := range []runtime.ProjLayout{l.Gate, l.Up, l.Down} {
+			q := randQuant(r, 4, 64, p.Out, p.In)
+			copy(buf[p.WOffset:], unsafe.Slice((*byte)(unsafe.Pointer(&q.W[0])), p.WSize))
+			copy(buf[p.SOffset:], unsafe.Slice((*byte)(unsafe.Pointer(&q.Scales[0])), p.SSize))
+			copy(buf[p.BOffset:], unsafe.Slice((*byte)(unsafe.Pointer(&q.Biases[0])), p.BSize))
+		}
+		m.data = append(m.data, buf)
+	}
+	return m
+}
+
+// BenchmarkMoE: one MoE block of the 397B shape (hidden 4096, experts of
+// 7,077,888 bytes, 64 experts per layer, 4 layers rotated) at K=4 and K=10,
+// all experts resident (a) or with a 16-expert GPU cache fed from host
+// memory through pinned buffers (b). GB/s counts routed expert bytes.
+func BenchmarkMoE(b *testing.B) {
+	r := rand.New(rand.NewPCG(3, 4))
+	const E, layers = 64, 4
+	src := newMemSource(b, r, E)
+	for _, mode := range []struct {
+		name string
+		opts Options
+	}{{"resident", Options{}}, {"cache16", Options{CacheExperts: 16, NoLayerFill: true}}} {
+		be := openOrSkip(b, mode.opts)
+		router, err := be.LoadWeight(&runtime.WeightData{Name: "router", Out: E, In: 4096, Q: randQuant(r, 8, 64, E, 4096)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, K := range []int{4, 10} {
+			for _, T := range []int{1, 16} {
+				b.Run(fmt.Sprintf("%s/K=%d/T=%d", mode.name, K, T), func(b *testing.B) {
+					x, _ := be.NewTensor(T, 4096)
+					y, _ := be.NewTensor(T, 4096)
+					xv := make([]float32, T*4096)
+					for i := range xv {
+						xv[i] = r.Float32()*2 - 1
+					}
+					be.Upload(x, xv)
+					layer := 0
+					step := func() error {
+						layer++
+						return be.moe1(context.Background(), y.(*Tensor), x.(*Tensor), router.(*Weight), src,
+							runtime.MoEParams{Layer: layer % layers, NumExperts: E, TopK: K}, nil)
+					}
+					for l := 0; l < layers; l++ { // fill
+						if err := be.run(step); err != nil {
+							b.Fatal(err)
+						}
+					}
+					for b.Loop() {
+						ms := gpuMillis(b, be, 20, step)
+						b.ReportMetric(float64(T*K)*float64(src.l.Size)/ms/1e6, "GB/s(uses)")
+						b.ReportMetric(ms*1e3, "us/layer")
+					}
+				})
+			}
+		}
+		st := be.Stats()
+		b.Logf("%s: hits %d misses %d loads %d syncs %d slots %d", mode.name, st.Hits, st.Misses, st.Loads, st.Syncs, st.Slots)
+		be.Close()
+	}
+}

@@ -1,0 +1,24 @@
+// Package cuda is fmoe's NVIDIA backend: the CUDA driver API and NVRTC bound
+// at run time through purego (no cgo), kernels written in CUDA C embedded in
+// the binary and compiled by NVRTC for the device's compute capability
+// (cached on disk under os.UserCacheDir()/fmoe/cuda), and a runtime.Backend
+// that runs the Qwen3.5-MoE forward pass on one GPU.
+//
+// Layout of the package:
+//
+//   - lib_*.go, driver.go: the symbol table of libcuda.so.1 and libnvrtc.so.N,
+//     loaded lazily; CUresult as the typed error Result; ErrNoCUDA when the
+//     libraries are missing (the package builds and returns ErrNoCUDA on every
+//     platform without them).
+//   - worker.go: the one OS-thread-locked goroutine that owns the CUDA
+//     context and runs every driver call.
+//   - nvrtc.go: compilation of the embedded kernels and the on-disk cache.
+//   - kernels*.cu: the CUDA C source.
+//   - backend.go, ops.go, mixer.go, moe.go: the runtime.Backend.
+//
+// Experts live in a GPU cache with a byte budget and LRU eviction; kernels
+// find them through a device-side table of pointers per layer, so a layer
+// whose experts are all resident needs no host round-trip. Misses are read
+// from the runtime.ExpertSource into pinned host buffers and copied
+// asynchronously. Counters per tier and per layer come from Backend.Stats.
+package cuda

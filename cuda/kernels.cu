@@ -1,0 +1,191 @@
+// fmoe CUDA kernels, compiled at run time by NVRTC (no headers available:
+// only builtins). Activations are float32 row-major [T, n]; quantized weights
+// are MLX affine: uint32 words holding 32/BITS codes (element i of a word at
+// bits (i%per)*BITS), one bf16 scale and bias per group of columns.
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned long long u64;
+
+#define FINF (__int_as_float(0x7f800000))
+
+__device__ __forceinline__ float bf16f(u16 h) { return __uint_as_float(((u32)h) << 16); }
+__device__ __forceinline__ float sigm(float x) { return 1.f / (1.f + expf(-x)); }
+__device__ __forceinline__ float silu(float x) { return x / (1.f + expf(-x)); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// block_sum returns the sum of v over the block to every thread. sh holds 32 floats.
+__device__ float block_sum(float v, float* sh) {
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) sh[w] = v;
+  __syncthreads();
+  const int nw = (blockDim.x + 31) >> 5;
+  float t = lane < nw ? sh[lane] : 0.f;
+  return warp_sum(t);
+}
+
+// qdot accumulates, for R rows r0.. of a quantized matrix and nt ≤ TT tokens
+// of x (row stride in), this lane's partial dot products into acc. VEC reads
+// 128-bit chunks of four words (the row must be a whole number of chunks and a
+// chunk must lie inside one group); otherwise one word at a time. Per word:
+// acc += scale·Σ q·x + bias·Σ x. Codes become floats exactly through the
+// 2^23 trick (no int→float conversion).
+template <int BITS, int R, int TT, bool VEC>
+__device__ __forceinline__ void qdot(const u32* __restrict__ W, const u16* __restrict__ S,
+                                     const u16* __restrict__ B, int in, int group, int r0, int nr,
+                                     const float* __restrict__ x, int nt, float (&acc)[R][TT]) {
+  constexpr int PER = 32 / BITS;
+  constexpr u32 MASK = (1u << BITS) - 1u;
+  constexpr int WPC = VEC ? 4 : 1;
+  const int wpr = in / PER;
+  const int gpr = in / group;
+  const int nchunks = wpr / WPC;
+  const int lane = threadIdx.x & 31;
+  for (int c = lane; c < nchunks; c += 32) {
+    u32 wv[R][WPC];
+    float sc[R], bi[R];
+    const int col0 = c * WPC * PER;
+    const int g = col0 / group;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      const size_t rr = (size_t)(r < nr ? r0 + r : r0);
+      if (VEC) {
+        const uint4 q = __ldg(reinterpret_cast<const uint4*>(W + rr * wpr) + c);
+        wv[r][0] = q.x;
+        if (WPC > 1) { wv[r][WPC > 1 ? 1 : 0] = q.y; wv[r][WPC > 2 ? 2 : 0] = q.z; wv[r][WPC > 3 ? 3 : 0] = q.w; }
+      } else {
+        wv[r][0] = __ldg(W + rr * wpr + c);
+      }
+      sc[r] = bf16f(__ldg(S + rr * gpr + g));
+      bi[r] = bf16f(__ldg(B + rr * gpr + g));
+    }
+#pragma unroll
+    for (int t = 0; t < TT; t++) {
+      if (t < nt) {
+        const float* xt = x + (size_t)t * in + col0;
+#pragma unroll
+        for (int wi = 0; wi < WPC; wi++) {
+          float xv[PER];
+#pragma unroll
+          for (int k = 0; k < PER; k += 4) {
+            const float4 f = __ldg(reinterpret_cast<const float4*>(xt + wi * PER + k));
+            xv[k] = f.x; xv[k + 1] = f.y; xv[k + 2] = f.z; xv[k + 3] = f.w;
+          }
+          float sx = 0.f;
+#pragma unroll
+          for (int k = 0; k < PER; k++) sx += xv[k];
+#pragma unroll
+          for (int r = 0; r < R; r++) {
+            const u32 w = wv[r][wi];
+            float qx = 0.f;
+#pragma unroll
+            for (int k = 0; k < PER; k++) {
+              const float q = __uint_as_float(0x4B000000u | ((w >> (k * BITS)) & MASK)) - 8388608.f;
+              qx = fmaf(q, xv[k], qx);
+            }
+            acc[r][t] = fmaf(sc[r], qx, fmaf(bi[r], sx, acc[r][t]));
+          }
+        }
+      }
+    }
+  }
+}
+
+// qmm: y[t, r] = W[r]·x[t]. One warp per R rows, TT tokens per blockIdx.y.
+template <int BITS, int R, int TT, bool VEC>
+__device__ __forceinline__ void qmm_body(const u32* W, const u16* S, const u16* B, const float* x,
+                                         float* y, int out, int in, int T, int group) {
+  const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int r0 = warp * R;
+  if (r0 >= out) return;
+  const int t0 = blockIdx.y * TT;
+  const int nt = min(TT, T - t0);
+  const int nr = min(R, out - r0);
+  float acc[R][TT];
+#pragma unroll
+  for (int r = 0; r < R; r++)
+#pragma unroll
+    for (int t = 0; t < TT; t++) acc[r][t] = 0.f;
+  qdot<BITS, R, TT, VEC>(W, S, B, in, group, r0, nr, x + (size_t)t0 * in, nt, acc);
+#pragma unroll
+  for (int r = 0; r < R; r++)
+#pragma unroll
+    for (int t = 0; t < TT; t++) {
+      const float v = warp_sum(acc[r][t]);
+      if ((threadIdx.x & 31) == 0 && r < nr && t < nt) y[(size_t)(t0 + t) * out + r0 + r] = v;
+    }
+}
+
+#define QMM_ARGS const u32 *W, const u16 *S, const u16 *B, const float *x, float *y, int out, int in, int T, int group
+#define QMM(BITS)                                                                                          \
+  extern "C" __global__ void __launch_bounds__(128) qmm##BITS##_1v(QMM_ARGS) { qmm_body<BITS, 4, 1, true>(W, S, B, x, y, out, in, T, group); }  \
+  extern "C" __global__ void __launch_bounds__(128) qmm##BITS##_8v(QMM_ARGS) { qmm_body<BITS, 2, 8, true>(W, S, B, x, y, out, in, T, group); }  \
+  extern "C" __global__ void __launch_bounds__(128) qmm##BITS##_1s(QMM_ARGS) { qmm_body<BITS, 4, 1, false>(W, S, B, x, y, out, in, T, group); } \
+  extern "C" __global__ void __launch_bounds__(128) qmm##BITS##_8s(QMM_ARGS) { qmm_body<BITS, 2, 8, false>(W, S, B, x, y, out, in, T, group); }
+QMM(2)
+QMM(4)
+QMM(8)
+
+// fmm: dense float32 y[t, r] = W[r]·x[t]; one warp per (row, token).
+extern "C" __global__ void fmm(const float* __restrict__ W, const float* __restrict__ x, float* y, int out, int in, int T) {
+  const int r = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int t = blockIdx.y;
+  if (r >= out) return;
+  const float* w = W + (size_t)r * in;
+  const float* xt = x + (size_t)t * in;
+  float acc = 0.f;
+  for (int c = threadIdx.x & 31; c < in; c += 32) acc = fmaf(w[c], xt[c], acc);
+  acc = warp_sum(acc);
+  if ((threadIdx.x & 31) == 0) y[(size_t)t * out + r] = acc;
+}
+
+// embed: dst[i] = dequantized row ids[i] (quantized table) or copy (dense).
+template <int BITS>
+__device__ __forceinline__ void embedq_body(const u32* W, const u16* S, const u16* B, const int* ids, float* dst, int in, int group) {
+  constexpr int PER = 32 / BITS;
+  const size_t row = (size_t)ids[blockIdx.x];
+  const int wpr = in / PER, gpr = in / group;
+  for (int c = threadIdx.x; c < in; c += blockDim.x) {
+    const u32 w = W[row * wpr + c / PER];
+    const u32 q = (w >> ((c % PER) * BITS)) & ((1u << BITS) - 1u);
+    const size_t g = row * gpr + c / group;
+    dst[(size_t)blockIdx.x * in + c] = (float)q * bf16f(S[g]) + bf16f(B[g]);
+  }
+}
+extern "C" __global__ void embedq2(const u32* W, const u16* S, const u16* B, const int* ids, float* dst, int in, int group) { embedq_body<2>(W, S, B, ids, dst, in, group); }
+extern "C" __global__ void embedq4(const u32* W, const u16* S, const u16* B, const int* ids, float* dst, int in, int group) { embedq_body<4>(W, S, B, ids, dst, in, group); }
+extern "C" __global__ void embedq8(const u32* W, const u16* S, const u16* B, const int* ids, float* dst, int in, int group) { embedq_body<8>(W, S, B, ids, dst, in, group); }
+extern "C" __global__ void embedf(const float* W, const int* ids, float* dst, int in) {
+  const size_t row = (size_t)ids[blockIdx.x];
+  for (int c = threadIdx.x; c < in; c += blockDim.x) dst[(size_t)blockIdx.x * in + c] = W[row * in + c];
+}
+
+// rmsnorm over consecutive groups of glen values; one block per group.
+extern "C" __global__ void rmsnorm(float* dst, const float* x, const float* w, int glen, float eps) {
+  __shared__ float sh[32];
+  const size_t base = (size_t)blockIdx.x * glen;
+  float ss = 0.f;
+  for (int c = threadIdx.x; c < glen; c += blockDim.x) { const float v = x[base + c]; ss = fmaf(v, v, ss); }
+  ss = block_sum(ss, sh);
+  const float r = rsqrtf(ss / (float)glen + eps);
+  for (int c = threadIdx.x; c < glen; c += blockDim.x) dst[base + c] = x[base + c] * r * w[c];
+}
+
+extern "C" __global__ void add_f(float* dst, const float* x, long long n) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) dst[i] += x[i];
+}
+extern "C" __global__ void swiglu_f(float* dst, const float* g, const float* u, long long n) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) dst[i] = silu(g[i]) * u[i];
+}
+extern "C" __global__ void sigmoid_gate_add(float* dst, const float* x, const float* gate, int cols) {
+  const float s = sigm(gate[blockIdx.x]);
+  const size_t base = (size_t)blockIdx.x * cols;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) dst[base + c] += s * x[base + c];
+}

@@ -1,0 +1,301 @@
+// ---- gated full attention ----
+
+// attn_prep: one block (HD threads) per (token, head) of q and per (token,
+// kv head) of k. Applies the q/k RMSNorm, partial rotate-half RoPE, writes q
+// to qout [T, H*HD] and k, v into the cache rows pos0+t ([pos, KVH*HD]).
+extern "C" __global__ void attn_prep(const float* qg, const float* k, const float* v, float* kc, float* vc,
+                                     float* qout, const float* qn, const float* kn, int H, int KVH, int HD,
+                                     int RD, int pos0, float theta, float eps) {
+  extern __shared__ float sm[];
+  float* y = sm;         // HD
+  float* red = sm + HD;  // 32
+  const int nh = H + KVH;
+  const int t = blockIdx.x / nh, h = blockIdx.x % nh;
+  const int d = threadIdx.x;
+  const float* src;
+  const float* nw;
+  if (h < H) { src = qg + (size_t)t * H * 2 * HD + (size_t)h * 2 * HD; nw = qn; }
+  else { src = k + (size_t)t * KVH * HD + (size_t)(h - H) * HD; nw = kn; }
+  const float xv = d < HD ? src[d] : 0.f;
+  const float ss = block_sum(xv * xv, red);
+  const float r = rsqrtf(ss / (float)HD + eps);
+  if (d < HD) y[d] = xv * r * nw[d];
+  __syncthreads();
+  if (d >= HD) return;
+  float o = y[d];
+  const int half = RD / 2;
+  if (d < RD) {
+    const int i = d < half ? d : d - half;
+    const float inv = 1.f / powf(theta, (float)(2 * i) / (float)RD);
+    const float ang = (float)(pos0 + t) * inv;
+    const float c = cosf(ang), s = sinf(ang);
+    o = d < half ? y[d] * c - y[d + half] * s : y[d] * c + y[d - half] * s;
+  }
+  if (h < H) {
+    qout[(size_t)t * H * HD + (size_t)h * HD + d] = o;
+  } else {
+    const size_t row = (size_t)(pos0 + t) * KVH * HD + (size_t)(h - H) * HD + d;
+    kc[row] = o;
+    vc[row] = v[(size_t)t * KVH * HD + (size_t)(h - H) * HD + d];
+  }
+}
+
+#define ATT_WARPS 4
+#define ATT_MAXD 16  // HD ≤ 512
+
+// attn: one block of ATT_WARPS warps per (token, head); online softmax over
+// cached positions 0..pos0+t, then × σ(gate).
+extern "C" __global__ void __launch_bounds__(128) attn(const float* q, const float* qg, const float* kc, const float* vc,
+                                                       float* dst, int H, int KVH, int HD, int pos0, float scale) {
+  extern __shared__ float sm[];  // ATT_WARPS*(HD+2)
+  const int t = blockIdx.x / H, h = blockIdx.x % H;
+  const int kvh = h / (H / KVH);
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  const int p = pos0 + t;
+  float qr[ATT_MAXD], acc[ATT_MAXD];
+  const float* qp = q + (size_t)t * H * HD + (size_t)h * HD;
+#pragma unroll
+  for (int i = 0; i < ATT_MAXD; i++) {
+    const int d = lane + 32 * i;
+    qr[i] = d < HD ? qp[d] : 0.f;
+    acc[i] = 0.f;
+  }
+  float m = -FINF, l = 0.f;
+  for (int s = w; s <= p; s += ATT_WARPS) {
+    const float* kp = kc + (size_t)s * KVH * HD + (size_t)kvh * HD;
+    float dot = 0.f;
+#pragma unroll
+    for (int i = 0; i < ATT_MAXD; i++) {
+      const int d = lane + 32 * i;
+      if (d < HD) dot = fmaf(qr[i], kp[d], dot);
+    }
+    const float sc = warp_sum(dot) * scale;
+    const float mn = fmaxf(m, sc);
+    const float corr = expf(m - mn);
+    const float e = expf(sc - mn);
+    l = l * corr + e;
+    const float* vp = vc + (size_t)s * KVH * HD + (size_t)kvh * HD;
+#pragma unroll
+    for (int i = 0; i < ATT_MAXD; i++) {
+      const int d = lane + 32 * i;
+      if (d < HD) acc[i] = fmaf(e, vp[d], acc[i] * corr);
+    }
+    m = mn;
+  }
+  float* wa = sm + w * (HD + 2);
+#pragma unroll
+  for (int i = 0; i < ATT_MAXD; i++) {
+    const int d = lane + 32 * i;
+    if (d < HD) wa[d] = acc[i];
+  }
+  if (lane == 0) { wa[HD] = m; wa[HD + 1] = l; }
+  __syncthreads();
+  float M = -FINF;
+  for (int j = 0; j < ATT_WARPS; j++) M = fmaxf(M, sm[j * (HD + 2) + HD]);
+  float L = 0.f;
+  for (int j = 0; j < ATT_WARPS; j++) {
+    const float mj = sm[j * (HD + 2) + HD];
+    if (mj > -FINF) L += sm[j * (HD + 2) + HD + 1] * expf(mj - M);
+  }
+  for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+    float o = 0.f;
+    for (int j = 0; j < ATT_WARPS; j++) {
+      const float mj = sm[j * (HD + 2) + HD];
+      if (mj > -FINF) o += sm[j * (HD + 2) + d] * expf(mj - M);
+    }
+    o /= L;
+    const float g = qg[(size_t)t * H * 2 * HD + (size_t)h * 2 * HD + HD + d];
+    dst[(size_t)t * H * HD + (size_t)h * HD + d] = o * sigm(g);
+  }
+}
+
+// ---- GatedDeltaNet ----
+
+// delta_conv: causal depthwise conv + SiLU, one thread per channel, tokens in
+// order. state is [(K-1), C], oldest first; W[c*K + k], tap K-1 = current.
+extern "C" __global__ void delta_conv(const float* qkv, const float* W, float* state, float* out, int T, int C, int K) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float hist[8];
+#pragma unroll
+  for (int k = 0; k < 8; k++) hist[k] = k < K - 1 ? state[(size_t)k * C + c] : 0.f;
+  float wk[8];
+#pragma unroll
+  for (int k = 0; k < 8; k++) wk[k] = k < K ? W[(size_t)c * K + k] : 0.f;
+  for (int t = 0; t < T; t++) {
+    const float cur = qkv[(size_t)t * C + c];
+    float y = 0.f;
+#pragma unroll
+    for (int k = 0; k < 7; k++)
+      if (k < K - 1) y = fmaf(wk[k], hist[k], y);
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+      if (k == K - 1) y = fmaf(wk[k], cur, y);
+    out[(size_t)t * C + c] = silu(y);
+#pragma unroll
+    for (int k = 0; k < 7; k++)
+      if (k < K - 2) hist[k] = hist[k + 1];
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+      if (k == K - 2) hist[k] = cur;
+  }
+#pragma unroll
+  for (int k = 0; k < 8; k++)
+    if (k < K - 1) state[(size_t)k * C + c] = hist[k];
+}
+
+__device__ __forceinline__ float softplus_f(float x) { return x > 20.f ? x : log1pf(expf(x)); }
+
+// delta_rule: one block of VD threads per value head; the head's state
+// S[i][j] (KD×VD, fp32) lives in shared memory for all T tokens. Fused:
+// l2norm of q (÷√KD) and k, β = σ(b), α = exp(-exp(aLog)·softplus(a+dtBias)),
+// decay, retrieve, delta, update, read, gated RMSNorm with silu(z).
+extern "C" __global__ void delta_rule(const float* conv, const float* z, const float* b, const float* a,
+                                      float* state, const float* dtBias, const float* aLog, const float* normW,
+                                      float* dst, int T, int KH, int VH, int KD, int VD, float eps) {
+  extern __shared__ float sm[];
+  float* S = sm;                     // KD*VD
+  float* qs = S + (size_t)KD * VD;   // KD
+  float* ks = qs + KD;               // KD
+  float* red = ks + KD;              // 32
+  const int h = blockIdx.x;
+  const int kh = h / (VH / KH);
+  const int j = threadIdx.x;
+  const int C = 2 * KH * KD + VH * VD;
+  float* Sg = state + (size_t)h * KD * VD;
+  for (int i = threadIdx.x; i < KD * VD; i += blockDim.x) S[i] = Sg[i];
+  const float qscale = rsqrtf((float)KD);
+  const float A = expf(aLog[h]);
+  for (int t = 0; t < T; t++) {
+    const float* row = conv + (size_t)t * C;
+    float sq = 0.f, sk = 0.f;
+    for (int i = threadIdx.x; i < KD; i += blockDim.x) {
+      const float qv = row[kh * KD + i], kv = row[KH * KD + kh * KD + i];
+      qs[i] = qv; ks[i] = kv;
+      sq = fmaf(qv, qv, sq); sk = fmaf(kv, kv, sk);
+    }
+    sq = block_sum(sq, red);
+    sk = block_sum(sk, red);
+    const float rq = qscale / sqrtf(sq + 1e-6f), rk = 1.f / sqrtf(sk + 1e-6f);
+    const float beta = sigm(b[(size_t)t * VH + h]);
+    const float alpha = expf(-A * softplus_f(a[(size_t)t * VH + h] + dtBias[h]));
+    float o = 0.f;
+    if (j < VD) {
+      const float vj = row[2 * KH * KD + h * VD + j];
+      float m = 0.f;
+      for (int i = 0; i < KD; i++) {
+        const float s = S[i * VD + j] * alpha;
+        S[i * VD + j] = s;
+        m = fmaf(s, ks[i] * rk, m);
+      }
+      const float delta = (vj - m) * beta;
+      for (int i = 0; i < KD; i++) {
+        const float s = fmaf(ks[i] * rk, delta, S[i * VD + j]);
+        S[i * VD + j] = s;
+        o = fmaf(s, qs[i] * rq, o);
+      }
+    }
+    const float ss = block_sum(j < VD ? o * o : 0.f, red);
+    if (j < VD) {
+      const float n = o * rsqrtf(ss / (float)VD + eps);
+      const size_t idx = (size_t)t * VH * VD + (size_t)h * VD + j;
+      dst[idx] = normW[j] * n * silu(z[idx]);
+    }
+    __syncthreads();  // qs/ks reused by the next token
+  }
+  for (int i = threadIdx.x; i < KD * VD; i += blockDim.x) Sg[i] = S[i];
+}
+
+// ---- MoE ----
+
+// router_topk: one warp per token; logits [T, E] → top-K ids and weights
+// renormalised over the K (= softmax restricted to the chosen experts).
+extern "C" __global__ void router_topk(const float* logits, int E, int K, int* ids, float* wts) {
+  extern __shared__ float sl[];  // E
+  const int t = blockIdx.x, lane = threadIdx.x;
+  for (int e = lane; e < E; e += 32) sl[e] = logits[(size_t)t * E + e];
+  __syncwarp();
+  float top = 0.f, sum = 0.f;
+  for (int k = 0; k < K; k++) {
+    float bv = -FINF;
+    int bi = 0x7fffffff;
+    for (int e = lane; e < E; e += 32) {
+      const float v = sl[e];
+      if (v > bv || (v == bv && e < bi)) { bv = v; bi = e; }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+    }
+    if (k == 0) top = bv;
+    const float p = expf(bv - top);
+    sum += p;
+    if (lane == 0) { ids[t * K + k] = bi; wts[t * K + k] = p; sl[bi] = -FINF; }
+    __syncwarp();
+  }
+  if (lane < K) wts[t * K + lane] /= sum;
+}
+
+struct ProjOff { long long w, s, b; };
+
+// moe_gu: h[p] = silu(G_e x_t) ⊙ (U_e x_t) for pair p = t0*K + blockIdx.y,
+// e = ids[p], expert bytes at table[e]. One warp per 2 rows of I.
+template <int BITS, bool VEC>
+__device__ __forceinline__ void moe_gu_body(const u64* table, const int* ids, const float* x, float* hbuf,
+                                            int I, int Hd, int group, int K, int t0, ProjOff g, ProjOff u) {
+  const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int r0 = warp * 2;
+  if (r0 >= I) return;
+  const int p = t0 * K + blockIdx.y;
+  const int tok = p / K;
+  const char* base = reinterpret_cast<const char*>(table[ids[p]]);
+  const int nr = min(2, I - r0);
+  float ag[2][1] = {{0.f}, {0.f}}, au[2][1] = {{0.f}, {0.f}};
+  const float* xt = x + (size_t)tok * Hd;
+  qdot<BITS, 2, 1, VEC>((const u32*)(base + g.w), (const u16*)(base + g.s), (const u16*)(base + g.b), Hd, group, r0, nr, xt, 1, ag);
+  qdot<BITS, 2, 1, VEC>((const u32*)(base + u.w), (const u16*)(base + u.s), (const u16*)(base + u.b), Hd, group, r0, nr, xt, 1, au);
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    const float gv = warp_sum(ag[r][0]), uv = warp_sum(au[r][0]);
+    if ((threadIdx.x & 31) == 0 && r < nr) hbuf[(size_t)p * I + r0 + r] = silu(gv) * uv;
+  }
+}
+
+// moe_dn: dst[t, r] = Σ_k w_k · D_{e_k}[r]·h[t*K+k] for t = t0 + blockIdx.y.
+template <int BITS, bool VEC>
+__device__ __forceinline__ void moe_dn_body(const u64* table, const int* ids, const float* wts, const float* hbuf,
+                                            float* dst, int Hd, int I, int group, int K, int t0, ProjOff d) {
+  const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int r0 = warp * 4;
+  if (r0 >= Hd) return;
+  const int t = t0 + blockIdx.y;
+  const int nr = min(4, Hd - r0);
+  float tot[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int k = 0; k < K; k++) {
+    const int p = t * K + k;
+    const char* base = reinterpret_cast<const char*>(table[ids[p]]);
+    float acc[4][1] = {{0.f}, {0.f}, {0.f}, {0.f}};
+    qdot<BITS, 4, 1, VEC>((const u32*)(base + d.w), (const u16*)(base + d.s), (const u16*)(base + d.b), I, group, r0, nr, hbuf + (size_t)p * I, 1, acc);
+    const float wk = wts[p];
+#pragma unroll
+    for (int r = 0; r < 4; r++) tot[r] = fmaf(wk, acc[r][0], tot[r]);
+  }
+#pragma unroll
+  for (int r = 0; r < 4; r++) {
+    const float v = warp_sum(tot[r]);
+    if ((threadIdx.x & 31) == 0 && r < nr) dst[(size_t)t * Hd + r0 + r] = v;
+  }
+}
+
+#define MOE_GU_ARGS const u64 *table, const int *ids, const float *x, float *hbuf, int I, int Hd, int group, int K, int t0, long long gw, long long gs, long long gb, long long uw, long long us, long long ub
+#define MOE_DN_ARGS const u64 *table, const int *ids, const float *wts, const float *hbuf, float *dst, int Hd, int I, int group, int K, int t0, long long dw, long long ds, long long db
+#define MOE(BITS)                                                                                                                              \
+  extern "C" __global__ void __launch_bounds__(128) moe_gu##BITS##v(MOE_GU_ARGS) { moe_gu_body<BITS, true>(table, ids, x, hbuf, I, Hd, group, K, t0, ProjOff{gw, gs, gb}, ProjOff{uw, us, ub}); }   \
+  extern "C" __global__ void __launch_bounds__(128) moe_gu##BITS##s(MOE_GU_ARGS) { moe_gu_body<BITS, false>(table, ids, x, hbuf, I, Hd, group, K, t0, ProjOff{gw, gs, gb}, ProjOff{uw, us, ub}); }  \
+  extern "C" __global__ void __launch_bounds__(128) moe_dn##BITS##v(MOE_DN_ARGS) { moe_dn_body<BITS, true>(table, ids, wts, hbuf, dst, Hd, I, group, K, t0, ProjOff{dw, ds, db}); } \
+  extern "C" __global__ void __launch_bounds__(128) moe_dn##BITS##s(MOE_DN_ARGS) { moe_dn_body<BITS, false>(table, ids, wts, hbuf, dst, Hd, I, group, K, t0, ProjOff{dw, ds, db}); }
+MOE(2)
+MOE(4)
+MOE(8)

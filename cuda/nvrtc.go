@@ -1,0 +1,184 @@
+package cuda
+
+import (
+	"crypto/sha256"
+	_ "embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	goruntime "runtime"
+	"unsafe"
+)
+
+//go:embed kernels.cu
+var kernelsCore string
+
+//go:embed kernels_mixer.cu
+var kernelsMixer string
+
+// kernelSource is the whole CUDA C translation unit.
+func kernelSource() string { return kernelsCore + "\n" + kernelsMixer }
+
+// ErrCompile reports that NVRTC rejected the kernel source; the error text
+// carries the compiler log.
+var ErrCompile = errors.New("cuda: kernel compilation failed")
+
+func (d *device) arch() string { return fmt.Sprintf("sm_%d%d", d.ccMajor, d.ccMinor) }
+
+func (d *device) nvrtcVersion() (int, int, error) {
+	var maj, min int32
+	err := checkNVRTC(call(d.l.nvrtc.nvrtcVersion, uintptr(unsafe.Pointer(&maj)), uintptr(unsafe.Pointer(&min))), "nvrtcVersion")
+	return int(maj), int(min), err
+}
+
+// cubin returns the compiled kernels for this device, from the disk cache
+// (os.UserCacheDir()/fmoe/cuda, keyed by source hash, arch and NVRTC
+// version) or freshly compiled. cacheDir "" picks the default; "-" disables
+// the cache.
+func (d *device) cubin(src, cacheDir string) ([]byte, error) {
+	maj, min, err := d.nvrtcVersion()
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256([]byte(src))
+	key := fmt.Sprintf("%s-%s-nvrtc%d.%d.cubin", hex.EncodeToString(sum[:12]), d.arch(), maj, min)
+	if cacheDir == "" {
+		if dir, err := os.UserCacheDir(); err == nil {
+			cacheDir = filepath.Join(dir, "fmoe", "cuda")
+		}
+	}
+	if cacheDir != "" && cacheDir != "-" {
+		if b, err := os.ReadFile(filepath.Join(cacheDir, key)); err == nil && len(b) > 0 {
+			return b, nil
+		}
+	}
+	bin, err := d.compile(src)
+	if err != nil {
+		return nil, err
+	}
+	if cacheDir != "" && cacheDir != "-" {
+		_ = writeCache(cacheDir, key, bin) // a cache that cannot be written only costs time
+	}
+	return bin, nil
+}
+
+func writeCache(dir, name string, data []byte) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, name+".tmp*")
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	return os.Rename(f.Name(), filepath.Join(dir, name))
+}
+
+// compile runs NVRTC for this device's architecture and returns the cubin.
+func (d *device) compile(src string) ([]byte, error) {
+	n := &d.l.nvrtc
+	csrc, cname := cstring(src), cstring("fmoe_kernels.cu")
+	var prog uintptr
+	if err := checkNVRTC(call(n.nvrtcCreateProgram, uintptr(unsafe.Pointer(&prog)), uintptr(unsafe.Pointer(&csrc[0])),
+		uintptr(unsafe.Pointer(&cname[0])), 0, 0, 0), "nvrtcCreateProgram"); err != nil {
+		return nil, err
+	}
+	defer call(n.nvrtcDestroyProgram, uintptr(unsafe.Pointer(&prog)))
+	opts := [][]byte{cstring("--gpu-architecture=" + d.arch()), cstring("--std=c++17"), cstring("-default-device")}
+	ptrs := make([]uintptr, len(opts))
+	for i, o := range opts {
+		ptrs[i] = uintptr(unsafe.Pointer(&o[0]))
+	}
+	res := call(n.nvrtcCompileProgram, prog, uintptr(len(ptrs)), uintptr(unsafe.Pointer(&ptrs[0])))
+	goruntime.KeepAlive(opts)
+	if res != 0 {
+		var size uintptr
+		log := "(no log)"
+		if call(n.nvrtcGetProgramLogSize, prog, uintptr(unsafe.Pointer(&size))) == 0 && size > 1 {
+			buf := make([]byte, size)
+			if call(n.nvrtcGetProgramLog, prog, uintptr(unsafe.Pointer(&buf[0]))) == 0 {
+				log = string(buf[:size-1])
+			}
+		}
+		return nil, fmt.Errorf("%w for %s (nvrtc %d): %s", ErrCompile, d.arch(), int32(uint32(res)), log)
+	}
+	var size uintptr
+	if err := checkNVRTC(call(n.nvrtcGetCUBINSize, prog, uintptr(unsafe.Pointer(&size))), "nvrtcGetCUBINSize"); err != nil {
+		return nil, err
+	}
+	bin := make([]byte, size)
+	if err := checkNVRTC(call(n.nvrtcGetCUBIN, prog, uintptr(unsafe.Pointer(&bin[0]))), "nvrtcGetCUBIN"); err != nil {
+		return nil, err
+	}
+	return bin, nil
+}
+
+// loadModule loads the cubin and resolves every kernel in names.
+func (d *device) loadModule(bin []byte, names []string) (mod uintptr, fns map[string]uintptr, err error) {
+	if err := check(call(d.l.drv.cuModuleLoadData, uintptr(unsafe.Pointer(&mod)), uintptr(unsafe.Pointer(&bin[0]))), "cuModuleLoadData"); err != nil {
+		return 0, nil, err
+	}
+	fns = make(map[string]uintptr, len(names))
+	for _, name := range names {
+		var f uintptr
+		cn := cstring(name)
+		if err := check(call(d.l.drv.cuModuleGetFunction, uintptr(unsafe.Pointer(&f)), mod, uintptr(unsafe.Pointer(&cn[0]))), "cuModuleGetFunction "+name); err != nil {
+			call(d.l.drv.cuModuleUnload, mod)
+			return 0, nil, err
+		}
+		fns[name] = f
+	}
+	return mod, fns, nil
+}
+
+// funcAttrMaxDynamicShared is CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES.
+const funcAttrMaxDynamicShared = 8
+
+func (d *device) setMaxDynamicShared(f uintptr, bytes int) error {
+	return check(call(d.l.drv.cuFuncSetAttribute, f, funcAttrMaxDynamicShared, uintptr(bytes)), "cuFuncSetAttribute")
+}
+
+// karg is one kernel argument: device pointers (uintptr), int, int64 or float32.
+type karg = any
+
+// launch starts kernel f on the default stream. Arguments are packed into
+// 8-byte slots owned by the device (launches are serialised on the worker).
+func (d *device) launch(f uintptr, grid, block [3]int, smem int, args ...karg) error {
+	if len(args) > len(d.slots) {
+		return fmt.Errorf("cuda: %d kernel arguments, at most %d", len(args), len(d.slots))
+	}
+	for i, a := range args {
+		switch v := a.(type) {
+		case uintptr:
+			d.slots[i] = uint64(v)
+		case int:
+			d.slots[i] = uint64(uint32(int32(v)))
+		case int64:
+			d.slots[i] = uint64(v)
+		case float32:
+			d.slots[i] = uint64(*(*uint32)(unsafe.Pointer(&v)))
+		default:
+			return fmt.Errorf("cuda: kernel argument %d has unsupported type %T", i, a)
+		}
+		d.params[i] = uintptr(unsafe.Pointer(&d.slots[i]))
+	}
+	for i := range grid {
+		if grid[i] <= 0 || block[i] <= 0 {
+			return nil // empty launch
+		}
+	}
+	r := call(d.l.drv.cuLaunchKernel, f, uintptr(grid[0]), uintptr(grid[1]), uintptr(grid[2]),
+		uintptr(block[0]), uintptr(block[1]), uintptr(block[2]), uintptr(smem), 0,
+		uintptr(unsafe.Pointer(&d.params[0])), 0)
+	return check(r, "cuLaunchKernel")
+}

@@ -1,0 +1,171 @@
+package cuda
+
+import (
+	"fmt"
+	"unsafe"
+
+	"github.com/fmoe/fmoe/runtime"
+)
+
+const ewBlock = 256
+
+func cdiv(a, b int) int { return (a + b - 1) / b }
+
+func grid1(n int) [3]int { return [3]int{n, 1, 1} }
+
+// ewGrid sizes a grid-stride elementwise launch.
+func ewGrid(n int) [3]int { return grid1(max(1, min(cdiv(n, ewBlock), 4096))) }
+
+var blk = [3]int{ewBlock, 1, 1}
+
+// Embed implements runtime.Backend.
+func (b *Backend) Embed(dst runtime.Tensor, table runtime.Weight, ids []int32) error {
+	ts, err := tensors(dst)
+	if err != nil {
+		return err
+	}
+	ws, err := weights(table)
+	if err != nil {
+		return err
+	}
+	d, w := ts[0], ws[0]
+	if d.rows != len(ids) || d.cols != w.in {
+		return fmt.Errorf("%w: embed %d ids of width %d into %dx%d", ErrShape, len(ids), w.in, d.rows, d.cols)
+	}
+	for _, id := range ids {
+		if id < 0 || int(id) >= w.out {
+			return fmt.Errorf("%w: token id %d outside table of %d rows", ErrShape, id, w.out)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	return b.run(func() error {
+		idp, err := b.scratchBuf("ids", len(ids)*4)
+		if err != nil {
+			return err
+		}
+		if err := b.d.htod(idp, unsafe.Pointer(&ids[0]), len(ids)*4); err != nil {
+			return err
+		}
+		if w.w != 0 {
+			return b.d.launch(b.fn[fmt.Sprintf("embedq%d", w.bits)], grid1(len(ids)), blk, 0, w.w, w.s, w.z, idp, d.p, w.in, w.group)
+		}
+		return b.d.launch(b.fn["embedf"], grid1(len(ids)), blk, 0, w.dense, idp, d.p, w.in)
+	})
+}
+
+// MatMul implements runtime.Backend.
+func (b *Backend) MatMul(dst runtime.Tensor, wt runtime.Weight, x runtime.Tensor) error {
+	ts, err := tensors(dst, x)
+	if err != nil {
+		return err
+	}
+	ws, err := weights(wt)
+	if err != nil {
+		return err
+	}
+	d, xt, w := ts[0], ts[1], ws[0]
+	if xt.cols != w.in || d.cols != w.out || d.rows != xt.rows {
+		return fmt.Errorf("%w: matmul %s [%d,%d] · x[%d,%d] → [%d,%d]", ErrShape, w.name, w.out, w.in, xt.rows, xt.cols, d.rows, d.cols)
+	}
+	return b.run(func() error { return b.matmul(d.p, w, xt.p, xt.rows) })
+}
+
+// matmul (worker only): y[T, out] = W · x[T, in].
+func (b *Backend) matmul(y uintptr, w *Weight, x uintptr, T int) error {
+	if w.w == 0 {
+		return b.d.launch(b.fn["fmm"], [3]int{cdiv(w.out, 4), T, 1}, [3]int{128, 1, 1}, 0, w.dense, x, y, w.out, w.in, T)
+	}
+	r, tt, variant := 4, 1, "_1"
+	if T > 1 {
+		r, tt, variant = 2, 8, "_8"
+	}
+	if vecOK(w.bits, w.group, w.in) {
+		variant += "v"
+	} else {
+		variant += "s"
+	}
+	f := b.fn[fmt.Sprintf("qmm%d%s", w.bits, variant)]
+	return b.d.launch(f, [3]int{cdiv(w.out, 4*r), cdiv(T, tt), 1}, [3]int{128, 1, 1}, 0,
+		w.w, w.s, w.z, x, y, w.out, w.in, T, w.group)
+}
+
+// RMSNorm implements runtime.Backend.
+func (b *Backend) RMSNorm(dst, x runtime.Tensor, wt runtime.Weight, eps float32) error {
+	ts, err := tensors(dst, x)
+	if err != nil {
+		return err
+	}
+	ws, err := weights(wt)
+	if err != nil {
+		return err
+	}
+	d, xt, w := ts[0], ts[1], ws[0]
+	glen := w.n()
+	if d.rows != xt.rows || d.cols != xt.cols || glen == 0 || xt.cols%glen != 0 {
+		return fmt.Errorf("%w: rmsnorm of [%d,%d] in groups of %d into [%d,%d]", ErrShape, xt.rows, xt.cols, glen, d.rows, d.cols)
+	}
+	wp, err := vector(w, -1)
+	if err != nil {
+		return err
+	}
+	threads := min(256, cdiv(glen, 32)*32)
+	return b.run(func() error {
+		return b.d.launch(b.fn["rmsnorm"], grid1(xt.rows*xt.cols/glen), [3]int{threads, 1, 1}, 0, d.p, xt.p, wp, glen, eps)
+	})
+}
+
+func sameShape(op string, ts ...*Tensor) error {
+	for _, t := range ts[1:] {
+		if t.rows != ts[0].rows || t.cols != ts[0].cols {
+			return fmt.Errorf("%w: %s of [%d,%d] and [%d,%d]", ErrShape, op, ts[0].rows, ts[0].cols, t.rows, t.cols)
+		}
+	}
+	return nil
+}
+
+// Add implements runtime.Backend.
+func (b *Backend) Add(dst, x runtime.Tensor) error {
+	ts, err := tensors(dst, x)
+	if err != nil {
+		return err
+	}
+	if err := sameShape("add", ts...); err != nil {
+		return err
+	}
+	n := ts[0].rows * ts[0].cols
+	return b.run(func() error { return b.d.launch(b.fn["add_f"], ewGrid(n), blk, 0, ts[0].p, ts[1].p, int64(n)) })
+}
+
+// SwiGLU implements runtime.Backend.
+func (b *Backend) SwiGLU(dst, gate, up runtime.Tensor) error {
+	ts, err := tensors(dst, gate, up)
+	if err != nil {
+		return err
+	}
+	if err := sameShape("swiglu", ts...); err != nil {
+		return err
+	}
+	n := ts[0].rows * ts[0].cols
+	return b.run(func() error {
+		return b.d.launch(b.fn["swiglu_f"], ewGrid(n), blk, 0, ts[0].p, ts[1].p, ts[2].p, int64(n))
+	})
+}
+
+// SigmoidGateAdd implements runtime.Backend.
+func (b *Backend) SigmoidGateAdd(dst, x, gate runtime.Tensor) error {
+	ts, err := tensors(dst, x, gate)
+	if err != nil {
+		return err
+	}
+	if err := sameShape("sigmoid gate add", ts[0], ts[1]); err != nil {
+		return err
+	}
+	if ts[2].rows != ts[0].rows || ts[2].cols != 1 {
+		return fmt.Errorf("%w: gate [%d,%d] for [%d,%d]", ErrShape, ts[2].rows, ts[2].cols, ts[0].rows, ts[0].cols)
+	}
+	return b.run(func() error {
+		return b.d.launch(b.fn["sigmoid_gate_add"], grid1(ts[0].rows), blk, 0, ts[0].p, ts[1].p, ts[2].p, ts[0].cols)
+	})
+}

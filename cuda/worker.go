@@ -1,0 +1,226 @@
+package cuda
+
+import (
+	"bytes"
+	"fmt"
+	goruntime "runtime"
+	"unsafe"
+)
+
+// Device attribute numbers (CUdevice_attribute).
+const (
+	attrMultiprocessorCount    = 16
+	attrComputeCapabilityMajr  = 75
+	attrComputeCapabilityMinr  = 76
+	attrMaxSharedPerBlockOptin = 97
+)
+
+// device owns one GPU's primary context on a dedicated OS thread. Every
+// driver call runs inside do, on that thread.
+type device struct {
+	l       *libs
+	jobs    chan func()
+	ordinal int
+	dev     int32
+	ctx     uintptr
+	name    string
+	ccMajor int
+	ccMinor int
+	sms     int
+	smemOpt int
+
+	slots  [32]uint64  // kernel argument values (launch)
+	params [32]uintptr // pointers to slots
+}
+
+// openDevice loads the libraries, starts the worker and makes the primary
+// context of GPU ordinal current on it.
+func openDevice(ordinal int) (*device, error) {
+	l, err := loadLibs()
+	if err != nil {
+		return nil, err
+	}
+	d := &device{l: l, jobs: make(chan func()), ordinal: ordinal}
+	ready := make(chan error)
+	go d.loop(ready)
+	if err := <-ready; err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *device) loop(ready chan<- error) {
+	goruntime.LockOSThread()
+	defer goruntime.UnlockOSThread()
+	err := d.init()
+	ready <- err
+	if err != nil {
+		return
+	}
+	for f := range d.jobs {
+		f()
+	}
+}
+
+func (d *device) init() error {
+	dr := &d.l.drv
+	if err := check(call(dr.cuInit, 0), "cuInit"); err != nil {
+		return err
+	}
+	if err := check(call(dr.cuDeviceGet, uintptr(unsafe.Pointer(&d.dev)), uintptr(d.ordinal)), "cuDeviceGet"); err != nil {
+		return err
+	}
+	if err := check(call(dr.cuDevicePrimaryCtxRetain, uintptr(unsafe.Pointer(&d.ctx)), uintptr(d.dev)), "cuDevicePrimaryCtxRetain"); err != nil {
+		return err
+	}
+	if err := check(call(dr.cuCtxSetCurrent, d.ctx), "cuCtxSetCurrent"); err != nil {
+		return err
+	}
+	var err error
+	if d.ccMajor, err = d.attr(attrComputeCapabilityMajr); err != nil {
+		return err
+	}
+	if d.ccMinor, err = d.attr(attrComputeCapabilityMinr); err != nil {
+		return err
+	}
+	if d.sms, err = d.attr(attrMultiprocessorCount); err != nil {
+		return err
+	}
+	if d.smemOpt, err = d.attr(attrMaxSharedPerBlockOptin); err != nil {
+		return err
+	}
+	name := make([]byte, 256)
+	if err := check(call(dr.cuDeviceGetName, uintptr(unsafe.Pointer(&name[0])), 256, uintptr(d.dev)), "cuDeviceGetName"); err != nil {
+		return err
+	}
+	if i := bytes.IndexByte(name, 0); i >= 0 {
+		name = name[:i]
+	}
+	d.name = string(name)
+	return nil
+}
+
+func (d *device) attr(a int) (int, error) {
+	var v int32
+	if err := check(call(d.l.drv.cuDeviceGetAttribute, uintptr(unsafe.Pointer(&v)), uintptr(a), uintptr(d.dev)), "cuDeviceGetAttribute"); err != nil {
+		return 0, err
+	}
+	return int(v), nil
+}
+
+// do runs f on the worker thread and returns its error.
+func (d *device) do(f func() error) error {
+	errc := make(chan error, 1)
+	d.jobs <- func() {
+		defer func() {
+			if r := recover(); r != nil {
+				errc <- fmt.Errorf("cuda: panic on the worker: %v", r)
+			}
+		}()
+		errc <- f()
+	}
+	return <-errc
+}
+
+// close releases the primary context and stops the worker.
+func (d *device) close() error {
+	err := d.do(func() error {
+		return check(call(d.l.drv.cuDevicePrimaryCtxRelease, uintptr(d.dev)), "cuDevicePrimaryCtxRelease")
+	})
+	close(d.jobs)
+	return err
+}
+
+// The helpers below must run on the worker (inside do).
+
+func (d *device) malloc(n int) (uintptr, error) {
+	var p uintptr
+	if n == 0 {
+		n = 4
+	}
+	if err := check(call(d.l.drv.cuMemAlloc, uintptr(unsafe.Pointer(&p)), uintptr(n)), fmt.Sprintf("cuMemAlloc(%d)", n)); err != nil {
+		return 0, err
+	}
+	return p, nil
+}
+
+func (d *device) free(p uintptr) error {
+	if p == 0 {
+		return nil
+	}
+	return check(call(d.l.drv.cuMemFree, p), "cuMemFree")
+}
+
+func (d *device) memset(p uintptr, n int) error {
+	return check(call(d.l.drv.cuMemsetD8, p, 0, uintptr(n)), "cuMemsetD8")
+}
+
+func (d *device) htod(dst uintptr, src unsafe.Pointer, n int) error {
+	if n == 0 {
+		return nil
+	}
+	return check(call(d.l.drv.cuMemcpyHtoD, dst, uintptr(src), uintptr(n)), "cuMemcpyHtoD")
+}
+
+func (d *device) dtoh(dst unsafe.Pointer, src uintptr, n int) error {
+	if n == 0 {
+		return nil
+	}
+	return check(call(d.l.drv.cuMemcpyDtoH, uintptr(dst), src, uintptr(n)), "cuMemcpyDtoH")
+}
+
+func (d *device) dtod(dst, src uintptr, n int) error {
+	return check(call(d.l.drv.cuMemcpyDtoD, dst, src, uintptr(n)), "cuMemcpyDtoD")
+}
+
+// htodAsync copies from pinned host memory on the default stream.
+func (d *device) htodAsync(dst uintptr, src unsafe.Pointer, n int) error {
+	return check(call(d.l.drv.cuMemcpyHtoDAsync, dst, uintptr(src), uintptr(n), 0), "cuMemcpyHtoDAsync")
+}
+
+func (d *device) sync() error {
+	return check(call(d.l.drv.cuCtxSynchronize), "cuCtxSynchronize")
+}
+
+// hostAlloc allocates pinned host memory (portable).
+func (d *device) hostAlloc(n int) (unsafe.Pointer, error) {
+	var p unsafe.Pointer
+	if err := check(call(d.l.drv.cuMemHostAlloc, uintptr(unsafe.Pointer(&p)), uintptr(n), 1), fmt.Sprintf("cuMemHostAlloc(%d)", n)); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func (d *device) hostFree(p unsafe.Pointer) error {
+	return check(call(d.l.drv.cuMemFreeHost, uintptr(p)), "cuMemFreeHost")
+}
+
+func (d *device) memInfo() (free, total int, err error) {
+	var f, t uintptr
+	err = check(call(d.l.drv.cuMemGetInfo, uintptr(unsafe.Pointer(&f)), uintptr(unsafe.Pointer(&t))), "cuMemGetInfo")
+	return int(f), int(t), err
+}
+
+// event helpers (GPU timing).
+func (d *device) eventCreate() (uintptr, error) {
+	var e uintptr
+	err := check(call(d.l.drv.cuEventCreate, uintptr(unsafe.Pointer(&e)), 0), "cuEventCreate")
+	return e, err
+}
+
+func (d *device) eventRecord(e uintptr) error {
+	return check(call(d.l.drv.cuEventRecord, e, 0), "cuEventRecord")
+}
+
+func (d *device) eventElapsed(start, end uintptr) (float32, error) {
+	if err := check(call(d.l.drv.cuEventSynchronize, end), "cuEventSynchronize"); err != nil {
+		return 0, err
+	}
+	var ms float32
+	err := check(call(d.l.drv.cuEventElapsedTime, uintptr(unsafe.Pointer(&ms)), start, end), "cuEventElapsedTime")
+	return ms, err
+}
+
+func (d *device) eventDestroy(e uintptr) error {
+	return check(call(d.l.drv.cuEventDestroy, e), "cuEventDestroy")
+}
