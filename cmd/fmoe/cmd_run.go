@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/fmoe/fmoe/cuda"
+	"github.com/fmoe/fmoe/metal"
 	"github.com/fmoe/fmoe/runtime"
 	"github.com/fmoe/fmoe/runtime/cpu"
 	"github.com/fmoe/fmoe/tokenizer"
@@ -26,6 +27,7 @@ type backendCtor struct {
 func backendRegistry(gpuCacheBytes int64) []backendCtor {
 	return []backendCtor{
 		{"cuda", func() (runtime.Backend, error) { return cuda.NewBackend(cuda.Options{CacheBytes: gpuCacheBytes}) }},
+		{"metal", func() (runtime.Backend, error) { return metal.NewBackend(metal.Options{}) }},
 		{"cpu", func() (runtime.Backend, error) { return cpu.New(), nil }},
 	}
 }
@@ -58,7 +60,7 @@ func modelFlags() []cli.Flag {
 		&cli.StringFlag{Name: "experts", Usage: "expert directory (default MODEL/packed_experts, or packed_experts_2bit with --2bit)"},
 		&cli.BoolFlag{Name: "2bit", Usage: "use the 2-bit experts (MODEL/packed_experts_2bit)"},
 		&cli.IntFlag{Name: "experts-per-token", Aliases: []string{"k"}, Usage: "routed experts per token (default: the config's num_experts_per_tok)"},
-		&cli.StringFlag{Name: "backend", Value: "auto", Usage: "cpu, cuda or auto (GPU when available, else CPU)"},
+		&cli.StringFlag{Name: "backend", Value: "auto", Usage: "cpu, cuda, metal or auto (GPU when available, else CPU)"},
 		&cli.IntFlag{Name: "ctx", Usage: "context limit in tokens (default 4096)"},
 		&cli.IntFlag{Name: "batch", Usage: "prefill tokens per forward step (default 32)"},
 		&cli.BoolFlag{Name: "direct-io", Usage: "read experts with O_DIRECT (bypass the page cache; linux, for cold-read measurements)"},
