@@ -167,9 +167,9 @@ func measure(g *groupIn, o *groupOut, st *Stats) {
 	}
 }
 
-// pack writes the 2-bit codes of one group: in holds the group's 4-bit words
+// pack2 writes the 2-bit codes of one group: in holds the group's 4-bit words
 // (8 codes each), out receives len(in)/2 words (16 codes each), LSB first.
-func pack(o *groupOut, in, out []uint32) {
+func pack2(o *groupOut, in, out []uint32) {
 	var t [16]uint32
 	for q, c := range o.code {
 		t[q] = uint32(c)
@@ -211,7 +211,7 @@ func Matrix(dst, src *quant.Matrix, m Method, st *Stats) error {
 		g.levels(src.Scales[i], src.Biases[i], in)
 		quantize(&g, &o)
 		measure(&g, &o, st)
-		pack(&o, in, dst.W[i*w2:(i+1)*w2])
+		pack2(&o, in, dst.W[i*w2:(i+1)*w2])
 		dst.Scales[i], dst.Biases[i] = o.s, o.b
 	}
 	return nil
