@@ -54,6 +54,9 @@ const (
 func dot4x4AVX512(w *uint32, wstride int, sc, bi *uint16, gstride int, xp, sumx *float32, ngroups, bpg int, out *[4]float32, scratch *float32)
 
 //go:noescape
+func dot8x4AVX512(w *uint32, wstride int, sc, bi *uint16, gstride int, xp, sumx *float32, ngroups, bpg int, out *[4]float32, scratch *float32)
+
+//go:noescape
 func dot2x4AVX512(w *uint32, wstride int, sc, bi *uint16, gstride int, xp, sumx *float32, ngroups, bpg int, out *[4]float32, scratch *float32)
 
 //go:noescape
@@ -90,13 +93,13 @@ var xperm = func() (p [2][2][64]uint8) {
 
 // kernelFor picks the kernel of a matrix shape, from the shape alone.
 func kernelFor(m *Matrix) int {
-	if (m.Bits != 4 && m.Bits != 2) || m.GroupSize%64 != 0 || m.Rows < 4 {
+	if m.GroupSize%64 != 0 || m.Rows < 4 {
 		return kernGo
 	}
 	if useAVX512 && m.GroupsPerRow()%16 == 0 {
 		return kernAVX512
 	}
-	if useAVX2 {
+	if useAVX2 && m.Bits != 8 {
 		return kernAVX2
 	}
 	return kernGo
@@ -107,6 +110,10 @@ func newMVArgs(m *Matrix, x []float32) *mvArgs { return newMVArgsKern(m, x, kern
 func newMVArgsKern(m *Matrix, x []float32, kern int) *mvArgs {
 	a := &mvArgs{m: m, x: x, sumx: groupSums(x, m.GroupSize), kern: kern}
 	if a.kern == kernGo {
+		return a
+	}
+	if m.Bits == 8 {
+		a.xp = x // AVX-512 8-bit: codes are bytes in column order
 		return a
 	}
 	perm := &xperm[a.kern-kernAVX2][m.Bits/4]
@@ -149,8 +156,11 @@ func (a *mvArgs) rows(dst []float32, lo, hi int) {
 		}
 	case kernAVX512:
 		kernel := dot4x4AVX512
-		if m.Bits == 2 {
+		switch m.Bits {
+		case 2:
 			kernel = dot2x4AVX512
+		case 8:
+			kernel = dot8x4AVX512
 		}
 		scratch := make([]float32, 4*gpr)
 		for ; r+4 <= hi; r += 4 {

@@ -10,7 +10,7 @@ func simdAvailable() bool { return useAVX2 }
 func testKernels(m *Matrix, x []float32) []*mvArgs {
 	all := []*mvArgs{newMVArgs(m, x)}
 	k := all[0].kern
-	if k == kernAVX512 && useAVX2 {
+	if k == kernAVX512 && useAVX2 && m.Bits != 8 {
 		all = append(all, newMVArgsKern(m, x, kernAVX2))
 	}
 	return all
