@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 )
 
 // Sentinel errors of the tokenizer-file formats. Truncated input also wraps
@@ -103,7 +104,7 @@ func ParseTokenizerJSON(data []byte) (*TokenizerJSON, error) {
 		Model        *struct {
 			Type                    string          `json:"type"`
 			Vocab                   map[string]int  `json:"vocab"`
-			Merges                  []mergeEntry    `json:"merges"`
+			Merges                  json.RawMessage `json:"merges"`
 			UnkToken                *string         `json:"unk_token"`
 			ContinuingSubwordPrefix *string         `json:"continuing_subword_prefix"`
 			EndOfWordSuffix         *string         `json:"end_of_word_suffix"`
@@ -122,15 +123,16 @@ func ParseTokenizerJSON(data []byte) (*TokenizerJSON, error) {
 	if m.Vocab == nil {
 		return nil, fmt.Errorf("%w: model has no vocab", ErrTokenizerJSON)
 	}
-	if len(m.Merges) > MaxMerges {
-		return nil, fmt.Errorf("%w: %d merges exceed the cap %d", ErrTokenizerJSON, len(m.Merges), MaxMerges)
+	merges, err := parseMerges(m.Merges)
+	if err != nil {
+		return nil, fmt.Errorf("%w: model.merges: %w", ErrTokenizerJSON, err)
 	}
 	if len(raw.AddedTokens) > MaxAddedTokens {
 		return nil, fmt.Errorf("%w: %d added tokens exceed the cap %d", ErrTokenizerJSON, len(raw.AddedTokens), MaxAddedTokens)
 	}
 	t := &TokenizerJSON{
 		Vocab:        m.Vocab,
-		Merges:       make([][2]string, len(m.Merges)),
+		Merges:       merges,
 		ModelType:    m.Type,
 		ByteFallback: m.ByteFallback,
 		IgnoreMerges: m.IgnoreMerges,
@@ -144,9 +146,6 @@ func ParseTokenizerJSON(data []byte) (*TokenizerJSON, error) {
 	if m.EndOfWordSuffix != nil {
 		t.EndOfWordSuffix = *m.EndOfWordSuffix
 	}
-	for i, me := range m.Merges {
-		t.Merges[i] = me.pair
-	}
 	for i, a := range raw.AddedTokens {
 		if a.ID == nil || a.Content == nil {
 			return nil, fmt.Errorf("%w: added_tokens[%d] lacks id or content", ErrTokenizerJSON, i)
@@ -157,7 +156,6 @@ func ParseTokenizerJSON(data []byte) (*TokenizerJSON, error) {
 	if err := t.validate(); err != nil {
 		return nil, err
 	}
-	var err error
 	if t.Normalizers, err = parseNormalizer(raw.Normalizer, 0); err != nil {
 		return nil, err
 	}
@@ -206,32 +204,109 @@ func (t *TokenizerJSON) validate() error {
 	return nil
 }
 
-// mergeEntry decodes one merge: ["a","b"] or "a b".
-type mergeEntry struct{ pair [2]string }
+// parseMerges decodes model.merges, an array of ["a","b"] pairs or of
+// "a b" strings, without a reflection call per entry (a real tokenizer has
+// ~250k). The input has already passed encoding/json's syntax check.
+func parseMerges(raw json.RawMessage) ([][2]string, error) {
+	if isNull(raw) {
+		return nil, nil
+	}
+	p := &mergeParser{b: raw}
+	if !p.eat('[') {
+		return nil, errors.New("not an array")
+	}
+	var out [][2]string
+	for !p.eat(']') {
+		if len(out) > 0 && !p.eat(',') {
+			return nil, fmt.Errorf("merge %d: expected ','", len(out))
+		}
+		if len(out) >= MaxMerges {
+			return nil, fmt.Errorf("more than %d merges", MaxMerges)
+		}
+		var pair [2]string
+		switch {
+		case p.eat('['):
+			n := 0
+			for !p.eat(']') {
+				if n > 0 && !p.eat(',') {
+					return nil, fmt.Errorf("merge %d: expected ','", len(out))
+				}
+				s, err := p.str()
+				if err != nil {
+					return nil, fmt.Errorf("merge %d: %w", len(out), err)
+				}
+				if n < 2 {
+					pair[n] = s
+				}
+				n++
+			}
+			if n != 2 {
+				return nil, fmt.Errorf("merge %d has %d parts, want 2", len(out), n)
+			}
+		default:
+			s, err := p.str()
+			if err != nil {
+				return nil, fmt.Errorf("merge %d: %w", len(out), err)
+			}
+			a, b, ok := strings.Cut(s, " ")
+			if !ok || strings.Contains(b, " ") {
+				return nil, fmt.Errorf("merge %d (%q) is not two space-separated tokens", len(out), s)
+			}
+			pair = [2]string{a, b}
+		}
+		out = append(out, pair)
+	}
+	return out, nil
+}
 
-func (m *mergeEntry) UnmarshalJSON(b []byte) error {
-	b = bytes.TrimSpace(b)
-	if len(b) > 0 && b[0] == '"' {
-		var s string
-		if err := json.Unmarshal(b, &s); err != nil {
-			return err
+type mergeParser struct {
+	b []byte
+	i int
+}
+
+func (p *mergeParser) skipSpace() {
+	for p.i < len(p.b) && (p.b[p.i] == ' ' || p.b[p.i] == '\t' || p.b[p.i] == '\n' || p.b[p.i] == '\r') {
+		p.i++
+	}
+}
+
+// eat consumes c (after white space) if it is next.
+func (p *mergeParser) eat(c byte) bool {
+	p.skipSpace()
+	if p.i < len(p.b) && p.b[p.i] == c {
+		p.i++
+		return true
+	}
+	return false
+}
+
+// str decodes a JSON string; plain ones are copied, ones with escapes or
+// non-UTF-8 bytes go through encoding/json.
+func (p *mergeParser) str() (string, error) {
+	p.skipSpace()
+	if p.i >= len(p.b) || p.b[p.i] != '"' {
+		return "", errors.New("expected a string")
+	}
+	start, plain := p.i, true
+	for j := p.i + 1; j < len(p.b); j++ {
+		switch c := p.b[j]; {
+		case c == '\\':
+			plain = false
+			j++
+		case c == '"':
+			p.i = j + 1
+			body := p.b[start+1 : j]
+			if plain && utf8.Valid(body) {
+				return string(body), nil
+			}
+			var s string
+			err := json.Unmarshal(p.b[start:j+1], &s)
+			return s, err
+		case c < 0x20:
+			return "", errors.New("control character in string")
 		}
-		a, c, ok := strings.Cut(s, " ")
-		if !ok || strings.Contains(c, " ") {
-			return fmt.Errorf("merge %q is not two space-separated tokens", s)
-		}
-		m.pair = [2]string{a, c}
-		return nil
 	}
-	var p []string
-	if err := json.Unmarshal(b, &p); err != nil {
-		return err
-	}
-	if len(p) != 2 {
-		return fmt.Errorf("merge %s does not have two parts", b)
-	}
-	m.pair = [2]string{p[0], p[1]}
-	return nil
+	return "", errors.New("unterminated string")
 }
 
 const maxPipelineDepth = 8 // nesting of Sequence normalizers/pre-tokenizers
