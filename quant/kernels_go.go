@@ -109,3 +109,10 @@ func dotF32Go(a, b []float32) float32 {
 	}
 	return (s0 + s1) + (s2 + s3)
 }
+
+// dotF32x4Go sets out[t] = dotF32Go(a, x[t*stride:]) for t = 0..3.
+func dotF32x4Go(out *[4]float32, a, x []float32, stride int) {
+	for t := range out {
+		out[t] = dotF32Go(a, x[t*stride:t*stride+len(a)])
+	}
+}

@@ -33,12 +33,27 @@ func MatMul(dst []float32, m *Matrix, x []float32, tokens int) {
 			t1 := min(t0+tokenBlock, tokens)
 			for r := lo; r < hi; r++ {
 				dequantRow(buf, m, r)
-				for t := t0; t < t1; t++ {
-					dst[t*m.Rows+r] = dotF32(buf, x[t*m.Cols:(t+1)*m.Cols])
-				}
+				dotTokens(dst, m.Rows, r, buf, x, m.Cols, t0, t1)
 			}
 		}
 	})
+}
+
+// dotTokens sets dst[t*rows+r] = w·x[t] for tokens t0 ≤ t < t1, four at a
+// time from t0 (which token goes through which kernel depends only on t0
+// and t1, fixed by the token count).
+func dotTokens(dst []float32, rows, r int, w, x []float32, cols, t0, t1 int) {
+	t := t0
+	var out [4]float32
+	for ; t+4 <= t1; t += 4 {
+		dotF32x4(&out, w, x[t*cols:(t+4)*cols], cols)
+		for k, v := range out {
+			dst[(t+k)*rows+r] = v
+		}
+	}
+	for ; t < t1; t++ {
+		dst[t*rows+r] = dotF32(w, x[t*cols:(t+1)*cols])
+	}
 }
 
 // tokenBlock is how many tokens of x a MatMul worker sweeps per dequantized
@@ -65,10 +80,7 @@ func MatMulF32(dst, w []float32, rows, cols int, x []float32, tokens int) {
 		for t0 := 0; t0 < tokens; t0 += tokenBlock {
 			t1 := min(t0+tokenBlock, tokens)
 			for r := lo; r < hi; r++ {
-				wr := w[r*cols : (r+1)*cols]
-				for t := t0; t < t1; t++ {
-					dst[t*rows+r] = dotF32(wr, x[t*cols:(t+1)*cols])
-				}
+				dotTokens(dst, rows, r, w[r*cols:(r+1)*cols], x, cols, t0, t1)
 			}
 		}
 	})

@@ -68,6 +68,9 @@ func dot2x4AVX2(w *uint32, wstride int, sc, bi *uint16, gstride int, xp, sumx8 *
 //go:noescape
 func dotF32AVX2(a, b *float32, n int) float32
 
+//go:noescape
+func dotF32x4AVX2(a, x *float32, xstride, n int, out *[4]float32)
+
 // mvArgs holds what one MatVec call shares between its workers.
 type mvArgs struct {
 	m       *Matrix
@@ -189,4 +192,21 @@ func dotF32(a, b []float32) float32 {
 		s += a[i] * b[i]
 	}
 	return s
+}
+
+// dotF32x4 sets out[t] = Σ_i a[i]·x[t*stride+i] for t = 0..3.
+func dotF32x4(out *[4]float32, a, x []float32, stride int) {
+	n := len(a) &^ 7
+	if !useAVX2 || n == 0 {
+		dotF32x4Go(out, a, x, stride)
+		return
+	}
+	_ = x[3*stride+len(a)-1]
+	dotF32x4AVX2(unsafe.SliceData(a), unsafe.SliceData(x), stride*4, n, out)
+	for t := 0; t < 4; t++ {
+		xt := x[t*stride : t*stride+len(a)]
+		for i := n; i < len(a); i++ {
+			out[t] += a[i] * xt[i]
+		}
+	}
 }

@@ -222,3 +222,65 @@ done:
 	VZEROUPPER
 	MOVSS X0, ret+24(FP)
 	RET
+
+// func dotF32x4AVX2(a, x *float32, xstride, n int, out *[4]float32)
+// out[t] = Σ_{i<n} a[i]·x[t*xstride/4 + i] for t = 0..3 (xstride in bytes,
+// n a multiple of 8): one row against four tokens, each load of a shared.
+TEXT ·dotF32x4AVX2(SB), NOSPLIT, $0-40
+	MOVQ a+0(FP), SI
+	MOVQ x+8(FP), DI
+	MOVQ xstride+16(FP), R8
+	LEAQ (R8)(R8*2), R9
+	MOVQ n+24(FP), CX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+
+x4loop16:
+	CMPQ CX, $16
+	JLT  x4loop8
+	VMOVUPS (SI), Y8
+	VMOVUPS 32(SI), Y9
+	VFMADD231PS (DI), Y8, Y0
+	VFMADD231PS (DI)(R8*1), Y8, Y1
+	VFMADD231PS (DI)(R8*2), Y8, Y2
+	VFMADD231PS (DI)(R9*1), Y8, Y3
+	VFMADD231PS 32(DI), Y9, Y4
+	VFMADD231PS 32(DI)(R8*1), Y9, Y5
+	VFMADD231PS 32(DI)(R8*2), Y9, Y6
+	VFMADD231PS 32(DI)(R9*1), Y9, Y7
+	ADDQ $64, SI
+	ADDQ $64, DI
+	SUBQ $16, CX
+	JMP  x4loop16
+
+x4loop8:
+	CMPQ CX, $8
+	JLT  x4done
+	VMOVUPS (SI), Y8
+	VFMADD231PS (DI), Y8, Y0
+	VFMADD231PS (DI)(R8*1), Y8, Y1
+	VFMADD231PS (DI)(R8*2), Y8, Y2
+	VFMADD231PS (DI)(R9*1), Y8, Y3
+	ADDQ $32, SI
+	ADDQ $32, DI
+	SUBQ $8, CX
+	JMP  x4loop8
+
+x4done:
+	VADDPS Y4, Y0, Y0
+	VADDPS Y5, Y1, Y1
+	VADDPS Y6, Y2, Y2
+	VADDPS Y7, Y3, Y3
+	MOVQ out+32(FP), DI
+	HSUM(Y0, X0, 0)
+	HSUM(Y1, X1, 4)
+	HSUM(Y2, X2, 8)
+	HSUM(Y3, X3, 12)
+	VZEROUPPER
+	RET

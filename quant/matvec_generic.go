@@ -31,3 +31,6 @@ func dequantRow(dst []float32, m *Matrix, r int) { dequantRowGo(dst, m, r) }
 
 // dotF32 returns Σ a[i]·b[i] (len(b) >= len(a)).
 func dotF32(a, b []float32) float32 { return dotF32Go(a, b) }
+
+// dotF32x4 sets out[t] = Σ_i a[i]·x[t*stride+i] for t = 0..3.
+func dotF32x4(out *[4]float32, a, x []float32, stride int) { dotF32x4Go(out, a, x, stride) }
