@@ -1,17 +1,150 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/fmoe/fmoe/formats"
+	"github.com/fmoe/fmoe/internal/filecopy"
+	"github.com/fmoe/fmoe/pack"
 )
 
-// packExpertsCommand is not implemented yet; its owner replaces this file.
+// packOptions are the command line of `fmoe pack-experts`.
+type packOptions struct {
+	src    string
+	out    string
+	layers string
+	opts   pack.Options
+	run    pack.RunOptions
+	quiet  bool
+	json   bool
+}
+
 func packExpertsCommand() *cli.Command {
-	return &cli.Command{
-		Name:   "pack-experts",
-		Usage:  "(not implemented yet)",
-		Hidden: true,
-		Action: func(*cli.Context) error { return errors.New("pack-experts: not implemented yet") },
+	var o packOptions
+	var flags []cli.Flag
+	flags = []cli.Flag{
+		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "`DIR` for the packed experts (created; required)", Destination: &o.out},
+		&cli.IntFlag{Name: "bits", Value: 4, Usage: "bits of the source experts (4 for an MLX 4-bit checkpoint; 2-bit comes from fmoe requant)", Destination: &o.opts.Bits},
+		&cli.StringFlag{Name: "layout", Value: formats.PackLayoutExpert, Usage: "expert: one file per expert (layer_XX_expert_YYYY.bin); layer: one file per layer (layer_XX.bin, flash-moe's Metal layout)", Destination: &o.opts.Layout},
+		&cli.StringFlag{Name: "layers", Usage: "layers to pack, e.g. 0-3,7 (default: all)", Destination: &o.layers},
+		&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, Usage: fmt.Sprintf("parallel copy workers, 1-%d (0 = one per core, at least 4)", filecopy.MaxJobs), Destination: &o.run.Jobs},
+		&cli.BoolFlag{Name: "force", Usage: "redo files a previous run finished; replace a different layout in DIR", Destination: &o.run.Force},
+		&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress and no summary", Destination: &o.quiet},
+		&cli.BoolFlag{Name: "json", Usage: "print a JSON summary on stdout (no progress)", Destination: &o.json},
 	}
+	return &cli.Command{
+		Name:      "pack-experts",
+		Usage:     "copy every routed expert into its own file (or one file per layer)",
+		ArgsUsage: "<hf-dir>",
+		Description: `Reads the stacked routed-expert tensors of an MLX-quantized Qwen3.5-MoE checkpoint
+(…mlp.switch_mlp.{gate,up,down}_proj.{weight,scales,biases}) and writes each
+expert as one contiguous block: gate/up/down × weight/scales/biases, the bytes
+flash-moe's repack_experts.py writes. Dimensions come from config.json; nothing
+is hard-coded (Qwen3.5-397B-A17B 4-bit: 7,077,888 bytes per expert).
+
+Files in -o DIR:
+   layer_XX_expert_YYYY.bin   --layout expert (default), or
+   layer_XX.bin               --layout layer: expert e at e × expert_size
+   layout.json                the layout (fmoe run and fmoe requant read it)
+   checksums.json             size and xxh3-64 of each file (fmoe verify DIR)
+
+Memory stays bounded (workers × 2 × 4 MiB) whatever the model size. Files
+appear under their final names only when complete; Ctrl-C removes unfinished
+ones and records the finished ones, and a re-run skips files whose size and
+checksum match (--force redoes them). Packing more layers into the same DIR
+later extends layout.json.
+
+EXAMPLES:
+   fmoe pack-experts ~/models/Qwen3.5-397B-A17B-4bit --bits 4 -o model/packed_experts
+   fmoe pack-experts tiny-hf --bits 4 -o tiny/packed_experts --layout layer
+   fmoe pack-experts tiny-hf --bits 4 -o tiny/packed_experts --layers 0-3,7 --jobs 8
+
+` + exitCodesHelp,
+		Flags: flags,
+		Before: func(c *cli.Context) error {
+			args, err := parseInterspersed(c, flags)
+			if err != nil {
+				return usageError{err}
+			}
+			if len(args) != 1 {
+				return usagef("pack-experts takes one checkpoint directory (got %d arguments)", len(args))
+			}
+			o.src = args[0]
+			if o.out == "" {
+				return usagef("pack-experts needs -o DIR")
+			}
+			switch o.opts.Bits {
+			case 2, 4, 8:
+			default:
+				return usagef("--bits %d: want 4 (or the bits of the source experts: 2, 4 or 8)", o.opts.Bits)
+			}
+			if o.opts.Layout != formats.PackLayoutExpert && o.opts.Layout != formats.PackLayoutLayer {
+				return usagef("--layout %q: want expert or layer", o.opts.Layout)
+			}
+			if o.run.Jobs < 0 || o.run.Jobs > filecopy.MaxJobs {
+				return usagef("--jobs %d: want 0-%d", o.run.Jobs, filecopy.MaxJobs)
+			}
+			if st, err := os.Stat(o.src); err != nil || !st.IsDir() {
+				return usagef("%s is not a checkpoint directory", o.src)
+			}
+			return nil
+		},
+		Action: func(c *cli.Context) error { return runPackExperts(c.Context, &o, c.App.Writer, c.App.ErrWriter) },
+	}
+}
+
+// runPackExperts plans from the headers, packs, and prints the summary.
+func runPackExperts(ctx context.Context, o *packOptions, stdout, stderr io.Writer) error {
+	if stdout == nil {
+		stdout = os.Stdout
+	}
+	if stderr == nil {
+		stderr = os.Stderr
+	}
+	start := time.Now()
+	if o.layers != "" {
+		// The layer count is only known from config.json: parse against a
+		// generous bound here, PlanPack checks the real one.
+		layers, err := pack.ParseLayers(o.layers, 1<<16)
+		if err != nil {
+			return usageError{err}
+		}
+		o.opts.Layers = layers
+	}
+	pk, err := pack.Open(o.src, o.opts)
+	if err != nil {
+		if errors.Is(err, pack.ErrLayers) {
+			return usageError{err}
+		}
+		return err
+	}
+	defer pk.Close()
+	st := startStage(stderr, "pack-experts", pk.TotalBytes(), o.quiet || o.json)
+	s, err := pk.Run(ctx, o.out, o.run, st)
+	st.Done()
+	if err != nil {
+		return err
+	}
+	s.Seconds = time.Since(start).Seconds()
+	if o.json {
+		return json.NewEncoder(stdout).Encode(map[string]any{
+			"command": "pack-experts", "input": o.src, "output": o.out, "layout": s.Layout, "bits": s.Bits,
+			"layers": s.Layers, "files": s.Files, "written": s.Written, "skipped": s.Skipped, "bytes": s.Bytes,
+			"bytes_skipped": s.BytesSkipped, "seconds": s.Seconds, "gb_per_s": float64(s.Bytes) / 1e9 / max(s.Seconds, 1e-9),
+		})
+	}
+	if o.quiet {
+		return nil
+	}
+	fmt.Fprintf(stdout, "pack-experts: %d layers, %d files (%d written, %d kept) in %s: %s\n",
+		len(s.Layers), s.Files, s.Written, s.Skipped, o.out, rate(s.Bytes, time.Since(start)))
+	return nil
 }

@@ -8,6 +8,8 @@
    pseudo-random bytes: 11 layers (so "layers.10" sorts before "layers.2"),
    tensors of odd byte sizes (alignment padding), vision tensors (skipped),
    stacked routed experts (4 experts, hidden 32, moe intermediate 32, 4-bit, group 32).
+   (No model.visual.* tensor: real MLX checkpoints have none, and package hfconv
+   takes top-level model.* names for an HF release. The plan tests cover that rule.)
 2. Runs flash-moe's metal_infer/extract_weights.py (git HEAD, unmodified) on it ->
    golden/model_weights.bin, golden/model_weights.json. The script imports numpy
    without using it; a stub module stands in when numpy is absent.
@@ -72,7 +74,6 @@ for l in range(L):
     qlin(b + "mlp.switch_mlp.up_proj", I, H, E)
     qlin(b + "mlp.switch_mlp.down_proj", H, I, E)
 add("vision_tower.patch_embed.weight", "BF16", [4, 3])
-add("model.visual.blocks.0.norm.weight", "BF16", [5])
 
 
 def write_safetensors(path, names):
