@@ -29,3 +29,13 @@ func NewVirtual(dir string, cfg *formats.Config, tensors map[string]Ref, files [
 	sort.Strings(c.Files)
 	return c
 }
+
+// Readers returns, for each of files, the computed reader of a virtual file
+// or nil for a real shard (callers open real shards by path themselves).
+func (c *Checkpoint) Readers(files []string) []io.ReaderAt {
+	rs := make([]io.ReaderAt, len(files))
+	for i, f := range files {
+		rs[i] = c.virtual[f]
+	}
+	return rs
+}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/fmoe/fmoe/checkpoint"
 	"github.com/fmoe/fmoe/formats"
+	"github.com/fmoe/fmoe/hfconv"
 	"github.com/fmoe/fmoe/internal/atomicfile"
 	"github.com/fmoe/fmoe/internal/filecopy"
 	"github.com/fmoe/fmoe/internal/progress"
@@ -57,7 +58,13 @@ type Extractor struct {
 // Open inventories the checkpoint at src (headers only) and plans
 // model_weights.bin.
 func Open(src string) (*Extractor, error) {
-	ck, err := checkpoint.Open(src)
+	return OpenHF(src, hfconv.Options{})
+}
+
+// OpenHF is Open with the quantization used when src is an original HF
+// release (BF16/F16/F32/FP8), which is converted on the fly (package hfconv).
+func OpenHF(src string, hf hfconv.Options) (*Extractor, error) {
+	ck, _, err := hfconv.Open(src, hf)
 	if err != nil {
 		return nil, err
 	}
@@ -90,6 +97,7 @@ func (x *Extractor) CopyPlan(out string) *filecopy.Plan {
 			Dst: e.Offset, Len: e.Source.Info.Size, Label: "tensor " + e.Source.Info.Name + " in " + e.Source.File})
 	}
 	cp.Outputs = []filecopy.Output{o}
+	cp.Readers = ck.Readers(ck.Files)
 	return cp
 }
 

@@ -23,7 +23,7 @@ func Open(dir string, opt Options) (ck *checkpoint.Checkpoint, converted bool, e
 	if err != nil {
 		return nil, false, err
 	}
-	if !IsHF(src.Names()) {
+	if !IsHF(src.Shapes()) {
 		return src, false, nil
 	}
 	ck, err = Convert(src, opt)

@@ -124,15 +124,25 @@ func outName(rest string) string {
 	return "language_model.model." + rest
 }
 
-// IsHF reports whether a checkpoint's tensor names are in the original HF
-// layout rather than MLX's (MLX names start with "language_model.").
-func IsHF(names []string) bool {
-	for _, n := range names {
-		if strings.HasPrefix(n, "model.") || strings.HasSuffix(n, "experts.gate_up_proj") || strings.HasSuffix(n, "_scale_inv") {
-			return true
+// IsHF reports whether a checkpoint (tensor name → shape) is an original
+// HF release rather than an MLX conversion. Names alone cannot tell (MLX
+// text-only conversions also use model.layers.*), so it looks at structure:
+// quantized modules (.scales) or switch_mlp experts mean MLX; fused or
+// per-expert HF experts, FP8 scales, or a conv1d in HF's [C, 1, K] layout
+// mean HF.
+func IsHF(shapes map[string][]int64) bool {
+	hf := false
+	for n, s := range shapes {
+		switch {
+		case strings.HasSuffix(n, ".scales") || strings.Contains(n, ".switch_mlp."):
+			return false
+		case strings.Contains(n, "mlp.experts.") || strings.HasSuffix(n, "_scale_inv"):
+			hf = true
+		case strings.HasSuffix(n, "conv1d.weight") && len(s) == 3 && s[1] == 1 && s[2] > 1:
+			hf = true
 		}
 	}
-	return false
+	return hf
 }
 
 // MakePlan decides every output tensor from the source tensors' shapes.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/fmoe/fmoe/checkpoint"
 	"github.com/fmoe/fmoe/formats"
+	"github.com/fmoe/fmoe/hfconv"
 	"github.com/fmoe/fmoe/internal/atomicfile"
 	"github.com/fmoe/fmoe/internal/filecopy"
 	"github.com/fmoe/fmoe/internal/progress"
@@ -53,7 +54,7 @@ type Packer struct {
 
 // Open inventories the checkpoint at src and plans the packing.
 func Open(src string, opt Options) (*Packer, error) {
-	ck, err := checkpoint.Open(src)
+	ck, _, err := hfconv.Open(src, hfconv.Options{Bits: opt.Bits, GroupSize: opt.GroupSize})
 	if err != nil {
 		return nil, err
 	}
@@ -164,6 +165,7 @@ func (pk *Packer) Run(ctx context.Context, out string, opt RunOptions, c progres
 		}
 	}
 	cp := p.CopyPlan(pk.Checkpoint.Dir, out)
+	cp.Readers = pk.Checkpoint.Readers(p.Sources)
 	todo := cp.Outputs[:0:0]
 	for i, o := range cp.Outputs {
 		if keep[i] {

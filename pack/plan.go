@@ -71,9 +71,12 @@ func ParseLayers(spec string, n int) ([]int, error) {
 
 // Options selects what PlanPack packs.
 type Options struct {
-	Bits   int    // must equal the source experts' bits
-	Layout string // formats.PackLayoutExpert (default) or formats.PackLayoutLayer
-	Layers []int  // nil: all layers
+	Bits int // must equal the source experts' bits (an HF release is quantized to it)
+	// GroupSize is the quantization group of an HF release converted on the
+	// fly (0: 64); MLX sources keep their own.
+	GroupSize int
+	Layout    string // formats.PackLayoutExpert (default) or formats.PackLayoutLayer
+	Layers    []int  // nil: all layers
 }
 
 // ExpertRef names the expert a part of an output holds.

@@ -12,8 +12,8 @@ import (
 	"sort"
 	"sync"
 
-	"github.com/fmoe/fmoe/checkpoint"
 	"github.com/fmoe/fmoe/formats"
+	"github.com/fmoe/fmoe/hfconv"
 	"github.com/fmoe/fmoe/internal/filecopy"
 	"github.com/fmoe/fmoe/internal/progress"
 	"golang.org/x/sync/errgroup"
@@ -239,7 +239,7 @@ func fileOf(err error) string {
 
 // against compares every packed component present in dir with the source.
 func against(ctx context.Context, dir, src string, layout *formats.PackLayout, present map[string]int64, jobs int, c progress.Counter, add func(error)) error {
-	ck, err := checkpoint.Open(src)
+	ck, _, err := hfconv.Open(src, hfconv.Options{Bits: layout.Expert.Bits, GroupSize: layout.Expert.GroupSize})
 	if err != nil {
 		return fmt.Errorf("verify --against: %w", err)
 	}

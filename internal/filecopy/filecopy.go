@@ -52,6 +52,10 @@ type Output struct {
 type Plan struct {
 	Dir     string   // output directory (must exist)
 	Sources []string // source file paths
+	// Readers, when set, holds for each source index a reader used instead
+	// of opening Sources[i] (nil entries are opened from Sources): computed
+	// sources such as an HF release converted on the fly (package hfconv).
+	Readers []io.ReaderAt
 	Outputs []Output
 }
 
@@ -139,20 +143,24 @@ func Run(ctx context.Context, p *Plan, opt Options, c progress.Counter, done fun
 	}
 	opt = opt.withDefaults()
 	c = progress.Or(c)
-	srcs := make([]*os.File, len(p.Sources))
+	srcs := make([]io.ReaderAt, len(p.Sources))
+	var opened []*os.File
 	defer func() {
-		for _, f := range srcs {
-			if f != nil {
-				f.Close()
-			}
+		for _, f := range opened {
+			f.Close()
 		}
 	}()
 	for i, path := range p.Sources {
+		if i < len(p.Readers) && p.Readers[i] != nil {
+			srcs[i] = p.Readers[i]
+			continue
+		}
 		f, err := os.Open(path)
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrSource, err)
 		}
 		srcs[i] = f
+		opened = append(opened, f)
 	}
 
 	nbuf := 2 * opt.Jobs
@@ -287,7 +295,7 @@ func Run(ctx context.Context, p *Plan, opt Options, c progress.Counter, done fun
 }
 
 // fill reads the bytes of chunk ck from the sources; gaps become zero.
-func fill(ck chunk, srcs []*os.File, names []string) error {
+func fill(ck chunk, srcs []io.ReaderAt, names []string) error {
 	o := ck.st.out
 	lo, hi := ck.off, ck.off+int64(len(ck.buf))
 	// first piece ending after lo
