@@ -80,14 +80,32 @@ func dequantRowGo(dst []float32, m *Matrix, r int) {
 	wpr := m.WordsPerRow()
 	w := m.W[r*wpr : (r+1)*wpr]
 	per := 32 / m.Bits
+	wpg := m.GroupSize / per
 	mask := uint32(1)<<m.Bits - 1
 	for g := 0; g < gpr; g++ {
 		s := BF16ToF32(m.Scales[r*gpr+g])
 		b := BF16ToF32(m.Biases[r*gpr+g])
-		for c := g * m.GroupSize; c < (g+1)*m.GroupSize; c += per {
-			v := w[c/per]
-			for i := 0; i < per; i++ {
-				dst[c+i] = float32(v>>(uint(i*m.Bits))&mask)*s + b
+		ws := w[g*wpg : (g+1)*wpg]
+		out := dst[g*m.GroupSize : (g+1)*m.GroupSize]
+		switch m.Bits {
+		case 4:
+			for j, v := range ws {
+				o := out[8*j : 8*j+8 : 8*j+8]
+				o[0] = float32(v&15)*s + b
+				o[1] = float32(v>>4&15)*s + b
+				o[2] = float32(v>>8&15)*s + b
+				o[3] = float32(v>>12&15)*s + b
+				o[4] = float32(v>>16&15)*s + b
+				o[5] = float32(v>>20&15)*s + b
+				o[6] = float32(v>>24&15)*s + b
+				o[7] = float32(v>>28)*s + b
+			}
+		default:
+			for j, v := range ws {
+				o := out[per*j : per*j+per : per*j+per]
+				for i := range o {
+					o[i] = float32(v>>(uint(i*m.Bits))&mask)*s + b
+				}
 			}
 		}
 	}
