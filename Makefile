@@ -49,3 +49,18 @@ bench-matvec: ## CPU quantized matvec bandwidth vs memcpy (quant/)
 			-test.benchtime $(BENCH_TIME) | tee -a out/bench-matvec.txt | grep -E '^Benchmark' ; \
 	done
 	@awk -f quant/benchratio.awk out/bench-matvec.txt
+
+# bench-cuda (CUDA engineer): builds the static CUDA test binary here; runs
+# tools/bench/cuda.sh when a GPU is present (on the GPU machine, carry .devbin).
+.PHONY: bench-cuda
+bench-cuda: ## CUDA bandwidth ceilings, fused matmul and MoE-layer benchmarks (cuda/)
+	@mkdir -p .devbin
+	CGO_ENABLED=0 $(GO) test -c -o .devbin/cuda.test ./cuda/
+	@if nvidia-smi >/dev/null 2>&1; then sh tools/bench/cuda.sh; \
+	else echo "no GPU here: on the GPU machine run: sh tools/bench/cuda.sh (with .devbin carried)"; fi
+
+# bench-requant (requant engineer): fmoe requant vs cp (and flash-moe's
+# repack_experts_2bit.py where numpy exists) on 64 experts at the 397B shape.
+.PHONY: bench-requant
+bench-requant: ## fmoe requant experts/s and GB/s vs cp and flash-moe's script
+	tools/bench/requant.sh

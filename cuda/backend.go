@@ -147,11 +147,12 @@ func (b *Backend) run(f func() error) error {
 
 // alloc (worker only) allocates zeroed device memory owned by the backend.
 func (b *Backend) alloc(n int) (uintptr, error) {
+	n = max(n, 16)
 	p, err := b.d.malloc(n)
 	if err != nil {
 		return 0, err
 	}
-	if err := b.d.memset(p, max(n, 4)); err != nil {
+	if err := b.d.memset(p, n); err != nil {
 		b.d.free(p)
 		return 0, err
 	}

@@ -163,7 +163,11 @@ func (m *memSource) ReadExperts(ctx context.Context, layer int, ids []int, dst [
 }
 
 func newMemSource(tb testing.TB, r *rand.Rand, E int) *memSource {
-	l, err := runtime.PackedExpertLayout(4096, 1024, 4, 64)
+	return newMemSourceDims(tb, r, E, 4096, 1024, 4, 64)
+}
+
+func newMemSourceDims(tb testing.TB, r *rand.Rand, E, hidden, inter, bits, group int) *memSource {
+	l, err := runtime.PackedExpertLayout(hidden, inter, bits, group)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -171,7 +175,7 @@ func newMemSource(tb testing.TB, r *rand.Rand, E int) *memSource {
 	for e := 0; e < E; e++ {
 		buf := make([]byte, l.Size)
 		for _, p := range []runtime.ProjLayout{l.Gate, l.Up, l.Down} {
-			q := randQuant(r, 4, 64, p.Out, p.In)
+			q := randQuant(r, bits, group, p.Out, p.In)
 			copy(buf[p.WOffset:], unsafe.Slice((*byte)(unsafe.Pointer(&q.W[0])), p.WSize))
 			copy(buf[p.SOffset:], unsafe.Slice((*byte)(unsafe.Pointer(&q.Scales[0])), p.SSize))
 			copy(buf[p.BOffset:], unsafe.Slice((*byte)(unsafe.Pointer(&q.Biases[0])), p.BSize))

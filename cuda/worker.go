@@ -135,9 +135,6 @@ func (d *device) close() error {
 
 func (d *device) malloc(n int) (uintptr, error) {
 	var p uintptr
-	if n == 0 {
-		n = 4
-	}
 	if err := check(call(d.l.drv.cuMemAlloc, uintptr(unsafe.Pointer(&p)), uintptr(n)), fmt.Sprintf("cuMemAlloc(%d)", n)); err != nil {
 		return 0, err
 	}

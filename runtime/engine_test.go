@@ -27,7 +27,7 @@ func tinyModel(t *testing.T, o testmodel.Options) string {
 func open(t *testing.T, dir string, o runtime.Options) *runtime.Model {
 	t.Helper()
 	if o.Backend == nil {
-		o.Backend = cpu.New()
+		o.Backend = testBackend(t)
 	}
 	m, err := runtime.Open(context.Background(), dir, o)
 	if err != nil {
