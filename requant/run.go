@@ -183,7 +183,7 @@ func Run(ctx context.Context, opt Options, c progress.Counter) (*Result, error) 
 
 	r := newReport(opt.Method, opt.In, p.layers, stats)
 	r.Complete = true
-	if err := writeLayout(ctx, opt.Out, p.out); err != nil {
+	if err := writeLayout(ctx, opt.Out, p.out, sums); err != nil {
 		return nil, err
 	}
 	if err := writeReport(ctx, opt.Out, r, sums); err != nil {
@@ -381,9 +381,15 @@ func writeJSON(ctx context.Context, path string, v any) ([]byte, error) {
 	return data, nil
 }
 
-func writeLayout(ctx context.Context, dir string, l any) error {
-	_, err := writeJSON(ctx, filepath.Join(dir, LayoutFile), l)
-	return err
+// writeLayout writes layout.json and records it in sums, as pack-experts
+// does, so verify checks it too.
+func writeLayout(ctx context.Context, dir string, l any, sums *pack.Checksums) error {
+	data, err := writeJSON(ctx, filepath.Join(dir, LayoutFile), l)
+	if err != nil {
+		return err
+	}
+	sums.Set(LayoutFile, int64(len(data)), xxh3.Hash(data))
+	return nil
 }
 
 // writeReport writes requant_report.json and records it in sums, so verify
