@@ -1,7 +1,6 @@
 package tokenizer
 
 import (
-	"container/heap"
 	"fmt"
 	"sync"
 
@@ -102,22 +101,60 @@ type candidate struct {
 	id   int32
 }
 
+// candidates is a binary min-heap (typed, to avoid container/heap's
+// interface calls on the hot path).
 type candidates []candidate
 
-func (c candidates) Len() int { return len(c) }
-func (c candidates) Less(i, j int) bool {
-	if c[i].rank != c[j].rank {
-		return c[i].rank < c[j].rank
-	}
-	return c[i].pos < c[j].pos
+func (c candidate) less(d candidate) bool {
+	return c.rank < d.rank || c.rank == d.rank && c.pos < d.pos
 }
-func (c candidates) Swap(i, j int) { c[i], c[j] = c[j], c[i] }
-func (c *candidates) Push(x any)   { *c = append(*c, x.(candidate)) }
-func (c *candidates) Pop() any {
-	old := *c
-	x := old[len(old)-1]
-	*c = old[:len(old)-1]
-	return x
+
+func (h *candidates) init() {
+	for i := len(*h)/2 - 1; i >= 0; i-- {
+		h.down(i)
+	}
+}
+
+func (h *candidates) push(c candidate) {
+	*h = append(*h, c)
+	q := *h
+	for i := len(q) - 1; i > 0; {
+		p := (i - 1) / 2
+		if !q[i].less(q[p]) {
+			break
+		}
+		q[i], q[p] = q[p], q[i]
+		i = p
+	}
+}
+
+func (h *candidates) pop() candidate {
+	q := *h
+	top := q[0]
+	n := len(q) - 1
+	q[0] = q[n]
+	*h = q[:n]
+	h.down(0)
+	return top
+}
+
+func (h candidates) down(i int) {
+	n := len(h)
+	for {
+		l := 2*i + 1
+		if l >= n {
+			return
+		}
+		m := l
+		if r := l + 1; r < n && h[r].less(h[l]) {
+			m = r
+		}
+		if !h[m].less(h[i]) {
+			return
+		}
+		h[i], h[m] = h[m], h[i]
+		i = m
+	}
 }
 
 // merge runs BPE on one piece: start from one symbol per byte (bytes whose
@@ -145,9 +182,9 @@ func (m *bpe) merge(piece string) []int32 {
 				q = append(q, candidate{pos: int32(i), rank: mg.rank, id: mg.id})
 			}
 		}
-		heap.Init(&q)
-		for q.Len() > 0 {
-			top := heap.Pop(&q).(candidate)
+		q.init()
+		for len(q) > 0 {
+			top := q.pop()
 			s := &syms[top.pos]
 			if s.dead || s.next < 0 {
 				continue
@@ -165,12 +202,12 @@ func (m *bpe) merge(piece string) []int32 {
 			if s.prev >= 0 {
 				p := syms[s.prev]
 				if mg, ok := m.merges[pairKey(p.id, s.id)]; ok {
-					heap.Push(&q, candidate{pos: s.prev, rank: mg.rank, id: mg.id})
+					q.push(candidate{pos: s.prev, rank: mg.rank, id: mg.id})
 				}
 			}
 			if s.next >= 0 {
 				if mg, ok := m.merges[pairKey(s.id, syms[s.next].id)]; ok {
-					heap.Push(&q, candidate{pos: top.pos, rank: mg.rank, id: mg.id})
+					q.push(candidate{pos: top.pos, rank: mg.rank, id: mg.id})
 				}
 			}
 		}

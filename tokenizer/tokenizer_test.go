@@ -296,3 +296,18 @@ func BenchmarkEncode1MB(b *testing.B) {
 		tk.Encode(text)
 	}
 }
+
+// BenchmarkEncodeLongPieces: 1 MB pieces (no spaces; one run of spaces),
+// which bypass the cache and exercise the heap merge.
+func BenchmarkEncodeLongPieces(b *testing.B) {
+	tk := qwen3Tokenizer(b)
+	for _, c := range []struct{ name, unit string }{{"letters", "abcdefghij"}, {"spaces", " "}, {"cjk", "你好世界"}} {
+		text := strings.Repeat(c.unit, (1<<20)/len(c.unit))
+		b.Run(c.name, func(b *testing.B) {
+			b.SetBytes(int64(len(text)))
+			for b.Loop() {
+				tk.Encode(text)
+			}
+		})
+	}
+}
