@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/fmoe/fmoe/convert"
+	"github.com/fmoe/fmoe/hfconv"
 	"github.com/fmoe/fmoe/internal/filecopy"
 )
 
@@ -22,6 +23,7 @@ type extractOptions struct {
 	force bool
 	quiet bool
 	json  bool
+	hf    hfconv.Options // quantization of an original HF release
 }
 
 func extractCommand() *cli.Command {
@@ -31,6 +33,8 @@ func extractCommand() *cli.Command {
 		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "model `DIR` to write (created; required)", Destination: &o.out},
 		&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, Usage: fmt.Sprintf("parallel copy workers, 1-%d (0 = one per core, at least 4)", filecopy.MaxJobs), Destination: &o.jobs},
 		&cli.BoolFlag{Name: "force", Usage: "rewrite model_weights.bin even if checksums.json says it is complete", Destination: &o.force},
+		&cli.IntFlag{Name: "bits", Value: 4, Usage: "HF BF16/FP8 release only: bits of the quantized Linear weights, 4 or 8", Destination: &o.hf.Bits},
+		&cli.IntFlag{Name: "group-size", Value: 64, Usage: "HF BF16/FP8 release only: quantization group, 32, 64 or 128", Destination: &o.hf.GroupSize},
 		&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress and no summary", Destination: &o.quiet},
 		&cli.BoolFlag{Name: "json", Usage: "print a JSON summary on stdout (no progress)", Destination: &o.json},
 	}
@@ -52,6 +56,13 @@ model.safetensors.index.json + shards, tokenizer.json) and writes into -o DIR:
 Skipped: vision tensors (vision_tower.*, model.visual.*), mtp.* and the routed
 experts (.switch_mlp.*), which fmoe pack-experts writes.
 
+An original Hugging Face release (BF16, F16, F32 or FP8 E4M3 with
+weight_scale_inv block scales; fused experts.gate_up_proj) is detected and
+converted on the fly, tensor by tensor, with mlx-lm's rules (norm +1, conv1d
+axis, gate/up split, A_log kept) and MLX's affine quantizer: --bits (4) and
+--group-size (64) for Linear weights, 8-bit mlp.gate and shared_expert_gate.
+The output is what the MLX path writes; no intermediate checkpoint is stored.
+
 Outputs appear under their final names only when complete. Ctrl-C removes
 unfinished files; a re-run keeps a model_weights.bin whose checksum matches
 (--force rewrites it).
@@ -59,6 +70,7 @@ unfinished files; a re-run keeps a model_weights.bin whose checksum matches
 EXAMPLES:
    fmoe extract ~/models/Qwen3.5-397B-A17B-4bit -o model
    fmoe extract tiny-hf -o tiny --json
+   fmoe extract ~/models/Qwen3.5-397B-A17B-FP8 -o model     # original release
 
 ` + exitCodesHelp,
 		Flags: flags,
@@ -73,6 +85,9 @@ EXAMPLES:
 			o.src = args[0]
 			if o.out == "" {
 				return usagef("extract needs -o DIR")
+			}
+			if err := checkHFQuant(o.hf.Bits, o.hf.GroupSize); err != nil {
+				return err
 			}
 			if o.jobs < 0 || o.jobs > filecopy.MaxJobs {
 				return usagef("--jobs %d: want 0-%d", o.jobs, filecopy.MaxJobs)
@@ -95,7 +110,7 @@ func runExtract(ctx context.Context, o *extractOptions, stdout, stderr io.Writer
 		stderr = os.Stderr
 	}
 	start := time.Now()
-	x, err := convert.Open(o.src)
+	x, err := convert.OpenHF(o.src, o.hf)
 	if err != nil {
 		return err
 	}
@@ -127,4 +142,16 @@ func runExtract(ctx context.Context, o *extractOptions, stdout, stderr io.Writer
 	fmt.Fprintf(stdout, "extract: %d tensors, %d files in %s: %s%s\n", s.Tensors, len(s.Files), o.out,
 		rate(s.Bytes, time.Since(start)), note)
 	return nil
+}
+
+// checkHFQuant validates the quantization asked for an HF release.
+func checkHFQuant(bits, group int) error {
+	if bits != 4 && bits != 8 {
+		return usagef("--bits %d: want 4 or 8", bits)
+	}
+	switch group {
+	case 32, 64, 128:
+		return nil
+	}
+	return usagef("--group-size %d: want 32, 64 or 128", group)
 }

@@ -33,6 +33,7 @@ func packExpertsCommand() *cli.Command {
 	flags = []cli.Flag{
 		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "`DIR` for the packed experts (created; required)", Destination: &o.out},
 		&cli.IntFlag{Name: "bits", Value: 4, Usage: "bits of the source experts (4 for an MLX 4-bit checkpoint; 2-bit comes from fmoe requant)", Destination: &o.opts.Bits},
+		&cli.IntFlag{Name: "group-size", Value: 64, Usage: "HF BF16/FP8 release only: quantization group, 32, 64 or 128 (MLX sources keep theirs)", Destination: &o.opts.GroupSize},
 		&cli.StringFlag{Name: "layout", Value: formats.PackLayoutExpert, Usage: "expert: one file per expert (layer_XX_expert_YYYY.bin); layer: one file per layer (layer_XX.bin, flash-moe's Metal layout)", Destination: &o.opts.Layout},
 		&cli.StringFlag{Name: "layers", Usage: "layers to pack, e.g. 0-3,7 (default: all)", Destination: &o.layers},
 		&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, Usage: fmt.Sprintf("parallel copy workers, 1-%d (0 = one per core, at least 4)", filecopy.MaxJobs), Destination: &o.run.Jobs},
@@ -59,7 +60,11 @@ Files in -o DIR:
 Memory stays bounded (workers × 2 × 4 MiB) whatever the model size. Files
 appear under their final names only when complete; Ctrl-C removes unfinished
 ones and records the finished ones, and a re-run skips files whose size and
-checksum match (--force redoes them). Packing more layers into the same DIR
+checksum match (--force redoes them).
+
+An original Hugging Face release (BF16/F16/F32/FP8, fused experts) is
+converted on the fly: experts are quantized to --bits (4 or 8) with group
+--group-size, exactly as fmoe extract does for the other weights. Packing more layers into the same DIR
 later extends layout.json.
 
 EXAMPLES:
@@ -85,6 +90,9 @@ EXAMPLES:
 			case 2, 4, 8:
 			default:
 				return usagef("--bits %d: want 4 (or the bits of the source experts: 2, 4 or 8)", o.opts.Bits)
+			}
+			if err := checkHFQuant(4, o.opts.GroupSize); err != nil {
+				return err
 			}
 			if o.opts.Layout != formats.PackLayoutExpert && o.opts.Layout != formats.PackLayoutLayer {
 				return usagef("--layout %q: want expert or layer", o.opts.Layout)
