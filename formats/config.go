@@ -217,11 +217,15 @@ func (c *Config) finish() error {
 				return bad("layer_types[%d] = %q, want %q or %q", i, t, FullAttention, LinearAttention)
 			}
 		}
-		iv := intervalOf(c.LayerTypes)
-		if c.FullAttentionInterval != 0 && iv != c.FullAttentionInterval {
-			return bad("layer_types disagrees with full_attention_interval = %d", c.FullAttentionInterval)
+		if k := c.FullAttentionInterval; k != 0 {
+			for i, t := range c.LayerTypes {
+				if (t == FullAttention) != ((i+1)%k == 0) {
+					return bad("layer_types[%d] = %q disagrees with full_attention_interval = %d", i, t, k)
+				}
+			}
+		} else {
+			c.FullAttentionInterval = intervalOf(c.LayerTypes)
 		}
-		c.FullAttentionInterval = iv
 	}
 	if c.NumExpertsPerTok > c.NumExperts {
 		return bad("num_experts_per_tok = %d exceeds num_experts = %d", c.NumExpertsPerTok, c.NumExperts)

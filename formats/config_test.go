@@ -201,3 +201,20 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+func TestParseConfigIntervalConsistency(t *testing.T) {
+	var m map[string]any
+	_ = json.Unmarshal([]byte(qwen397Text), &m)
+	m["num_hidden_layers"] = 2
+	m["layer_types"] = []string{LinearAttention, LinearAttention}
+	b, _ := json.Marshal(m)
+	c, err := ParseConfig(b)
+	if err != nil || c.FullAttentionInterval != 4 || c.NumFullAttentionLayers() != 0 {
+		t.Fatalf("short all-linear schedule with interval 4: %v %+v", err, c)
+	}
+	m["layer_types"] = []string{LinearAttention, FullAttention}
+	b, _ = json.Marshal(m)
+	if _, err := ParseConfig(b); !errors.Is(err, ErrConfig) {
+		t.Fatalf("disagreeing layer_types accepted: %v", err)
+	}
+}

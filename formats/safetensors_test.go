@@ -172,3 +172,43 @@ func FuzzReadSafetensorsHeader(f *testing.F) {
 		}
 	})
 }
+
+// TestSafetensorsCorruption truncates a valid file at every length and flips
+// every header byte: the reader must never panic, must reject every
+// truncation (the data area shrinks below the last tensor), and anything it
+// accepts after a flip must still describe tensors inside the file.
+func TestSafetensorsCorruption(t *testing.T) {
+	var buf bytes.Buffer
+	err := WriteSafetensors(&buf, []TensorBlob{
+		{Name: "w", DType: U32, Shape: []int64{2, 2}, Data: make([]byte, 16)},
+		{Name: "s", DType: BF16, Shape: []int64{2, 1}, Data: make([]byte, 4)},
+	}, map[string]string{"format": "mlx"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := buf.Bytes()
+	for n := 0; n < len(good); n++ {
+		if _, err := readHeader(good[:n]); err == nil {
+			t.Errorf("truncation to %d of %d bytes accepted", n, len(good))
+		}
+	}
+	h, _ := readHeader(good)
+	for i := 0; i < int(h.DataOffset); i++ {
+		for _, x := range []byte{0x01, 0x20, 0x80, 0xff} {
+			b := bytes.Clone(good)
+			b[i] ^= x
+			got, err := readHeader(b)
+			if err != nil {
+				if !errors.Is(err, ErrHeader) && !errors.Is(err, ErrDType) && !errors.Is(err, ErrOffsets) && !errors.Is(err, ErrShape) {
+					t.Fatalf("flip %d^%#x: unclassified error %v", i, x, err)
+				}
+				continue
+			}
+			for _, ti := range got.Tensors {
+				if ti.Offset < got.DataOffset || ti.Offset+ti.Size > int64(len(b)) {
+					t.Fatalf("flip %d^%#x: tensor %q escapes the file", i, x, ti.Name)
+				}
+			}
+		}
+	}
+}

@@ -238,8 +238,8 @@ func fill(dst []float32, m *Module, r *rand.PCG) {
 		mean := float32(m.Mean)
 		for i := range dst {
 			x := r.Uint64()
-			s := float32(x&0xffff) + float32(x>>16&0xffff) + float32(x>>32&0xffff) + float32(x>>48)
-			dst[i] = mean + scale*(s*inv-2)
+			s := x&0xffff + x>>16&0xffff + x>>32&0xffff + x>>48
+			dst[i] = mean + scale*(float32(s)*inv-2)
 		}
 	}
 }
