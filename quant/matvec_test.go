@@ -177,3 +177,35 @@ func TestProductPanicsOnBadLength(t *testing.T) {
 	}()
 	MatVec(make([]float32, 3), m, make([]float32, 64))
 }
+
+// TestConcurrentCallers runs products from several goroutines at once (the
+// engine computes experts concurrently): the shared pool must give each the
+// same bits as a lone call.
+func TestConcurrentCallers(t *testing.T) {
+	rng := rand.New(rand.NewPCG(15, 16))
+	m := randMatrix(rng, 4, 64, 515, 1024)
+	x := randVec(rng, m.Cols)
+	want := make([]float32, m.Rows)
+	MatVec(want, m, x)
+	errs := make(chan string, 8)
+	for g := 0; g < 8; g++ {
+		go func() {
+			got := make([]float32, m.Rows)
+			for it := 0; it < 20; it++ {
+				MatVec(got, m, x)
+				for i := range got {
+					if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+						errs <- fmt.Sprintf("row %d: %v != %v", i, got[i], want[i])
+						return
+					}
+				}
+			}
+			errs <- ""
+		}()
+	}
+	for g := 0; g < 8; g++ {
+		if e := <-errs; e != "" {
+			t.Fatal(e)
+		}
+	}
+}

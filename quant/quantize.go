@@ -53,16 +53,25 @@ func Quantize(w []float32, rows, cols, bits, group int) (*Matrix, error) {
 		m.Scales[g] = F32ToBF16(scale)
 		m.Biases[g] = F32ToBF16(bias)
 		words := m.W[g*group/per : (g+1)*group/per]
+		maxCode := uint32(nBins)
 		for i, v := range vals {
-			q := min(round32((v-bias)/scale), nBins)
-			q = max(q, 0)
-			words[i/per] |= uint32(q) << (uint(i%per) * uint(bits))
+			words[i/per] |= min(roundCode((v-bias)/scale), maxCode) << (uint(i%per) * uint(bits))
 		}
 	}
 	return m, nil
 }
 
 func abs32(x float32) float32 { return float32(math.Abs(float64(x))) }
+
+// roundCode is C's roundf(x) for a code: half away from zero, computed
+// exactly in float64; negative results (only possible below -0.5, which the
+// quantizer's grid never produces) clamp to 0.
+func roundCode(x float32) uint32 {
+	if x < 0.5 {
+		return 0
+	}
+	return uint32(float64(x) + 0.5)
+}
 
 // round32 rounds half away from zero, like C's roundf.
 func round32(x float32) float32 { return float32(math.Round(float64(x))) }
