@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -117,12 +118,46 @@ func TestWriteTokenizerBinMatchesFlashMoe(t *testing.T) {
 	}
 }
 
-// Hashes of export_tokenizer.py / export_vocab.py run on the embedded Qwen3
-// tokenizer.json (testdata/tokenizer/README.md has the commands).
-const (
-	qwen3TokenizerBinSHA256 = "1e1292c38f63c22b80db982afa4a8474d5224987a454efa718c6de64025f8288"
-	qwen3VocabBinSHA256     = "6d25faed194a195a4b64545dbefe410440d9f682944acc60bc6c4047777a8a71"
-)
+// flashMoeGolden checks data against testdata/flashmoe/qwen3_tokenizer: the
+// SHA-256 and size of flash-moe's script output for the embedded Qwen3
+// tokenizer.json (SHA256SUMS) and its first and last 64 KiB.
+func flashMoeGolden(t *testing.T, name string, data []byte) {
+	t.Helper()
+	dir := "../testdata/flashmoe/qwen3_tokenizer/"
+	sums, err := os.ReadFile(dir + "SHA256SUMS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, line := range strings.Split(string(sums), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 || f[2] != name {
+			continue
+		}
+		found = true
+		h := sha256.Sum256(data)
+		if got := hex.EncodeToString(h[:]); got != f[0] || strconv.Itoa(len(data)) != f[1] {
+			t.Errorf("%s: sha256 %s size %d, flash-moe's script wrote %s size %s", name, got, len(data), f[0], f[1])
+		}
+	}
+	if !found {
+		t.Fatalf("%s not in %sSHA256SUMS", name, dir)
+	}
+	head, err := os.ReadFile(dir + name + ".head64k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tail, err := os.ReadFile(dir + name + ".tail64k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(data, head) {
+		t.Errorf("%s: first 64 KiB differ from flash-moe's", name)
+	}
+	if !bytes.HasSuffix(data, tail) {
+		t.Errorf("%s: last 64 KiB differ from flash-moe's", name)
+	}
+}
 
 func TestQwen3MatchesFlashMoe(t *testing.T) {
 	data, err := qwen3.TokenizerJSON()
@@ -143,16 +178,8 @@ func TestQwen3MatchesFlashMoe(t *testing.T) {
 	if err := WriteVocabBin(&vb, tj); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []struct {
-		name string
-		data []byte
-		want string
-	}{{"tokenizer.bin", tb.Bytes(), qwen3TokenizerBinSHA256}, {"vocab.bin", vb.Bytes(), qwen3VocabBinSHA256}} {
-		h := sha256.Sum256(c.data)
-		if got := hex.EncodeToString(h[:]); got != c.want {
-			t.Errorf("%s: sha256 %s, want %s (flash-moe's script output)", c.name, got, c.want)
-		}
-	}
+	flashMoeGolden(t, "tokenizer.bin", tb.Bytes())
+	flashMoeGolden(t, "vocab.bin", vb.Bytes())
 	back, err := ReadTokenizerBin(bytes.NewReader(tb.Bytes()))
 	if err != nil {
 		t.Fatal(err)
