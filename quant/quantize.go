@@ -53,9 +53,8 @@ func Quantize(w []float32, rows, cols, bits, group int) (*Matrix, error) {
 		m.Scales[g] = F32ToBF16(scale)
 		m.Biases[g] = F32ToBF16(bias)
 		words := m.W[g*group/per : (g+1)*group/per]
-		maxCode := uint32(nBins)
 		for i, v := range vals {
-			words[i/per] |= min(roundCode((v-bias)/scale), maxCode) << (uint(i%per) * uint(bits))
+			words[i/per] |= roundCode(min((v-bias)/scale, nBins)) << (uint(i%per) * uint(bits))
 		}
 	}
 	return m, nil

@@ -74,3 +74,27 @@ func TestBF16(t *testing.T) {
 		t.Errorf("trunc")
 	}
 }
+
+// TestRoundCode checks the fast code rounding against C roundf semantics
+// (math.Round: half away from zero) clamped to [0, 15], on halfway cases,
+// neighbours of halfway cases and random values.
+func TestRoundCode(t *testing.T) {
+	ref := func(x float32) uint32 {
+		r := math.Round(float64(min(x, 15)))
+		return uint32(max(r, 0))
+	}
+	vals := []float32{0, 0.5, 1.5, 2.5, 14.5, 15, 15.4, 16, 1e9, -0.4, -0.5, -3}
+	for i := 0; i <= 16; i++ {
+		h := float32(i) + 0.5
+		vals = append(vals, h, math.Nextafter32(h, 0), math.Nextafter32(h, 100))
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	for i := 0; i < 100000; i++ {
+		vals = append(vals, float32(r.Float64()*17-1))
+	}
+	for _, v := range vals {
+		if got, want := roundCode(min(v, 15)), ref(v); got != want {
+			t.Fatalf("roundCode(%v) = %d, want %d", v, got, want)
+		}
+	}
+}
