@@ -48,8 +48,8 @@ func mse(g *groupIn, o *groupOut) {
 			s, b := (vs[j]-vs[i])/3, vs[i]
 			prev := math.Inf(1)
 			for range lloydSteps {
-				s, b = fitLS(vs, ws, s, b)
-				e := sqErr(vs, ws, s, b)
+				var e float64
+				s, b, e = fitLS(vs, ws, s, b)
 				if e < bestE {
 					bestS, bestB, bestE = s, b, e
 				}
@@ -85,40 +85,32 @@ func mse(g *groupIn, o *groupOut) {
 }
 
 // fitLS assigns every level its nearest code under (s, b) and returns the
-// weighted least-squares scale and bias for that assignment.
-func fitLS(v, w []float64, s, b float64) (float64, float64) {
-	var sw, sj, sjj, sv, sjv float64
+// weighted least-squares scale and bias for that assignment, with its
+// squared error.
+func fitLS(v, w []float64, s, b float64) (float64, float64, float64) {
+	var sw, sj, sjj, sv, sjv, svv float64
+	inv := 0.0
+	if s > 0 {
+		inv = 1 / s
+	}
 	for i, x := range v {
-		j := 0.0
-		if s > 0 {
-			j = min(max(math.RoundToEven((x-b)/s), 0), 3)
-		}
+		j := float64(int(min(max((x-b)*inv+0.5, 0), 3.5)))
+		wx := w[i] * x
 		sw += w[i]
 		sj += w[i] * j
 		sjj += w[i] * j * j
-		sv += w[i] * x
-		sjv += w[i] * j * x
+		sv += wx
+		sjv += wx * j
+		svv += wx * x
 	}
 	det := sw*sjj - sj*sj
-	if det <= 0 { // one code only: keep the scale, centre the bias
-		return s, (sv - s*sj) / sw
-	}
-	s = (sw*sjv - sj*sv) / det
-	return s, (sv - s*sj) / sw
-}
-
-// sqErr is the weighted squared error with nearest codes under (s, b).
-func sqErr(v, w []float64, s, b float64) float64 {
-	e := 0.0
-	for i, x := range v {
-		j := 0.0
-		if s > 0 {
-			j = min(max(math.RoundToEven((x-b)/s), 0), 3)
-		}
-		d := x - (b + s*j)
-		e += w[i] * d * d
-	}
-	return e
+	if det > 0 {
+		s = (sw*sjv - sj*sv) / det
+	} // else one code only: keep the scale, centre the bias
+	b = (sv - s*sj) / sw
+	// Σw(x - b - s·j)² expanded over the sums.
+	e := svv + b*b*sw + s*s*sjj - 2*b*sv - 2*s*sjv + 2*b*s*sj
+	return s, b, max(e, 0)
 }
 
 // bf16Neighbours returns the bf16 values just below and above x (x itself
@@ -147,9 +139,9 @@ func nearestCodes(g *groupIn, s16, b16 uint16, code *[16]byte) float64 {
 			continue
 		}
 		x := float64(g.v[q])
-		best, bj := math.Inf(1), 0
-		for j, rj := range r {
-			if d := math.Abs(x - rj); d < best {
+		best, bj := math.Abs(x-r[0]), 0
+		for j := 1; j < 4; j++ {
+			if d := math.Abs(x - r[j]); d < best {
 				best, bj = d, j
 			}
 		}
