@@ -13,6 +13,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/fmoe/fmoe/checkpoint"
+	"github.com/fmoe/fmoe/hfconv"
 	"github.com/fmoe/fmoe/internal/progress"
 	"github.com/fmoe/fmoe/synth"
 )
@@ -26,7 +28,11 @@ type synthOptions struct {
 	force   bool
 	quiet   bool
 	json    bool
+	format  string // mlx (default), hf-bf16 or hf-fp8
 }
+
+// maxTwinBytes bounds --format hf-*: the HF twin is built in memory.
+const maxTwinBytes = 2 << 30
 
 func synthCommand() *cli.Command {
 	var o synthOptions
@@ -59,11 +65,21 @@ EXAMPLES:
    fmoe synth -o tiny-hf --preset tiny
    fmoe synth -o bench-hf --preset 397b-shape --layers 2 --experts 64
    fmoe synth -o gate8 --preset small --gate-bits 8 --seed 42
+   fmoe synth -o tiny-bf16 --preset tiny --format hf-bf16   # original-release layout
+   fmoe synth -o tiny-fp8 --preset tiny --format hf-fp8     # FP8 E4M3, 128x128 block scales
+
+--format hf-bf16|hf-fp8 writes the same model as an original Hugging Face
+release instead (model.language_model.* names, fused experts.gate_up_proj,
+zero-centred norms, conv1d [C,1,K]; FP8 Linear weights with weight_scale_inv):
+the input fmoe extract and pack-experts convert on the fly. The weights are the
+MLX model's dequantized values. It is built in memory (at most 2 GiB of MLX
+checkpoint).
 
 ` + exitCodesHelp,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output `DIR` (created)", Required: true, Destination: &o.out},
 			&cli.StringFlag{Name: "preset", Value: "tiny", Usage: "tiny, small or 397b-shape", Destination: &o.preset},
+			&cli.StringFlag{Name: "format", Value: "mlx", Usage: "mlx (MLX 4-bit repository), hf-bf16 or hf-fp8 (original-release layout)", Destination: &o.format},
 			intFlag("layers", "number of decoder layers", &ov.layers),
 			intFlag("experts", "routed experts per layer", &ov.experts),
 			intFlag("top-k", "experts per token", &ov.topK),
@@ -139,6 +155,16 @@ func runSynth(ctx context.Context, o *synthOptions, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
+	switch o.format {
+	case "mlx":
+	case string(hfconv.TwinBF16), string(hfconv.TwinFP8):
+		if plan.Bytes() > maxTwinBytes {
+			return usagef("--format %s builds the model in memory: %.1f GB is over %d GiB; use a smaller preset or --layers/--experts", o.format, float64(plan.Bytes())/1e9, maxTwinBytes>>30)
+		}
+		return runSynthTwin(ctx, o, plan, stdout, stderr)
+	default:
+		return usagef("--format %q: want mlx, hf-bf16 or hf-fp8", o.format)
+	}
 	start := time.Now()
 	var written progress.Sum
 	stop := startProgressLine(stderr, "synth", plan.Bytes(), &written, o.quiet || o.json)
@@ -201,4 +227,38 @@ func startProgressLine(w io.Writer, stage string, total int64, done *progress.Su
 			<-finished
 		}
 	}
+}
+
+// runSynthTwin synthesizes the MLX checkpoint in a temporary directory
+// beside the output and writes its original-HF-layout twin into o.out.
+func runSynthTwin(ctx context.Context, o *synthOptions, plan *synth.Plan, stdout, stderr io.Writer) error {
+	start := time.Now()
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp(o.out, ".mlx-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	if err := synth.Write(ctx, tmp, plan, o.workers, nil); err != nil {
+		return fmt.Errorf("synth %s: %w", o.out, err)
+	}
+	ck, err := checkpoint.Open(tmp)
+	if err != nil {
+		return err
+	}
+	defer ck.Close()
+	if err := hfconv.WriteTwin(ctx, ck, o.out, hfconv.TwinFormat(o.format)); err != nil {
+		return fmt.Errorf("synth %s: %w", o.out, err)
+	}
+	secs := time.Since(start).Seconds()
+	if o.json {
+		return json.NewEncoder(stdout).Encode(map[string]any{"output": o.out, "preset": o.preset, "format": o.format, "seconds": secs})
+	}
+	if !o.quiet {
+		fmt.Fprintf(stderr, "synth: wrote %s (%s, %d tensors converted from the %.2f GB MLX model) in %.1f s\n",
+			o.out, o.format, len(plan.WeightMap()), float64(plan.Bytes())/1e9, secs)
+	}
+	return nil
 }
