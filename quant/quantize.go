@@ -33,9 +33,13 @@ func Quantize(w []float32, rows, cols, bits, group int) (*Matrix, error) {
 	for g := 0; g < rows*m.GroupsPerRow(); g++ {
 		vals := w[g*group : (g+1)*group]
 		lo, hi := float32(math.MaxFloat32), float32(0)
-		for _, v := range vals {
-			lo = min(lo, v)
-			hi = max(hi, v)
+		for _, v := range vals { // plain comparisons, like the CUDA reduction (Go's min/max add NaN/±0 handling)
+			if v < lo {
+				lo = v
+			}
+			if v > hi {
+				hi = v
+			}
 		}
 		scale := max((hi-lo)/nBins, 1e-7)
 		edge := hi
@@ -53,8 +57,18 @@ func Quantize(w []float32, rows, cols, bits, group int) (*Matrix, error) {
 		m.Scales[g] = F32ToBF16(scale)
 		m.Biases[g] = F32ToBF16(bias)
 		words := m.W[g*group/per : (g+1)*group/per]
-		for i, v := range vals {
-			words[i/per] |= roundCode(min((v-bias)/scale, nBins)) << (uint(i%per) * uint(bits))
+		for w := range words {
+			var word uint32
+			sh := uint(0)
+			for _, v := range vals[w*per : (w+1)*per] {
+				x := (v - bias) / scale
+				if x > nBins {
+					x = nBins
+				}
+				word |= roundCode(x) << sh
+				sh += uint(bits)
+			}
+			words[w] = word
 		}
 	}
 	return m, nil
@@ -62,12 +76,12 @@ func Quantize(w []float32, rows, cols, bits, group int) (*Matrix, error) {
 
 func abs32(x float32) float32 { return float32(math.Abs(float64(x))) }
 
-// roundCode is C's roundf(x) for a code: half away from zero, computed
-// exactly in float64; negative results (only possible below -0.5, which the
-// quantizer's grid never produces) clamp to 0.
+// roundCode is C's roundf(x) for a code, x ≤ 2^bits-1: half away from zero,
+// computed exactly in float64; negative x (the grid never produces below
+// -0.5) gives 0, as the clamp to unsigned codes does.
 func roundCode(x float32) uint32 {
-	if x < 0.5 {
-		return 0
+	if x < 0 {
+		x = 0
 	}
 	return uint32(float64(x) + 0.5)
 }
