@@ -64,3 +64,14 @@ bench-cuda: ## CUDA bandwidth ceilings, fused matmul and MoE-layer benchmarks (c
 .PHONY: bench-requant
 bench-requant: ## fmoe requant experts/s and GB/s vs cp and flash-moe's script
 	tools/bench/requant.sh
+
+# bench-convert (toolkit engineer): extract and pack-experts GB/s and peak RSS on a
+# synthetic checkpoint with full-size experts (397b-shape, 2 layers x 64 experts),
+# beside cp of the same bytes on the same disk in the same run.
+.PHONY: bench-convert
+bench-convert: build ## fmoe extract / pack-experts / verify GB/s and peak RSS vs cp
+	tools/bench/convert.sh $(BIN)
+
+.PHONY: bench-hfconv
+bench-hfconv: ## HF BF16 release -> 4-bit: conversion GB/s per core and all cores vs disk read, end to end + peak RSS
+	tools/bench/hfconv.sh
