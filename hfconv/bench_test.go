@@ -20,7 +20,6 @@ type memSrc struct {
 	data []byte
 }
 
-
 func (m memSrc) ReadAt(p []byte, off int64) (int, error) {
 	if off >= int64(len(m.data)) {
 		return 0, io.EOF
