@@ -8,8 +8,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/fmoe/fmoe/convert"
-	"github.com/fmoe/fmoe/pack"
 	"github.com/fmoe/fmoe/runtime"
 	"github.com/fmoe/fmoe/runtime/cpu"
 )
@@ -49,24 +47,7 @@ func TestHFReleaseConversion(t *testing.T) {
 				t.Fatalf("golden lacks %s", format)
 			}
 			ctx := context.Background()
-			src := filepath.Join(root, format)
-			dir := t.TempDir()
-			x, err := convert.Open(src)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer x.Close()
-			if _, err := x.Run(ctx, dir, convert.Options{}, nil); err != nil {
-				t.Fatal(err)
-			}
-			p, err := pack.Open(src, pack.Options{Bits: 4})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
-			if _, err := p.Run(ctx, filepath.Join(dir, "packed_experts"), pack.RunOptions{}, nil); err != nil {
-				t.Fatal(err)
-			}
+			dir := convertModel(t, filepath.Join(root, format))
 			m, err := runtime.Open(ctx, dir, runtime.Options{Backend: cpu.New()})
 			if err != nil {
 				t.Fatal(err)

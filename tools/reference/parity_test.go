@@ -58,6 +58,21 @@ func modelDir(t *testing.T, fx string, g *golden) string {
 	t.Helper()
 	ctx := context.Background()
 	ck := filepath.Join("..", "..", "testdata", "hf", fx, g.Checkpoint)
+	dir := convertModel(t, ck)
+	if g.Experts.Bits == 2 {
+		o := requant.Options{In: filepath.Join(dir, "packed_experts"), Out: filepath.Join(dir, "packed_experts_2bit")}
+		if _, err := requant.Run(ctx, o, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// convertModel runs fmoe extract and pack-experts (4-bit) over the
+// checkpoint ck into a temporary model directory.
+func convertModel(t *testing.T, ck string) string {
+	t.Helper()
+	ctx := context.Background()
 	dir := t.TempDir()
 	x, err := convert.Open(ck)
 	if err != nil {
@@ -74,12 +89,6 @@ func modelDir(t *testing.T, fx string, g *golden) string {
 	defer p.Close()
 	if _, err := p.Run(ctx, filepath.Join(dir, "packed_experts"), pack.RunOptions{}, nil); err != nil {
 		t.Fatal(err)
-	}
-	if g.Experts.Bits == 2 {
-		o := requant.Options{In: filepath.Join(dir, "packed_experts"), Out: filepath.Join(dir, "packed_experts_2bit")}
-		if _, err := requant.Run(ctx, o, nil); err != nil {
-			t.Fatal(err)
-		}
 	}
 	return dir
 }
