@@ -12,6 +12,11 @@ import (
 // copies the same bytes (matrix-sized slices of the same slab, in the same
 // order) with all cores, which is the bandwidth limit the products are
 // compared with (`make bench-matvec` prints the ratio).
+//
+// Besides wall-clock MB/s each reports MB/cpu-s, bytes per second of process
+// CPU time: on a box shared with other work it is what the benchmark would
+// reach per core with the cores to itself, so the MB/cpu-s ratio of MatVec
+// to Memcpy is the comparison that contention does not skew.
 
 const benchSlab = 512 << 20
 
@@ -67,9 +72,11 @@ func benchMatVec(b *testing.B, bits int) {
 			dst := make([]float32, sh[0])
 			b.SetBytes(int64(bytes))
 			b.ResetTimer()
+			c0 := cpuSeconds()
 			for i := 0; i < b.N; i++ {
 				MatVec(dst, ms[i%len(ms)], x)
 			}
+			reportCPU(b, c0, bytes)
 		})
 	}
 }
@@ -93,14 +100,24 @@ func BenchmarkMemcpy(b *testing.B) {
 				rows := (bytes + rowBytes - 1) / rowBytes
 				b.SetBytes(int64(bytes))
 				b.ResetTimer()
+				c0 := cpuSeconds()
 				for i := 0; i < b.N; i++ {
 					s := src[(i%n)*bytes : (i%n+1)*bytes]
 					parallelRows(rows, rowBytes, func(lo, hi int) {
 						copy(dst[lo*rowBytes:min(hi*rowBytes, bytes)], s[lo*rowBytes:min(hi*rowBytes, bytes)])
 					})
 				}
+				reportCPU(b, c0, bytes)
 			})
 		}
+	}
+}
+
+// reportCPU adds the MB/cpu-s metric for b.N iterations of bytes each,
+// started when the process had used c0 CPU seconds.
+func reportCPU(b *testing.B, c0 float64, bytes int) {
+	if c := cpuSeconds() - c0; c0 > 0 && c > 0 {
+		b.ReportMetric(float64(bytes)*float64(b.N)/1e6/c, "MB/cpu-s")
 	}
 }
 
@@ -112,9 +129,11 @@ func BenchmarkMatMul4(b *testing.B) {
 	dst := make([]float32, tokens*1024)
 	b.SetBytes(int64(bytes))
 	b.ResetTimer()
+	c0 := cpuSeconds()
 	for i := 0; i < b.N; i++ {
 		MatMul(dst, ms[i%len(ms)], x, tokens)
 	}
+	reportCPU(b, c0, bytes)
 }
 
 // BenchmarkMatVec4Hot runs one cache-resident 4-bit 1024x1024 matrix: the
@@ -125,7 +144,9 @@ func BenchmarkMatVec4Hot(b *testing.B) {
 	dst := make([]float32, 1024)
 	b.SetBytes(int64(bytes))
 	b.ResetTimer()
+	c0 := cpuSeconds()
 	for i := 0; i < b.N; i++ {
 		MatVec(dst, ms[0], x)
 	}
+	reportCPU(b, c0, bytes)
 }
