@@ -32,15 +32,7 @@ func Quantize(w []float32, rows, cols, bits, group int) (*Matrix, error) {
 	per := 32 / bits
 	for g := 0; g < rows*m.GroupsPerRow(); g++ {
 		vals := w[g*group : (g+1)*group]
-		lo, hi := float32(math.MaxFloat32), float32(0)
-		for _, v := range vals { // plain comparisons, like the CUDA reduction (Go's min/max add NaN/±0 handling)
-			if v < lo {
-				lo = v
-			}
-			if v > hi {
-				hi = v
-			}
-		}
+		lo, hi := groupRange(vals)
 		scale := max((hi-lo)/nBins, 1e-7)
 		edge := hi
 		if abs32(lo) > abs32(hi) {
@@ -76,14 +68,60 @@ func Quantize(w []float32, rows, cols, bits, group int) (*Matrix, error) {
 
 func abs32(x float32) float32 { return float32(math.Abs(float64(x))) }
 
-// roundCode is C's roundf(x) for a code, x ≤ 2^bits-1: half away from zero,
-// computed exactly in float64; negative x (the grid never produces below
-// -0.5) gives 0, as the clamp to unsigned codes does.
+// roundCode is C's roundf(x) for a code x ≤ 2^bits-1: half away from zero;
+// negative x (the grid never produces below -0.5) gives 0, as the clamp to
+// unsigned codes does. For x ≥ 0.5, x+0.5 is exact in float32 whenever it
+// could reach the next integer (x and x+0.5 then share a binade), so the
+// truncation is exact; below 0.5 the answer is 0.
 func roundCode(x float32) uint32 {
-	if x < 0 {
-		x = 0
+	if x < 0.5 {
+		return 0
 	}
-	return uint32(float64(x) + 0.5)
+	return uint32(x + 0.5)
+}
+
+// groupRange returns min(vals) and max(0, max(vals)) (the CUDA kernel's
+// running max starts at 0) with four independent accumulators.
+func groupRange(vals []float32) (lo, hi float32) {
+	l0, l1, l2, l3 := float32(math.MaxFloat32), float32(math.MaxFloat32), float32(math.MaxFloat32), float32(math.MaxFloat32)
+	var h0, h1, h2, h3 float32
+	i := 0
+	for ; i+4 <= len(vals); i += 4 {
+		v := vals[i : i+4 : i+4]
+		if v[0] < l0 {
+			l0 = v[0]
+		}
+		if v[1] < l1 {
+			l1 = v[1]
+		}
+		if v[2] < l2 {
+			l2 = v[2]
+		}
+		if v[3] < l3 {
+			l3 = v[3]
+		}
+		if v[0] > h0 {
+			h0 = v[0]
+		}
+		if v[1] > h1 {
+			h1 = v[1]
+		}
+		if v[2] > h2 {
+			h2 = v[2]
+		}
+		if v[3] > h3 {
+			h3 = v[3]
+		}
+	}
+	for ; i < len(vals); i++ {
+		if vals[i] < l0 {
+			l0 = vals[i]
+		}
+		if vals[i] > h0 {
+			h0 = vals[i]
+		}
+	}
+	return min(l0, l1, l2, l3), max(h0, h1, h2, h3)
 }
 
 // round32 rounds half away from zero, like C's roundf.
