@@ -56,6 +56,8 @@ bench-matvec: ## CPU quantized matvec bandwidth vs memcpy (quant/)
 bench-cuda: ## CUDA bandwidth ceilings, fused matmul and MoE-layer benchmarks (cuda/)
 	@mkdir -p .devbin
 	CGO_ENABLED=0 $(GO) test -c -o .devbin/cuda.test ./cuda/
+	CGO_ENABLED=0 $(GO) test -c -o .devbin/runtime.test ./runtime/
+	CGO_ENABLED=0 $(GO) build -o .devbin/fmoe ./cmd/fmoe
 	@if nvidia-smi >/dev/null 2>&1; then sh tools/bench/cuda.sh; \
 	else echo "no GPU here: on the GPU machine run: sh tools/bench/cuda.sh (with .devbin carried)"; fi
 

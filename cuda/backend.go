@@ -31,6 +31,12 @@ type Options struct {
 	// NoLayerFill disables loading a whole layer's experts on first use while
 	// the cache has room for all of them (then layers never sync for routing).
 	NoLayerFill bool
+	// HostCacheBytes, when > 0, keeps up to this many bytes of experts in a
+	// pinned host-memory tier between the GPU cache and the ExpertSource.
+	HostCacheBytes int64
+	// NoBatchedMoE selects the older expert kernels (down projection walking
+	// the K experts per warp) instead of the batched ones.
+	NoBatchedMoE bool
 }
 
 // Backend runs the runtime's operations on one NVIDIA GPU.
@@ -45,6 +51,8 @@ type Backend struct {
 	moe    *expertCache
 	closed bool
 	err    error // deferred error from Reset (no error return there)
+	// override replaces routed expert ids (benchmarks; runtime.RouteOverrider).
+	override func(layer, tokens, topK int, ids []int32)
 }
 
 type scratch struct {
@@ -94,11 +102,17 @@ func kernelNames() []string {
 		for _, v := range []string{"_1v", "_8v", "_1s", "_8s"} {
 			names = append(names, "qmm"+bits+v)
 		}
-		for _, v := range []string{"v", "s"} {
+		for _, v := range []string{"v", "s", "f"} {
 			names = append(names, "moe_gu"+bits+v, "moe_dn"+bits+v)
 		}
+		for _, v := range qmvVariants {
+			names = append(names, "qmv"+bits+"_"+v)
+		}
+		for _, v := range []string{"1", "2", "4"} {
+			names = append(names, "qgemm"+bits+"_"+v)
+		}
 	}
-	return names
+	return append(names, "qgemm_sum", "moe_combine")
 }
 
 // Info returns the device's name and compute capability.
@@ -118,6 +132,9 @@ func (b *Backend) Close() error {
 	var errs []error
 	errs = append(errs, b.d.do(func() error {
 		var errs []error
+		if b.moe != nil {
+			errs = append(errs, b.dropCache())
+		}
 		for p := range b.allocs {
 			errs = append(errs, b.d.free(p))
 		}

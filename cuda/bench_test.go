@@ -126,8 +126,38 @@ func BenchmarkQMatVec(b *testing.B) {
 		ws = append(ws, w.(*Weight))
 	}
 	wbytes := float64(rows*cols/2 + 2*rows*cols/64*2)
-	for _, T := range []int{1, 8, 64} {
-		b.Run(fmt.Sprintf("T=%d", T), func(b *testing.B) {
+	saveV, saveG := QMVVariant, GemmMinTokens
+	defer func() { QMVVariant, GemmMinTokens = saveV, saveG }()
+	type variant struct {
+		name, qmv string
+		gemmFrom  int
+	}
+	var cases []struct {
+		T int
+		v variant
+	}
+	for _, v := range append([]string{""}, qmvVariants...) {
+		name := "qmv=" + v
+		if v == "" {
+			name = "old"
+		}
+		cases = append(cases, struct {
+			T int
+			v variant
+		}{1, variant{name, v, 2}})
+	}
+	for _, T := range []int{8, 64} {
+		for _, v := range []variant{{"gemm", saveV, 2}, {"old", saveV, 1 << 30}} {
+			cases = append(cases, struct {
+				T int
+				v variant
+			}{T, v})
+		}
+	}
+	for _, cs := range cases {
+		T := cs.T
+		b.Run(fmt.Sprintf("T=%d/%s", T, cs.v.name), func(b *testing.B) {
+			QMVVariant, GemmMinTokens = cs.v.qmv, cs.v.gemmFrom
 			x, _ := be.NewTensor(T, cols)
 			y, _ := be.NewTensor(T, rows)
 			xv := make([]float32, T*cols)
@@ -196,7 +226,8 @@ func BenchmarkMoE(b *testing.B) {
 	for _, mode := range []struct {
 		name string
 		opts Options
-	}{{"resident", Options{}}, {"cache16", Options{CacheExperts: 16, NoLayerFill: true}}} {
+	}{{"resident", Options{}}, {"resident-old", Options{NoBatchedMoE: true}}, {"cache16", Options{CacheExperts: 16, NoLayerFill: true}},
+		{"cache16-host", Options{CacheExperts: 16, NoLayerFill: true, HostCacheBytes: 64 * 4 * 7077888}}} {
 		be := openOrSkip(b, mode.opts)
 		router, err := be.LoadWeight(&runtime.WeightData{Name: "router", Out: E, In: 4096, Q: randQuant(r, 8, 64, E, 4096)})
 		if err != nil {
@@ -232,7 +263,7 @@ func BenchmarkMoE(b *testing.B) {
 			}
 		}
 		st := be.Stats()
-		b.Logf("%s: hits %d misses %d loads %d syncs %d slots %d", mode.name, st.Hits, st.Misses, st.Loads, st.Syncs, st.Slots)
+		b.Logf("%s: hits %d misses %d loads %d host loads %d syncs %d slots %d host slots %d", mode.name, st.Hits, st.Misses, st.Loads, st.HostLoads, st.Syncs, st.Slots, st.HostSlots)
 		be.Close()
 	}
 }

@@ -133,3 +133,87 @@ func TestSmallCacheChunks(t *testing.T) {
 		t.Fatalf("expected evictions in a 5-slot cache: %+v", st)
 	}
 }
+
+// TestMatMulKernels runs every decode matvec variant, the tiled GEMM (with
+// and without split-K) and the older kernels against the CPU backend on
+// random quantized matrices of several shapes and bit widths.
+func TestMatMulKernels(t *testing.T) {
+	g := openOrSkip(t, Options{})
+	defer g.Close()
+	c := cpu.New()
+	defer c.Close()
+	r := rand.New(rand.NewPCG(5, 6))
+	saveV, saveG := QMVVariant, GemmMinTokens
+	defer func() { QMVVariant, GemmMinTokens = saveV, saveG }()
+	for _, bits := range []int{2, 4, 8} {
+		for _, sh := range []struct{ rows, cols, group int }{{100, 512, 64}, {37, 256, 32}, {300, 4096, 64}, {64, 96, 32}} {
+			q := randQuant(r, bits, sh.group, sh.rows, sh.cols)
+			wd := &runtime.WeightData{Name: "w", Out: sh.rows, In: sh.cols, Q: q}
+			gw, err := g.LoadWeight(wd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cw, err := c.LoadWeight(wd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, T := range []int{1, 3, 8, 17, 40} {
+				xv := make([]float32, T*sh.cols)
+				for i := range xv {
+					xv[i] = 2*r.Float32() - 1
+				}
+				want := matmulOn(t, c, cw, xv, T, sh.rows, sh.cols)
+				variants := []string{""}
+				if T == 1 {
+					variants = append(variants, qmvVariants...)
+				}
+				for _, v := range variants {
+					for _, gm := range []int{2, 1 << 30} {
+						QMVVariant, GemmMinTokens = v, gm
+						got := matmulOn(t, g, gw, xv, T, sh.rows, sh.cols)
+						for row := 0; row < T; row++ {
+							var e, m float64
+							for i := 0; i < sh.rows; i++ {
+								e = math.Max(e, math.Abs(float64(got[row*sh.rows+i]-want[row*sh.rows+i])))
+								m = math.Max(m, math.Abs(float64(want[row*sh.rows+i])))
+							}
+							if e > 2e-5*m || math.IsNaN(e) {
+								t.Fatalf("bits %d %+v T=%d variant %q gemm-from %d: token %d error %g of %g", bits, sh, T, v, gm, row, e, m)
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+func matmulOn(t *testing.T, be runtime.Backend, w runtime.Weight, xv []float32, T, rows, cols int) []float32 {
+	t.Helper()
+	x, err := be.NewTensor(T, cols)
+	if err != nil {
+		t.Fatal(err)
+	}
+	y, err := be.NewTensor(T, rows)
+	if err != nil {
+		t.Fatal(err)
+	}
+	poison := make([]float32, T*rows)
+	for i := range poison {
+		poison[i] = float32(math.NaN())
+	}
+	if err := be.Upload(y, poison); err != nil {
+		t.Fatal(err)
+	}
+	if err := be.Upload(x, xv); err != nil {
+		t.Fatal(err)
+	}
+	if err := be.MatMul(y, w, x); err != nil {
+		t.Fatal(err)
+	}
+	out := make([]float32, T*rows)
+	if err := be.Download(y, out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}

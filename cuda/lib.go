@@ -74,7 +74,7 @@ type driverAPI struct {
 	cuMemAlloc, cuMemFree, cuMemGetInfo, cuMemsetD8, cuMemHostAlloc, cuMemFreeHost            uintptr
 	cuMemcpyHtoD, cuMemcpyDtoH, cuMemcpyDtoD, cuMemcpyHtoDAsync, cuMemcpyDtoHAsync            uintptr
 	cuModuleLoadData, cuModuleGetFunction, cuModuleUnload, cuLaunchKernel, cuFuncSetAttribute uintptr
-	cuStreamCreate, cuStreamDestroy, cuStreamSynchronize                                      uintptr
+	cuStreamCreate, cuStreamDestroy, cuStreamSynchronize, cuStreamWaitEvent                   uintptr
 	cuEventCreate, cuEventRecord, cuEventSynchronize, cuEventElapsedTime, cuEventDestroy      uintptr
 }
 
@@ -108,6 +108,7 @@ func (d *driverAPI) table() []symbol {
 		{&d.cuStreamCreate, []string{"cuStreamCreate"}},
 		{&d.cuStreamDestroy, []string{"cuStreamDestroy_v2", "cuStreamDestroy"}},
 		{&d.cuStreamSynchronize, []string{"cuStreamSynchronize"}},
+		{&d.cuStreamWaitEvent, []string{"cuStreamWaitEvent"}},
 		{&d.cuEventCreate, []string{"cuEventCreate"}},
 		{&d.cuEventRecord, []string{"cuEventRecord"}},
 		{&d.cuEventSynchronize, []string{"cuEventSynchronize"}},

@@ -12,22 +12,26 @@ import (
 
 // ExpertStats counts where routed experts came from. A "use" is one
 // (token, expert) pair of a MoE call; hits were resident in the GPU cache when
-// the call started, misses were read from the ExpertSource (each missing
-// expert is read once per call: Loads).
+// the call started, misses were not. Each missing expert is loaded once per
+// call: from the pinned host tier (HostLoads) or read through the
+// ExpertSource (Loads).
 type ExpertStats struct {
-	Hits, Misses int64 // uses served from the GPU cache / needing a read
+	Hits, Misses int64 // uses served from the GPU cache / needing a load
 	Loads        int64 // experts read through the ExpertSource
+	HostLoads    int64 // experts copied from the pinned host tier
 	BytesRead    int64
+	BytesH2D     int64
 	Syncs        int64 // routing read-backs (host round-trips)
 	Evictions    int64
 	Slots        int // GPU cache capacity in experts
+	HostSlots    int // pinned host tier capacity in experts
 	Resident     int // experts resident now
 	SlotBytes    int64
 	Layers       map[int]LayerStats
 }
 
-// LayerStats are one layer's hit and miss counts.
-type LayerStats struct{ Hits, Misses int64 }
+// LayerStats are one layer's counts.
+type LayerStats struct{ Hits, Misses, HostLoads, Loads int64 }
 
 // Stats returns a snapshot of the expert cache counters.
 func (b *Backend) Stats() ExpertStats {
@@ -40,33 +44,106 @@ func (b *Backend) Stats() ExpertStats {
 	for k, v := range c.stats.Layers {
 		s.Layers[k] = v
 	}
-	s.Slots, s.Resident, s.SlotBytes = c.slots, len(c.where), c.stride
+	s.Slots, s.Resident, s.SlotBytes = c.gpu.n, len(c.gpu.where), c.stride
+	if c.host != nil {
+		s.HostSlots = c.host.n
+	}
 	return s
 }
+
+// ExpertCounters implements runtime.ExpertCounterer.
+func (b *Backend) ExpertCounters() runtime.ExpertCounters {
+	s := b.Stats()
+	out := runtime.ExpertCounters{Uses: s.Hits + s.Misses, GPUHits: s.Hits, HostLoads: s.HostLoads, DiskLoads: s.Loads,
+		BytesH2D: s.BytesH2D, BytesRead: s.BytesRead, Syncs: s.Syncs, Evictions: s.Evictions, GPUSlots: s.Slots, HostSlots: s.HostSlots}
+	n := 0
+	for l := range s.Layers {
+		n = max(n, l+1)
+	}
+	out.Layers = make([]runtime.LayerCounters, n)
+	for l, v := range s.Layers {
+		out.Layers[l] = runtime.LayerCounters{Uses: v.Hits + v.Misses, GPUHits: v.Hits, HostLoads: v.HostLoads, DiskLoads: v.Loads}
+	}
+	return out
+}
+
+// SetRouteOverride implements runtime.RouteOverrider (benchmarks only).
+func (b *Backend) SetRouteOverride(f func(layer, tokens, topK int, ids []int32)) { b.override = f }
 
 // Sync waits for all queued GPU work (runtime.Syncer).
 func (b *Backend) Sync() error { return b.run(b.d.sync) }
 
 type expertKey struct{ layer, expert int }
 
+// slotLRU maps experts to numbered slots with least-recently-used eviction.
+type slotLRU struct {
+	n     int
+	owner []expertKey
+	where map[expertKey]int
+	lru   *list.List // front = most recent; values are slot numbers
+	elems []*list.Element
+	free  []int // never-used slots
+}
+
+func newSlotLRU(n int) *slotLRU {
+	s := &slotLRU{n: n, owner: make([]expertKey, n), where: map[expertKey]int{}, lru: list.New(), elems: make([]*list.Element, n)}
+	for i := n - 1; i >= 0; i-- {
+		s.free = append(s.free, i)
+	}
+	return s
+}
+
+func (s *slotLRU) touch(slot int) { s.lru.MoveToFront(s.elems[slot]) }
+
+// take returns a never-used slot, or evicts the least recently used expert
+// that protect does not claim (ok false when every slot is protected).
+func (s *slotLRU) take(protect func(expertKey) bool) (slot int, evicted expertKey, didEvict, ok bool) {
+	if n := len(s.free); n > 0 {
+		slot = s.free[n-1]
+		s.free = s.free[:n-1]
+		return slot, expertKey{}, false, true
+	}
+	for e := s.lru.Back(); e != nil; e = e.Prev() {
+		slot = e.Value.(int)
+		k := s.owner[slot]
+		if protect != nil && protect(k) {
+			continue
+		}
+		s.lru.Remove(e)
+		delete(s.where, k)
+		return slot, k, true, true
+	}
+	return 0, expertKey{}, false, false
+}
+
+func (s *slotLRU) put(slot int, k expertKey) {
+	s.owner[slot] = k
+	s.where[k] = slot
+	s.elems[slot] = s.lru.PushFront(slot)
+}
+
 type expertCache struct {
 	src        runtime.ExpertSource
 	layout     runtime.ExpertLayout
 	numExperts int
 	stride     int64
-	slots      int
 	base       uintptr
-	free       []int // never-used slots
-	owner      []expertKey
-	where      map[expertKey]int
-	lru        *list.List // front = most recent; values are slot numbers
-	elems      []*list.Element
-	tables     map[int]uintptr // layer -> device table [E]u64
-	host       map[int][]uint64
-	count      map[int]int      // resident experts per layer
-	stage      []unsafe.Pointer // pinned host buffers, one expert each
+	gpu        *slotLRU
+	host       *slotLRU         // pinned host tier (nil: none)
+	hostBuf    []unsafe.Pointer // per host slot, allocated on first use
+	tables     map[int]uintptr  // layer -> device table [E]u64
+	mirror     map[int][]uint64
+	count      map[int]int         // resident experts per layer
+	stage      [2][]unsafe.Pointer // pinned staging (no host tier), double-buffered
+	stageEv    [2]uintptr          // copies out of each staging set done
+	stageIdx   int
+	copyS      uintptr // copy stream
+	copyEv     uintptr // copies of a load done (the compute stream waits)
+	computeEv  uintptr // compute queued before a load done (the copy stream waits)
+	tev        [4]uintptr
 	stats      ExpertStats
 	gu, dn     string // kernel names
+	fast       bool   // batched kernels (moe_gu?f, moe_dn?f + moe_combine)
 }
 
 func sameSource(a, b runtime.ExpertSource) (same bool) {
@@ -96,8 +173,8 @@ func (b *Backend) cacheFor(src runtime.ExpertSource, p runtime.MoEParams) (*expe
 	if l.Gate.Bits != l.Up.Bits {
 		return nil, fmt.Errorf("%w: gate %d-bit and up %d-bit experts", ErrShape, l.Gate.Bits, l.Up.Bits)
 	}
-	c := &expertCache{src: src, layout: l, numExperts: p.NumExperts, where: map[expertKey]int{}, lru: list.New(),
-		tables: map[int]uintptr{}, host: map[int][]uint64{}, count: map[int]int{},
+	c := &expertCache{src: src, layout: l, numExperts: p.NumExperts,
+		tables: map[int]uintptr{}, mirror: map[int][]uint64{}, count: map[int]int{},
 		stats: ExpertStats{Layers: map[int]LayerStats{}}}
 	c.stride = (l.Size + 255) &^ 255
 	budget := b.opts.CacheBytes
@@ -109,26 +186,38 @@ func (b *Backend) cacheFor(src runtime.ExpertSource, p runtime.MoEParams) (*expe
 		reserve := max(int64(2)<<30, int64(total)/20)
 		budget = int64(free) - reserve
 	}
-	c.slots = int(budget / c.stride)
+	slots := int(budget / c.stride)
 	if b.opts.CacheExperts > 0 {
-		c.slots = min(c.slots, b.opts.CacheExperts)
+		slots = min(slots, b.opts.CacheExperts)
 	}
-	if c.slots < p.TopK {
-		return nil, fmt.Errorf("cuda: expert cache of %d bytes holds %d experts of %d bytes, fewer than top-k %d", budget, c.slots, l.Size, p.TopK)
+	if slots < p.TopK {
+		return nil, fmt.Errorf("cuda: expert cache of %d bytes holds %d experts of %d bytes, fewer than top-k %d", budget, slots, l.Size, p.TopK)
 	}
 	var err error
-	if c.base, err = b.alloc(int(int64(c.slots) * c.stride)); err != nil {
-		return nil, fmt.Errorf("cuda: expert cache of %d slots: %w", c.slots, err)
+	if c.base, err = b.alloc(int(int64(slots) * c.stride)); err != nil {
+		return nil, fmt.Errorf("cuda: expert cache of %d slots: %w", slots, err)
 	}
-	c.owner = make([]expertKey, c.slots)
-	c.elems = make([]*list.Element, c.slots)
-	for i := c.slots - 1; i >= 0; i-- {
-		c.free = append(c.free, i)
+	c.gpu = newSlotLRU(slots)
+	if hs := int(b.opts.HostCacheBytes / l.Size); hs > 0 {
+		c.host = newSlotLRU(hs)
+		c.hostBuf = make([]unsafe.Pointer, hs)
+	}
+	if c.copyS, err = b.d.streamCreate(); err != nil {
+		return nil, err
+	}
+	for _, e := range append([]*uintptr{&c.copyEv, &c.computeEv, &c.stageEv[0], &c.stageEv[1]}, &c.tev[0], &c.tev[1], &c.tev[2], &c.tev[3]) {
+		if *e, err = b.d.eventCreate(); err != nil {
+			return nil, err
+		}
 	}
 	vg := vecOK(l.Gate.Bits, l.GroupSize, l.Hidden, l.Gate.WOffset, l.Up.WOffset)
 	vd := vecOK(l.Down.Bits, l.GroupSize, l.Intermediate, l.Down.WOffset)
 	c.gu = fmt.Sprintf("moe_gu%d%s", l.Gate.Bits, map[bool]string{true: "v", false: "s"}[vg])
 	c.dn = fmt.Sprintf("moe_dn%d%s", l.Down.Bits, map[bool]string{true: "v", false: "s"}[vd])
+	if vg && vd && !b.opts.NoBatchedMoE {
+		c.fast = true
+		c.gu, c.dn = fmt.Sprintf("moe_gu%df", l.Gate.Bits), fmt.Sprintf("moe_dn%df", l.Down.Bits)
+	}
 	b.moe = c
 	return c, nil
 }
@@ -147,7 +236,15 @@ func (b *Backend) dropCache() error {
 			return err
 		}
 	}
-	for _, h := range c.stage {
+	var pinned []unsafe.Pointer
+	pinned = append(pinned, c.stage[0]...)
+	pinned = append(pinned, c.stage[1]...)
+	for _, h := range c.hostBuf {
+		if h != nil {
+			pinned = append(pinned, h)
+		}
+	}
+	for _, h := range pinned {
 		if err := b.d.hostFree(h); err != nil {
 			return err
 		}
@@ -157,6 +254,14 @@ func (b *Backend) dropCache() error {
 				break
 			}
 		}
+	}
+	for _, e := range append([]uintptr{c.copyEv, c.computeEv, c.stageEv[0], c.stageEv[1]}, c.tev[:]...) {
+		if e != 0 {
+			b.d.eventDestroy(e)
+		}
+	}
+	if c.copyS != 0 {
+		return b.d.streamDestroy(c.copyS)
 	}
 	return nil
 }
@@ -171,39 +276,130 @@ func (c *expertCache) table(b *Backend, layer int) (uintptr, error) {
 		return 0, err
 	}
 	c.tables[layer] = t
-	c.host[layer] = make([]uint64, c.numExperts)
+	c.mirror[layer] = make([]uint64, c.numExperts)
 	return t, nil
 }
 
-// staging (worker only) returns n pinned buffers of one expert each.
-func (c *expertCache) staging(b *Backend, n int) ([]unsafe.Pointer, error) {
-	for len(c.stage) < n {
-		h, err := b.d.hostAlloc(int(c.layout.Size))
-		if err != nil {
-			return nil, err
-		}
-		b.hosts = append(b.hosts, h)
-		c.stage = append(c.stage, h)
+// pinned (worker only) allocates one expert's worth of pinned host memory.
+func (c *expertCache) pinned(b *Backend) (unsafe.Pointer, error) {
+	h, err := b.d.hostAlloc(int(c.layout.Size))
+	if err != nil {
+		return nil, err
 	}
-	return c.stage[:n], nil
+	b.hosts = append(b.hosts, h)
+	return h, nil
 }
 
-// load (worker only) reads experts ids of layer (none resident) into cache
-// slots, evicting least recently used experts outside keep. It updates the
-// host mirror of the table; the caller uploads it.
+const loadBatch = 16
+
+// gpuSlot (worker only) takes a GPU slot for an expert of layer, evicting a
+// least recently used expert not in keep (keep holds experts of layer).
+func (c *expertCache) gpuSlot(layer int, keep map[int]bool) (int, error) {
+	slot, k, evicted, ok := c.gpu.take(func(k expertKey) bool { return k.layer == layer && keep[k.expert] })
+	if !ok {
+		return 0, fmt.Errorf("cuda: expert cache of %d slots cannot hold the experts of one batch", c.gpu.n)
+	}
+	if evicted {
+		c.mirror[k.layer][k.expert] = 0
+		c.count[k.layer]--
+		c.stats.Evictions++
+	}
+	return slot, nil
+}
+
+// place (worker only) queues the copy of one expert from pinned src into a
+// GPU slot on the copy stream and records it resident.
+func (c *expertCache) place(b *Backend, layer, e int, src unsafe.Pointer, keep map[int]bool) error {
+	slot, err := c.gpuSlot(layer, keep)
+	if err != nil {
+		return err
+	}
+	p := c.base + uintptr(int64(slot)*c.stride)
+	if err := b.d.htodOn(p, src, int(c.layout.Size), c.copyS); err != nil {
+		return err
+	}
+	c.gpu.put(slot, expertKey{layer, e})
+	c.mirror[layer][e] = uint64(p)
+	c.count[layer]++
+	c.stats.BytesH2D += c.layout.Size
+	return nil
+}
+
+// load (worker only) makes experts ids of layer (none resident) resident:
+// from the pinned host tier when it holds them, else read through the
+// ExpertSource (parallel pread) into pinned memory (a host-tier slot, or
+// double-buffered staging), copied on the copy stream while the next batch
+// is read. The compute stream waits for the copies. It updates the host
+// mirror of the table; the caller uploads it.
 func (c *expertCache) load(ctx context.Context, b *Backend, layer int, ids []int, keep map[int]bool, rt *runtime.Routing) error {
-	const batch = 16
-	for len(ids) > 0 {
-		n := min(len(ids), batch)
-		part := ids[:n]
-		ids = ids[n:]
-		bufs, err := c.staging(b, n)
-		if err != nil {
-			return err
+	// Copies overwrite slots that kernels queued earlier may still read.
+	if err := b.d.eventRecordOn(c.computeEv, 0); err != nil {
+		return err
+	}
+	if err := b.d.streamWaitEvent(c.copyS, c.computeEv); err != nil {
+		return err
+	}
+	ls := c.stats.Layers[layer]
+	defer func() { c.stats.Layers[layer] = ls }()
+	var read []int
+	for _, e := range ids {
+		if c.host != nil {
+			if hs, ok := c.host.where[expertKey{layer, e}]; ok {
+				c.host.touch(hs)
+				if err := c.place(b, layer, e, c.hostBuf[hs], keep); err != nil {
+					return err
+				}
+				c.stats.HostLoads++
+				ls.HostLoads++
+				continue
+			}
 		}
-		// The previous batch's async copies read the staging buffers.
-		if err := b.d.sync(); err != nil {
-			return err
+		read = append(read, e)
+	}
+	hostSynced := false
+	for len(read) > 0 {
+		n := min(len(read), loadBatch)
+		part := read[:n]
+		read = read[n:]
+		bufs := make([]unsafe.Pointer, n)
+		hslots := make([]int, n)
+		if c.host != nil {
+			for i := range part {
+				hs, _, evicted, ok := c.host.take(func(k expertKey) bool { return k.layer == layer && keep[k.expert] })
+				if !ok {
+					return fmt.Errorf("cuda: host expert tier of %d slots cannot hold the experts of one batch", c.host.n)
+				}
+				if evicted && !hostSynced {
+					// A queued copy may still read the evicted slot.
+					if err := b.d.streamSync(c.copyS); err != nil {
+						return err
+					}
+					hostSynced = true
+				}
+				if c.hostBuf[hs] == nil {
+					h, err := c.pinned(b)
+					if err != nil {
+						return err
+					}
+					c.hostBuf[hs] = h
+				}
+				bufs[i], hslots[i] = c.hostBuf[hs], hs
+			}
+		} else {
+			c.stageIdx ^= 1
+			set := c.stageIdx
+			// The copies that last read this staging set must be done.
+			if err := b.d.eventSync(c.stageEv[set]); err != nil {
+				return err
+			}
+			for len(c.stage[set]) < n {
+				h, err := c.pinned(b)
+				if err != nil {
+					return err
+				}
+				c.stage[set] = append(c.stage[set], h)
+			}
+			copy(bufs, c.stage[set][:n])
 		}
 		dst := make([][]byte, n)
 		for i, h := range bufs {
@@ -211,6 +407,11 @@ func (c *expertCache) load(ctx context.Context, b *Backend, layer int, ids []int
 		}
 		t0 := time.Now()
 		if err := c.src.ReadExperts(ctx, layer, part, dst); err != nil {
+			if c.host != nil { // the slots hold nothing valid
+				for _, hs := range hslots {
+					c.host.free = append(c.host.free, hs)
+				}
+			}
 			return fmt.Errorf("cuda: read experts %v of layer %d: %w", part, layer, err)
 		}
 		if rt != nil {
@@ -218,49 +419,26 @@ func (c *expertCache) load(ctx context.Context, b *Backend, layer int, ids []int
 			rt.BytesRead += int64(n) * c.layout.Size
 		}
 		c.stats.Loads += int64(n)
+		ls.Loads += int64(n)
 		c.stats.BytesRead += int64(n) * c.layout.Size
 		for i, e := range part {
-			slot, err := c.takeSlot(keep, layer)
-			if err != nil {
+			if c.host != nil {
+				c.host.put(hslots[i], expertKey{layer, e})
+			}
+			if err := c.place(b, layer, e, bufs[i], keep); err != nil {
 				return err
 			}
-			p := c.base + uintptr(int64(slot)*c.stride)
-			if err := b.d.htodAsync(p, bufs[i], int(c.layout.Size)); err != nil {
+		}
+		if c.host == nil {
+			if err := b.d.eventRecordOn(c.stageEv[c.stageIdx], c.copyS); err != nil {
 				return err
 			}
-			k := expertKey{layer, e}
-			c.owner[slot] = k
-			c.where[k] = slot
-			c.elems[slot] = c.lru.PushFront(slot)
-			c.host[layer][e] = uint64(p)
-			c.count[layer]++
 		}
 	}
-	return nil
-}
-
-// takeSlot returns a free slot or evicts the least recently used expert
-// whose layer/expert is not in keep (keep holds experts of layer).
-func (c *expertCache) takeSlot(keep map[int]bool, layer int) (int, error) {
-	if n := len(c.free); n > 0 {
-		s := c.free[n-1]
-		c.free = c.free[:n-1]
-		return s, nil
+	if err := b.d.eventRecordOn(c.copyEv, c.copyS); err != nil {
+		return err
 	}
-	for e := c.lru.Back(); e != nil; e = e.Prev() {
-		s := e.Value.(int)
-		k := c.owner[s]
-		if k.layer == layer && keep[k.expert] {
-			continue
-		}
-		c.lru.Remove(e)
-		delete(c.where, k)
-		c.host[k.layer][k.expert] = 0
-		c.count[k.layer]--
-		c.stats.Evictions++
-		return s, nil
-	}
-	return 0, fmt.Errorf("cuda: expert cache of %d slots cannot hold the experts of one batch", c.slots)
+	return b.d.streamWaitEvent(0, c.copyEv)
 }
 
 // MoE implements runtime.Backend: router matvec, softmax/top-K and
@@ -314,18 +492,45 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 	if err != nil {
 		return err
 	}
+	var part uintptr
+	if c.fast {
+		if part, err = b.scratchBuf("moe_part", T*K*l.Hidden*4); err != nil {
+			return err
+		}
+	}
+	// With routing requested (--timing), GPU events time the router and the
+	// expert kernels.
+	timed := routing != nil
+	if timed {
+		if err := b.d.eventRecord(c.tev[0]); err != nil {
+			return err
+		}
+	}
 	if err := b.matmul(logits, rw, xt.p, T); err != nil {
 		return err
 	}
 	if err := b.d.launch(b.fn["router_topk"], grid1(T), [3]int{32, 1, 1}, E*4, logits, E, K, ids, wts); err != nil {
 		return err
 	}
+	if b.override != nil {
+		hid := make([]int32, T*K)
+		b.override(p.Layer, T, K, hid)
+		if err := b.d.htod(ids, unsafe.Pointer(&hid[0]), T*K*4); err != nil {
+			return err
+		}
+	}
+	if timed {
+		if err := b.d.eventRecord(c.tev[1]); err != nil {
+			return err
+		}
+	}
 	table, err := c.table(b, p.Layer)
 	if err != nil {
 		return err
 	}
+	ls := c.stats.Layers[p.Layer]
 	// Fill a new layer completely while never-used slots remain.
-	if c.count[p.Layer] == 0 && !b.opts.NoLayerFill && len(c.free) >= E {
+	if c.count[p.Layer] == 0 && !b.opts.NoLayerFill && len(c.gpu.free) >= E {
 		all := make([]int, E)
 		for e := range all {
 			all[e] = e
@@ -333,16 +538,16 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 		if err := c.load(ctx, b, p.Layer, all, nil, routing); err != nil {
 			return err
 		}
-		if err := b.d.htod(table, unsafe.Pointer(&c.host[p.Layer][0]), E*8); err != nil {
+		if err := b.d.htod(table, unsafe.Pointer(&c.mirror[p.Layer][0]), E*8); err != nil {
 			return err
 		}
+		ls = c.stats.Layers[p.Layer]
 	}
-	ls := c.stats.Layers[p.Layer]
 	defer func() { c.stats.Layers[p.Layer] = ls }()
 	if c.count[p.Layer] == E && routing == nil {
 		c.stats.Hits += int64(T * K)
 		ls.Hits += int64(T * K)
-		return b.runExperts(c, table, xt, d, ids, wts, hbuf, 0, T, K)
+		return b.runExperts(c, table, xt, d, ids, wts, hbuf, part, 0, T, K)
 	}
 	// Read the routing back (one host round-trip for the layer).
 	hid := make([]int32, T*K)
@@ -370,6 +575,7 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 			return fmt.Errorf("cuda: router chose expert %d of %d (non-finite logits?)", e, E)
 		}
 	}
+	first := true
 	// Tokens in chunks whose distinct experts fit in the cache.
 	for t0 := 0; t0 < T; {
 		keep := map[int]bool{}
@@ -382,12 +588,12 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 					add++
 				}
 			}
-			if len(keep)+add > c.slots {
+			if len(keep)+add > c.gpu.n {
 				break
 			}
 			for _, e := range hid[t1*K : (t1+1)*K] {
 				k := expertKey{p.Layer, int(e)}
-				slot, resident := c.where[k]
+				slot, resident := c.gpu.where[k]
 				if resident {
 					c.stats.Hits++
 					ls.Hits++
@@ -398,7 +604,7 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 				if !keep[int(e)] {
 					keep[int(e)] = true
 					if resident {
-						c.lru.MoveToFront(c.elems[slot])
+						c.gpu.touch(slot)
 					} else {
 						miss = append(miss, int(e))
 					}
@@ -406,24 +612,63 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 			}
 		}
 		if len(miss) > 0 {
+			lsSave := ls
+			c.stats.Layers[p.Layer] = ls
 			if err := c.load(ctx, b, p.Layer, miss, keep, routing); err != nil {
 				return err
 			}
-			if err := b.d.htod(table, unsafe.Pointer(&c.host[p.Layer][0]), E*8); err != nil {
+			ls = c.stats.Layers[p.Layer]
+			ls.Hits, ls.Misses = lsSave.Hits, lsSave.Misses
+			if err := b.d.htod(table, unsafe.Pointer(&c.mirror[p.Layer][0]), E*8); err != nil {
 				return err
 			}
 		}
-		if err := b.runExperts(c, table, xt, d, ids, wts, hbuf, t0, t1-t0, K); err != nil {
+		if timed && first {
+			if err := b.d.eventRecord(c.tev[2]); err != nil {
+				return err
+			}
+			first = false
+		}
+		if err := b.runExperts(c, table, xt, d, ids, wts, hbuf, part, t0, t1-t0, K); err != nil {
 			return err
 		}
 		t0 = t1
+	}
+	if timed {
+		if err := b.d.eventRecord(c.tev[3]); err != nil {
+			return err
+		}
+		route, err := b.d.eventElapsed(c.tev[0], c.tev[1])
+		if err != nil {
+			return err
+		}
+		comp, err := b.d.eventElapsed(c.tev[2], c.tev[3])
+		if err != nil {
+			return err
+		}
+		routing.Route += time.Duration(float64(route) * 1e6)
+		routing.Compute += time.Duration(float64(comp) * 1e6)
 	}
 	return nil
 }
 
 // runExperts (worker only) launches the expert kernels for tokens t0..t0+n-1.
-func (b *Backend) runExperts(c *expertCache, table uintptr, xt, d *Tensor, ids, wts, hbuf uintptr, t0, n, K int) error {
+func (b *Backend) runExperts(c *expertCache, table uintptr, xt, d *Tensor, ids, wts, hbuf, part uintptr, t0, n, K int) error {
 	l := c.layout
+	if c.fast {
+		if err := b.d.launch(b.fn[c.gu], [3]int{cdiv(l.Intermediate, 8), n * K, 1}, [3]int{128, 1, 1}, 0,
+			table, ids, xt.p, hbuf, l.Intermediate, l.Hidden, l.GroupSize, K, t0,
+			l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset); err != nil {
+			return err
+		}
+		if err := b.d.launch(b.fn[c.dn], [3]int{cdiv(l.Hidden, 16), n * K, 1}, [3]int{128, 1, 1}, 0,
+			table, ids, hbuf, part, l.Hidden, l.Intermediate, l.GroupSize, K, t0,
+			l.Down.WOffset, l.Down.SOffset, l.Down.BOffset); err != nil {
+			return err
+		}
+		return b.d.launch(b.fn["moe_combine"], [3]int{cdiv(l.Hidden, 256), n, 1}, [3]int{256, 1, 1}, 0,
+			part, wts, d.p, l.Hidden, K, t0)
+	}
 	if err := b.d.launch(b.fn[c.gu], [3]int{cdiv(l.Intermediate, 8), n * K, 1}, [3]int{128, 1, 1}, 0,
 		table, ids, xt.p, hbuf, l.Intermediate, l.Hidden, l.GroupSize, K, t0,
 		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset); err != nil {

@@ -18,8 +18,11 @@ var kernelsCore string
 //go:embed kernels_mixer.cu
 var kernelsMixer string
 
+//go:embed kernels_fast.cu
+var kernelsFast string
+
 // kernelSource is the whole CUDA C translation unit.
-func kernelSource() string { return kernelsCore + "\n" + kernelsMixer }
+func kernelSource() string { return kernelsCore + "\n" + kernelsMixer + "\n" + kernelsFast }
 
 // ErrCompile reports that NVRTC rejected the kernel source; the error text
 // carries the compiler log.
@@ -85,42 +88,52 @@ func writeCache(dir, name string, data []byte) error {
 }
 
 // compile runs NVRTC for this device's architecture and returns the cubin.
-func (d *device) compile(src string) ([]byte, error) {
+func (d *device) compile(src string, extra ...string) ([]byte, error) {
+	_, bin, err := d.compileLog(src, extra...)
+	return bin, err
+}
+
+// compileLog is compile that also returns NVRTC's log (warnings, and the
+// ptxas report when extra asks for it).
+func (d *device) compileLog(src string, extra ...string) (string, []byte, error) {
 	n := &d.l.nvrtc
 	csrc, cname := cstring(src), cstring("fmoe_kernels.cu")
 	var prog uintptr
 	if err := checkNVRTC(call(n.nvrtcCreateProgram, uintptr(unsafe.Pointer(&prog)), uintptr(unsafe.Pointer(&csrc[0])),
 		uintptr(unsafe.Pointer(&cname[0])), 0, 0, 0), "nvrtcCreateProgram"); err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	defer call(n.nvrtcDestroyProgram, uintptr(unsafe.Pointer(&prog)))
 	opts := [][]byte{cstring("--gpu-architecture=" + d.arch()), cstring("--std=c++17"), cstring("-default-device")}
+	for _, e := range extra {
+		opts = append(opts, cstring(e))
+	}
 	ptrs := make([]uintptr, len(opts))
 	for i, o := range opts {
 		ptrs[i] = uintptr(unsafe.Pointer(&o[0]))
 	}
 	res := call(n.nvrtcCompileProgram, prog, uintptr(len(ptrs)), uintptr(unsafe.Pointer(&ptrs[0])))
 	goruntime.KeepAlive(opts)
-	if res != 0 {
-		var size uintptr
-		log := "(no log)"
-		if call(n.nvrtcGetProgramLogSize, prog, uintptr(unsafe.Pointer(&size))) == 0 && size > 1 {
-			buf := make([]byte, size)
-			if call(n.nvrtcGetProgramLog, prog, uintptr(unsafe.Pointer(&buf[0]))) == 0 {
-				log = string(buf[:size-1])
-			}
+	var lsize uintptr
+	log := ""
+	if call(n.nvrtcGetProgramLogSize, prog, uintptr(unsafe.Pointer(&lsize))) == 0 && lsize > 1 {
+		buf := make([]byte, lsize)
+		if call(n.nvrtcGetProgramLog, prog, uintptr(unsafe.Pointer(&buf[0]))) == 0 {
+			log = string(buf[:lsize-1])
 		}
-		return nil, fmt.Errorf("%w for %s (nvrtc %d): %s", ErrCompile, d.arch(), int32(uint32(res)), log)
+	}
+	if res != 0 {
+		return log, nil, fmt.Errorf("%w for %s (nvrtc %d): %s", ErrCompile, d.arch(), int32(uint32(res)), log)
 	}
 	var size uintptr
 	if err := checkNVRTC(call(n.nvrtcGetCUBINSize, prog, uintptr(unsafe.Pointer(&size))), "nvrtcGetCUBINSize"); err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	bin := make([]byte, size)
 	if err := checkNVRTC(call(n.nvrtcGetCUBIN, prog, uintptr(unsafe.Pointer(&bin[0]))), "nvrtcGetCUBIN"); err != nil {
-		return nil, err
+		return "", nil, err
 	}
-	return bin, nil
+	return log, bin, nil
 }
 
 // loadModule loads the cubin and resolves every kernel in names.

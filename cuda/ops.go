@@ -72,10 +72,31 @@ func (b *Backend) MatMul(dst runtime.Tensor, wt runtime.Weight, x runtime.Tensor
 	return b.run(func() error { return b.matmul(d.p, w, xt.p, xt.rows) })
 }
 
+// qmvVariants are the decode matvec kernels (rows per warp R, 128-bit chunks
+// per lane per iteration U); QMVVariant picks one (benchmarks compare them).
+var qmvVariants = []string{"r4u2", "r2u4", "r8u1", "r4u1"}
+
+// QMVVariant is the decode matvec kernel MatMul uses for T = 1 ("" = the
+// previous generic kernel); rows per block = 4 warps × R.
+var QMVVariant = "r4u2"
+
+// GemmMinTokens is the batch size from which MatMul uses the tiled GEMM
+// (below it, the register-blocked multi-token kernel).
+var GemmMinTokens = 2
+
 // matmul (worker only): y[T, out] = W · x[T, in].
 func (b *Backend) matmul(y uintptr, w *Weight, x uintptr, T int) error {
 	if w.w == 0 {
 		return b.d.launch(b.fn["fmm"], [3]int{cdiv(w.out, 4), T, 1}, [3]int{128, 1, 1}, 0, w.dense, x, y, w.out, w.in, T)
+	}
+	vec := vecOK(w.bits, w.group, w.in)
+	if T == 1 && vec && QMVVariant != "" {
+		rows := 4 * int(QMVVariant[1]-'0')
+		return b.d.launch(b.fn[fmt.Sprintf("qmv%d_%s", w.bits, QMVVariant)], [3]int{cdiv(w.out, rows), 1, 1}, [3]int{128, 1, 1}, 0,
+			w.w, w.s, w.z, x, y, w.out, w.in, w.group)
+	}
+	if T >= GemmMinTokens && T > 1 && w.in%32 == 0 {
+		return b.gemm(y, w, x, T)
 	}
 	r, tt, variant := 4, 1, "_1"
 	if T > 1 {
@@ -89,6 +110,36 @@ func (b *Backend) matmul(y uintptr, w *Weight, x uintptr, T int) error {
 	f := b.fn[fmt.Sprintf("qmm%d%s", w.bits, variant)]
 	return b.d.launch(f, [3]int{cdiv(w.out, 4*r), cdiv(T, tt), 1}, [3]int{128, 1, 1}, 0,
 		w.w, w.s, w.z, x, y, w.out, w.in, T, w.group)
+}
+
+// gemm (worker only): the tiled prefill kernel, split over the columns when
+// the tiles alone would not fill the GPU.
+func (b *Backend) gemm(y uintptr, w *Weight, x uintptr, T int) error {
+	tn := 4
+	switch {
+	case T <= 8:
+		tn = 1
+	case T <= 16:
+		tn = 2
+	}
+	gx, gy := cdiv(w.out, 64), cdiv(T, 8*tn)
+	tiles := w.in / 32
+	splits := max(1, min((2*b.d.sms)/(gx*gy), tiles/4))
+	kchunk := cdiv(tiles, splits) * 32
+	splits = cdiv(w.in, kchunk)
+	f := b.fn[fmt.Sprintf("qgemm%d_%d", w.bits, tn)]
+	if splits == 1 {
+		return b.d.launch(f, [3]int{gx, gy, 1}, [3]int{128, 1, 1}, 0, w.w, w.s, w.z, x, y, w.out, w.in, T, w.group, kchunk)
+	}
+	n := T * w.out
+	part, err := b.scratchBuf("gemm_part", splits*n*4)
+	if err != nil {
+		return err
+	}
+	if err := b.d.launch(f, [3]int{gx, gy, splits}, [3]int{128, 1, 1}, 0, w.w, w.s, w.z, x, part, w.out, w.in, T, w.group, kchunk); err != nil {
+		return err
+	}
+	return b.d.launch(b.fn["qgemm_sum"], ewGrid(n), blk, 0, part, y, int64(n), splits)
 }
 
 // RMSNorm implements runtime.Backend.

@@ -218,6 +218,42 @@ func (d *device) eventElapsed(start, end uintptr) (float32, error) {
 	return ms, err
 }
 
+// eventRecordOn records e on stream s (0 = the legacy default stream).
+func (d *device) eventRecordOn(e, s uintptr) error {
+	return check(call(d.l.drv.cuEventRecord, e, s), "cuEventRecord")
+}
+
+// streamWaitEvent makes stream s wait for e.
+func (d *device) streamWaitEvent(s, e uintptr) error {
+	return check(call(d.l.drv.cuStreamWaitEvent, s, e, 0), "cuStreamWaitEvent")
+}
+
+// streamCreate makes a stream that does not synchronise with the legacy
+// default stream (CU_STREAM_NON_BLOCKING).
+func (d *device) streamCreate() (uintptr, error) {
+	var s uintptr
+	err := check(call(d.l.drv.cuStreamCreate, uintptr(unsafe.Pointer(&s)), 1), "cuStreamCreate")
+	return s, err
+}
+
+func (d *device) streamSync(s uintptr) error {
+	return check(call(d.l.drv.cuStreamSynchronize, s), "cuStreamSynchronize")
+}
+
+func (d *device) streamDestroy(s uintptr) error {
+	return check(call(d.l.drv.cuStreamDestroy, s), "cuStreamDestroy")
+}
+
+// htodOn copies from pinned host memory on stream s.
+func (d *device) htodOn(dst uintptr, src unsafe.Pointer, n int, s uintptr) error {
+	return check(call(d.l.drv.cuMemcpyHtoDAsync, dst, uintptr(src), uintptr(n), s), "cuMemcpyHtoDAsync")
+}
+
+// eventSync waits for e on the host.
+func (d *device) eventSync(e uintptr) error {
+	return check(call(d.l.drv.cuEventSynchronize, e), "cuEventSynchronize")
+}
+
 func (d *device) eventDestroy(e uintptr) error {
 	return check(call(d.l.drv.cuEventDestroy, e), "cuEventDestroy")
 }

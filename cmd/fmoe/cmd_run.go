@@ -24,9 +24,11 @@ type backendCtor struct {
 
 // backendRegistry lists the backends this binary can build, GPU first (the
 // order --backend auto tries them). cpu is always last and always works.
-func backendRegistry(gpuCacheBytes int64) []backendCtor {
+func backendRegistry(gpuCacheBytes, hostCacheBytes int64) []backendCtor {
 	return []backendCtor{
-		{"cuda", func() (runtime.Backend, error) { return cuda.NewBackend(cuda.Options{CacheBytes: gpuCacheBytes}) }},
+		{"cuda", func() (runtime.Backend, error) {
+			return cuda.NewBackend(cuda.Options{CacheBytes: gpuCacheBytes, HostCacheBytes: hostCacheBytes})
+		}},
 		{"metal", func() (runtime.Backend, error) { return metal.NewBackend(metal.Options{}) }},
 		{"cpu", func() (runtime.Backend, error) { return cpu.New(), nil }},
 	}
@@ -65,6 +67,7 @@ func modelFlags() []cli.Flag {
 		&cli.IntFlag{Name: "batch", Usage: "prefill tokens per forward step (default 32)"},
 		&cli.BoolFlag{Name: "direct-io", Usage: "read experts with O_DIRECT (bypass the page cache; linux, for cold-read measurements)"},
 		&cli.Float64Flag{Name: "gpu-cache-gb", Usage: "GPU expert cache budget in GB (cuda; default: what fits)"},
+		&cli.Float64Flag{Name: "host-cache-gb", Usage: "pinned host-memory expert tier in GB between the GPU cache and disk (cuda; default none)"},
 		&cli.BoolFlag{Name: "json", Usage: "print one JSON object instead of text"},
 	}
 }
@@ -74,7 +77,7 @@ func openModel(c *cli.Context) (*runtime.Model, func(), error) {
 	if c.Int("experts-per-token") < 0 || c.Int("ctx") < 0 || c.Int("batch") < 0 {
 		return nil, nil, usagef("--experts-per-token, --ctx and --batch must not be negative")
 	}
-	be, err := pickBackend(c.String("backend"), backendRegistry(int64(c.Float64("gpu-cache-gb")*(1<<30))), os.Stderr)
+	be, err := pickBackend(c.String("backend"), backendRegistry(int64(c.Float64("gpu-cache-gb")*(1<<30)), int64(c.Float64("host-cache-gb")*(1<<30))), os.Stderr)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -141,6 +144,9 @@ type runResult struct {
 	Stopped         bool            `json:"stopped_on_eos"`
 	ExpertsPerToken int             `json:"experts_per_token"`
 	Timing          *runtime.Timing `json:"timing,omitempty"`
+	// Experts: the backend's expert-cache counters per tier and per layer
+	// (backends implementing runtime.ExpertCounterer).
+	Experts *runtime.ExpertCounters `json:"experts,omitempty"`
 }
 
 func runRun(c *cli.Context) error {
@@ -213,6 +219,10 @@ func runRun(c *cli.Context) error {
 	res.Text, res.PromptTokens, res.GeneratedTokens = sb.String(), st.PromptTokens, st.GeneratedTokens
 	res.PrefillTokS, res.DecodeTokS, res.Stopped = st.PrefillTokS(), st.DecodeTokS(), st.Stopped
 	res.Timing = s.Timing
+	if ec, ok := m.Backend().(runtime.ExpertCounterer); ok {
+		cn := ec.ExpertCounters()
+		res.Experts = &cn
+	}
 	if jsonOut {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
@@ -223,8 +233,22 @@ func runRun(c *cli.Context) error {
 		st.GeneratedTokens, st.Decode.Round(time.Millisecond), st.DecodeTokS())
 	if s.Timing != nil {
 		printTiming(os.Stderr, m, s.Timing)
+		if res.Experts != nil {
+			printCounters(os.Stderr, res.Experts)
+		}
 	}
 	return nil
+}
+
+// printCounters writes the expert-cache counters per tier and per layer.
+func printCounters(w io.Writer, e *runtime.ExpertCounters) {
+	fmt.Fprintf(w, "experts: %d uses, %d GPU hits, %d loads from pinned host memory, %d from disk (GPU cache %d slots, host tier %d), %d read-backs, %d evictions\n",
+		e.Uses, e.GPUHits, e.HostLoads, e.DiskLoads, e.GPUSlots, e.HostSlots, e.Syncs, e.Evictions)
+	for i, l := range e.Layers {
+		if l.Uses > 0 {
+			fmt.Fprintf(w, "  layer %2d: %d uses, %d GPU hits, %d host loads, %d disk loads\n", i, l.Uses, l.GPUHits, l.HostLoads, l.DiskLoads)
+		}
+	}
 }
 
 // printTiming writes the per-layer breakdown, in ms per token.

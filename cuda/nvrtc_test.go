@@ -1,0 +1,52 @@
+package cuda
+
+import (
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// TestCompileOnly compiles the embedded kernels with NVRTC alone (no driver,
+// no GPU) for sm_90, when FMOE_NVRTC names a libnvrtc (for example one
+// unpacked from a distribution package), and logs ptxas's register and spill
+// report per kernel. It catches CUDA C errors before a GPU run.
+func TestCompileOnly(t *testing.T) {
+	lib := os.Getenv("FMOE_NVRTC")
+	if lib == "" {
+		t.Skip("FMOE_NVRTC (path of a libnvrtc) not set")
+	}
+	l := &libs{}
+	if err := bind([]string{lib}, l.nvrtc.table()); err != nil {
+		t.Fatal(err)
+	}
+	d := &device{l: l, ccMajor: 9, ccMinor: 0}
+	log, bin, err := d.compileLog(kernelSource(), "-Xptxas=-v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bin) == 0 {
+		t.Fatal("empty cubin")
+	}
+	// One line per kernel: name, registers, spills.
+	fn := regexp.MustCompile(`Compiling entry function '(\w+)'`)
+	var cur string
+	for _, line := range strings.Split(log, "\n") {
+		if m := fn.FindStringSubmatch(line); m != nil {
+			cur = m[1]
+			continue
+		}
+		if strings.Contains(line, "registers") || strings.Contains(line, "spill") {
+			if strings.Contains(line, "spill") && !strings.Contains(line, "0 bytes spill stores, 0 bytes spill loads") {
+				t.Logf("SPILL %s: %s", cur, strings.TrimSpace(line))
+			} else if testing.Verbose() {
+				t.Logf("%s: %s", cur, strings.TrimSpace(line))
+			}
+		}
+	}
+	for _, name := range kernelNames() {
+		if !strings.Contains(log, "'"+name+"'") && testing.Verbose() {
+			t.Logf("no ptxas report for %s", name)
+		}
+	}
+}
