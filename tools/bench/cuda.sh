@@ -89,7 +89,7 @@ full)
 		sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null
 		bench "c-cold-K$k-skewed" -k $k --prefill 32 --tokens 16 --routing skewed --gpu-cache-gb "$CAP" --direct-io --warmup 0
 	done
-	if [ -n "${SWEEP:-1}" ]; then
+	if [ -n "${SWEEP-1}" ]; then
 		for f in 0.125 0.25 0.5 1; do
 			g=$(awk -v e="$EG" -v f="$f" 'BEGIN {printf "%.2f", e*f+0.05}')
 			for rt in uniform skewed; do
