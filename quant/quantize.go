@@ -17,6 +17,11 @@ import (
 //   - scales and biases are stored as bf16 (round to nearest even).
 //
 // Codes are computed with the float32 scale and bias, before the bf16 cast.
+// NaN inputs are skipped by the range and get code 0.
+//
+// With AVX2 and groups of a multiple of 32 columns the per-group range and
+// the codes are computed by SIMD kernels (quantize_amd64.s), bit-identical
+// to the pure-Go loop (quantizeGo), which handles everything else.
 func Quantize(w []float32, rows, cols, bits, group int) (*Matrix, error) {
 	m := &Matrix{Bits: bits, GroupSize: group, Rows: rows, Cols: cols}
 	if len(w) != rows*cols {
@@ -28,24 +33,20 @@ func Quantize(w []float32, rows, cols, bits, group int) (*Matrix, error) {
 	m.W = make([]uint32, rows*m.WordsPerRow())
 	m.Scales = make([]uint16, rows*m.GroupsPerRow())
 	m.Biases = make([]uint16, len(m.Scales))
+	ng := len(m.Scales)
+	quantizeGo(m, w, quantizeSIMD(m, w), ng)
+	return m, nil
+}
+
+// quantizeGo quantizes groups [g0, g1) of m (flat group index over rows).
+func quantizeGo(m *Matrix, w []float32, g0, g1 int) {
+	bits, group := m.Bits, m.GroupSize
 	nBins := float32(int(1)<<bits - 1)
 	per := 32 / bits
-	for g := 0; g < rows*m.GroupsPerRow(); g++ {
+	for g := g0; g < g1; g++ {
 		vals := w[g*group : (g+1)*group]
 		lo, hi := groupRange(vals)
-		scale := max((hi-lo)/nBins, 1e-7)
-		edge := hi
-		if abs32(lo) > abs32(hi) {
-			edge = lo
-		} else {
-			scale = -scale
-		}
-		q0 := round32(edge / scale)
-		bias := float32(0)
-		if q0 != 0 {
-			scale = edge / q0
-			bias = edge
-		}
+		scale, bias := groupParams(lo, hi, nBins)
 		m.Scales[g] = F32ToBF16(scale)
 		m.Biases[g] = F32ToBF16(bias)
 		words := m.W[g*group/per : (g+1)*group/per]
@@ -63,7 +64,24 @@ func Quantize(w []float32, rows, cols, bits, group int) (*Matrix, error) {
 			words[w] = word
 		}
 	}
-	return m, nil
+}
+
+// groupParams returns the float32 scale and bias of a group whose range is
+// lo = min(w), hi = max(0, max(w)), for codes 0..nBins.
+func groupParams(lo, hi, nBins float32) (scale, bias float32) {
+	scale = max((hi-lo)/nBins, 1e-7)
+	edge := hi
+	if abs32(lo) > abs32(hi) {
+		edge = lo
+	} else {
+		scale = -scale
+	}
+	q0 := round32(edge / scale)
+	if q0 != 0 {
+		scale = edge / q0
+		bias = edge
+	}
+	return scale, bias
 }
 
 func abs32(x float32) float32 { return float32(math.Abs(float64(x))) }
@@ -72,7 +90,8 @@ func abs32(x float32) float32 { return float32(math.Abs(float64(x))) }
 // negative x (the grid never produces below -0.5) gives 0, as the clamp to
 // unsigned codes does. For x ≥ 0.5, x+0.5 is exact in float32 whenever it
 // could reach the next integer (x and x+0.5 then share a binade), so the
-// truncation is exact; below 0.5 the answer is 0.
+// truncation is exact; below 0.5 the answer is 0. (NaN: 0 on amd64, where
+// the conversion goes through int64; the SIMD kernels give 0 too.)
 func roundCode(x float32) uint32 {
 	if x < 0.5 {
 		return 0
@@ -81,7 +100,8 @@ func roundCode(x float32) uint32 {
 }
 
 // groupRange returns min(vals) and max(0, max(vals)) (the CUDA kernel's
-// running max starts at 0) with four independent accumulators.
+// running max starts at 0) with four independent accumulators. NaNs never
+// compare, so they are skipped.
 func groupRange(vals []float32) (lo, hi float32) {
 	l0, l1, l2, l3 := float32(math.MaxFloat32), float32(math.MaxFloat32), float32(math.MaxFloat32), float32(math.MaxFloat32)
 	var h0, h1, h2, h3 float32

@@ -1,0 +1,42 @@
+package quant
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+)
+
+// benchQuantInput is a [rows, cols] Gaussian matrix (σ 0.02) rounded to
+// bf16, like a BF16 checkpoint's weights.
+func benchQuantInput(rows, cols int) []float32 {
+	r := rand.New(rand.NewPCG(1, 1))
+	w := make([]float32, rows*cols)
+	for i := range w {
+		w[i] = BF16ToF32(F32ToBF16(float32(r.NormFloat64()) * 0.02))
+	}
+	return w
+}
+
+// benchQuantize reports bytes of BF16 input (2 per value) per second, and
+// per CPU-second (MB/cpu-s: robust to a shared box).
+func benchQuantize(b *testing.B, bits int) {
+	const rows, cols = 1024, 4096
+	for _, group := range []int{64, 128} {
+		b.Run(fmt.Sprintf("%dx%d/g%d", rows, cols, group), func(b *testing.B) {
+			w := benchQuantInput(rows, cols)
+			b.SetBytes(2 * rows * cols)
+			b.ResetTimer()
+			c0 := cpuSeconds()
+			for i := 0; i < b.N; i++ {
+				if _, err := Quantize(w, rows, cols, bits, group); err != nil {
+					b.Fatal(err)
+				}
+			}
+			reportCPU(b, c0, 2*rows*cols)
+		})
+	}
+}
+
+func BenchmarkQuantize4(b *testing.B) { benchQuantize(b, 4) }
+func BenchmarkQuantize2(b *testing.B) { benchQuantize(b, 2) }
+func BenchmarkQuantize8(b *testing.B) { benchQuantize(b, 8) }

@@ -1,0 +1,7 @@
+//go:build !amd64 || noasm || !gc
+
+package quant
+
+// quantizeSIMD quantizes a prefix of m's groups with SIMD kernels and
+// returns how many it did: none without them.
+func quantizeSIMD(m *Matrix, w []float32) int { return 0 }
