@@ -75,17 +75,14 @@ func (c *converter) rows(dst []float32, name string, row, n, cols int) error {
 func decode(dst []float32, b []byte, dt formats.DType) error {
 	switch dt {
 	case formats.BF16:
-		for i := range dst {
-			dst[i] = quant.BF16ToF32(uint16(b[2*i]) | uint16(b[2*i+1])<<8)
-		}
+		// Views of the little-endian bytes (Go allocations are aligned).
+		quant.WidenBF16(dst, quant.U16s(b[:2*len(dst)]))
 	case formats.F16:
 		for i := range dst {
 			dst[i] = f16ToF32(uint16(b[2*i]) | uint16(b[2*i+1])<<8)
 		}
 	case formats.F32:
-		for i := range dst {
-			dst[i] = math.Float32frombits(uint32(b[4*i]) | uint32(b[4*i+1])<<8 | uint32(b[4*i+2])<<16 | uint32(b[4*i+3])<<24)
-		}
+		copy(dst, quant.F32s(b[:4*len(dst)]))
 	case formats.F8E4M3:
 		for i := range dst {
 			dst[i] = fp8E4M3[b[i]]

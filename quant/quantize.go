@@ -146,3 +146,13 @@ func groupRange(vals []float32) (lo, hi float32) {
 
 // round32 rounds half away from zero, like C's roundf.
 func round32(x float32) float32 { return float32(math.Round(float64(x))) }
+
+// WidenBF16 sets dst[i] = BF16ToF32(src[i]) for every i < len(dst);
+// src must be at least as long (a BF16 tensor's bytes viewed with U16s).
+func WidenBF16(dst []float32, src []uint16) {
+	src = src[:len(dst)]
+	i := widenSIMD(dst, src)
+	for ; i < len(src); i++ {
+		dst[i] = math.Float32frombits(uint32(src[i]) << 16)
+	}
+}

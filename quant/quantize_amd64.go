@@ -75,3 +75,18 @@ func quantizeSIMD(m *Matrix, w []float32) int {
 	}
 	return g
 }
+
+//go:noescape
+func widenBF16AVX2(dst *float32, src *uint16, n int)
+
+// widenSIMD widens the first len(src)&^31 values of src into dst (len(dst)
+// ≥ len(src)) and returns that count.
+func widenSIMD(dst []float32, src []uint16) int {
+	n := len(src) &^ 31
+	if !useAVX2 || n == 0 {
+		return 0
+	}
+	_ = dst[n-1]
+	widenBF16AVX2(&dst[0], &src[0], n)
+	return n
+}

@@ -40,3 +40,21 @@ func benchQuantize(b *testing.B, bits int) {
 func BenchmarkQuantize4(b *testing.B) { benchQuantize(b, 4) }
 func BenchmarkQuantize2(b *testing.B) { benchQuantize(b, 2) }
 func BenchmarkQuantize8(b *testing.B) { benchQuantize(b, 8) }
+
+// BenchmarkWidenBF16 widens 1M bf16 values (2 MiB in, 4 MiB out: beyond L2)
+// into a reused buffer; bytes are the BF16 input.
+func BenchmarkWidenBF16(b *testing.B) {
+	const n = 1 << 20
+	src := make([]uint16, n)
+	for i := range src {
+		src[i] = uint16(i * 7919)
+	}
+	dst := make([]float32, n)
+	b.SetBytes(2 * n)
+	b.ResetTimer()
+	c0 := cpuSeconds()
+	for i := 0; i < b.N; i++ {
+		WidenBF16(dst, src)
+	}
+	reportCPU(b, c0, 2*n)
+}

@@ -219,3 +219,24 @@ func FuzzQuantizeSIMD(f *testing.F) {
 		checkSame(t, "fuzz", w, 2, n/2, bb, group)
 	})
 }
+
+func TestWidenBF16(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 10))
+	for _, n := range []int{0, 1, 31, 32, 33, 100, 1000} {
+		src := make([]uint16, n+3) // longer than dst: only len(dst) are read
+		for i := range src {
+			src[i] = uint16(r.Uint32())
+		}
+		dst := make([]float32, n+1)
+		dst[n] = 42
+		WidenBF16(dst[:n], src)
+		for i := 0; i < n; i++ {
+			if math.Float32bits(dst[i]) != uint32(src[i])<<16 {
+				t.Fatalf("n=%d: dst[%d] = %#x, want %#x", n, i, math.Float32bits(dst[i]), uint32(src[i])<<16)
+			}
+		}
+		if dst[n] != 42 {
+			t.Fatalf("n=%d: wrote past len(dst)", n)
+		}
+	}
+}
