@@ -59,11 +59,12 @@ full)
 	"$F" extract "$W/hf" -o "$W/model" --quiet || exit 1
 	rm -rf "$W/hf"
 	say "synth+pack+extract $(( $(date +%s) - t0 )) s"; du -sh "$W/model" "$W/model/packed_experts"
-	# Disk read bandwidth of the expert files, cold (8 parallel O_DIRECT readers).
+	# Disk read bandwidth of the expert files, cold (16 parallel O_DIRECT
+	# readers, one expert file each, 960 files = 6.8 GB).
 	sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null && DROP=yes || DROP=no
-	ls "$W"/model/packed_experts/layer_*.bin | head -480 >"$W/files"
+	ls "$W"/model/packed_experts/layer_*.bin | awk 'NR%2==0' | head -960 >"$W/files"
 	ts=$(date +%s.%N)
-	xargs -P 8 -I{} dd if={} of=/dev/null bs=7077888 iflag=direct status=none <"$W/files"
+	xargs -P 16 -I{} dd if={} of=/dev/null bs=7077888 iflag=direct status=none <"$W/files"
 	te=$(date +%s.%N)
 	DISK=$(awk -v n="$(wc -l <"$W/files")" -v a="$ts" -v b="$te" 'BEGIN {printf "%.2f", n*7077888/(b-a)/1e9}')
 	say "disk (drop_caches $DROP): $DISK GB/s"
@@ -80,6 +81,9 @@ full)
 	DT=${DECODE:-32}
 	CAP=${CAP_GB:-$(awk -v e="$EG" 'BEGIN {printf "%.2f", e/4}')}
 	say "runs: prefill $P, decode $DT; all experts $EG GiB, capped GPU cache $CAP GiB"
+	say "per-layer GPU-event timing, all resident, K=4 (fmoe run --timing)"
+	"$F" run --model "$W/model" --backend cuda -k 4 --prompt "The capital of France is" --tokens 16 --timing 2>&1 >/dev/null |
+		grep -E "prefill|total|embed|experts:" | tee "$OUT/timing.txt"
 	for k in 4 10; do
 		bench "a-resident-K$k-uniform" -k $k --prefill "$P" --tokens "$DT" --routing uniform
 		bench "b-cap-K$k-uniform" -k $k --prefill "$P" --tokens "$DT" --routing uniform --gpu-cache-gb "$CAP" --host-cache-gb 200 --warmup 64
