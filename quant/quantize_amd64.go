@@ -2,14 +2,18 @@
 
 package quant
 
+import "math/bits"
+
 // SIMD quantizer (AVX2). Groups are processed in batches of whole groups,
 // about quantBatch values (L1-resident between the two passes):
 //
-//  1. groupRangeAVX2: per group min and max(0, max) with VMINPS/VMAXPS,
-//     the value as first operand so that NaNs are skipped as in groupRange;
-//  2. groupParams in Go: scale and bias per group (and their bf16 forms),
-//     spread to one entry per 32 values;
-//  3. encode{2,4,8}AVX2: per 32 values x = (v−bias)/scale (VDIVPS: a true
+//  1. rangeParamsAVX2, 8 groups at a time: min and max(0, max) with
+//     VMINPS/VMAXPS, the value as first operand so that NaNs are skipped as
+//     in groupRange; the 8 groups' lanes reduced together (shuffle tree);
+//     then groupParams on the 8 ranges as vectors (roundf as trunc plus a
+//     step away from zero when |r − trunc(r)| ≥ 0.5, exact in float32) and
+//     F32ToBF16 as integer ops;
+//  2. encode{2,4,8}AVX2: per 32 values x = (v−bias)/scale (VDIVPS: a true
 //     division), VMINPS(2^bits−1, x) (x kept when NaN, as the Go clamp does),
 //     code = x ≥ 0.5 ? trunc(x+0.5) : 0 (roundCode; NaN gives 0), then the
 //     int32 codes are packed to bytes in order (VPACKUSDW, VPACKUSWB, VPERMD)
@@ -20,35 +24,36 @@ package quant
 // quantizeGo, so the output is bit-identical.
 
 //go:noescape
-func groupRangeAVX2(vals *float32, group, ngroups int, lo, hi *float32)
+func rangeParamsAVX2(vals *float32, group, ngroups int, nbins float32, sc, bi *float32, sc16, bi16 *uint16, scratch *float32)
 
 //go:noescape
-func encode4AVX2(vals *float32, n int, sc, bi *float32, nbins float32, dst *uint32)
+func encode4AVX2(vals *float32, n int, sc, bi *float32, shift int, nbins float32, dst *uint32)
 
 //go:noescape
-func encode2AVX2(vals *float32, n int, sc, bi *float32, nbins float32, dst *uint32)
+func encode2AVX2(vals *float32, n int, sc, bi *float32, shift int, nbins float32, dst *uint32)
 
 //go:noescape
-func encode8AVX2(vals *float32, n int, sc, bi *float32, nbins float32, dst *uint32)
+func encode8AVX2(vals *float32, n int, sc, bi *float32, shift int, nbins float32, dst *uint32)
 
 // quantBatch is the number of values one pair of kernel calls covers.
 const quantBatch = 4096
 
 // quantizeSIMD quantizes a prefix of m's groups with the SIMD kernels and
-// returns how many it did: a multiple of 4 groups (so that each call covers
-// a multiple of 128 values) of a multiple of 32 columns, or none.
+// returns how many it did: a multiple of 8 groups of 32·2^k columns (so
+// that each call covers a multiple of 128 values), or none.
 func quantizeSIMD(m *Matrix, w []float32) int {
 	group := m.GroupSize
-	ng := len(m.Scales)
-	if !useAVX2 || group%32 != 0 || ng < 4 {
+	shift := bits.TrailingZeros(uint(group / 32))
+	ng := len(m.Scales) &^ 7
+	if !useAVX2 || group%32 != 0 || group != 32<<shift || ng == 0 {
 		return 0
 	}
-	nb := max(4, quantBatch/group&^3) // groups per batch
+	const maxNB = quantBatch / 32
+	nb := max(8, quantBatch/group) // groups per batch, a multiple of 8
 	nBins := float32(int(1)<<m.Bits - 1)
 	per := 32 / m.Bits
-	cpg := group / 32
-	lo, hi := make([]float32, nb), make([]float32, nb)
-	sc, bi := make([]float32, nb*cpg), make([]float32, nb*cpg)
+	var sc, bi [maxNB]float32
+	var scratch [128]float32
 	encode := encode4AVX2
 	switch m.Bits {
 	case 2:
@@ -56,24 +61,16 @@ func quantizeSIMD(m *Matrix, w []float32) int {
 	case 8:
 		encode = encode8AVX2
 	}
-	g := 0
-	for g < ng&^3 {
-		n := min(nb, ng&^3-g)
+	for g := 0; g < ng; {
+		n := min(nb, ng-g)
 		vals := w[g*group : (g+n)*group]
-		groupRangeAVX2(&vals[0], group, n, &lo[0], &hi[0])
-		for i := 0; i < n; i++ {
-			scale, bias := groupParams(lo[i], hi[i], nBins)
-			m.Scales[g+i] = F32ToBF16(scale)
-			m.Biases[g+i] = F32ToBF16(bias)
-			for j := i * cpg; j < (i+1)*cpg; j++ {
-				sc[j], bi[j] = scale, bias
-			}
-		}
+		_, _ = m.Scales[g+n-1], m.Biases[g+n-1]
+		rangeParamsAVX2(&vals[0], group, n, nBins, &sc[0], &bi[0], &m.Scales[g], &m.Biases[g], &scratch[0])
 		words := m.W[g*group/per : (g+n)*group/per]
-		encode(&vals[0], len(vals), &sc[0], &bi[0], nBins, &words[0])
+		encode(&vals[0], len(vals), &sc[0], &bi[0], shift, nBins, &words[0])
 		g += n
 	}
-	return g
+	return ng
 }
 
 //go:noescape

@@ -80,16 +80,19 @@ func quantCases(n, group int, r *rand.Rand) map[string][]float32 {
 	c["constant"], c["all-negative"], c["zeros"], c["large"], c["subnormal"] = cst, neg, zeros, big, tiny
 	// NaN and infinities, a few per group in some groups.
 	for g := 0; g < n/group; g++ {
-		switch g % 5 {
+		switch g % 8 {
 		case 1:
 			special[g*group+r.IntN(group)] = float32(math.NaN())
 		case 2:
 			special[g*group+r.IntN(group)] = float32(math.Inf(1))
 		case 3:
 			special[g*group+r.IntN(group)] = float32(math.Inf(-1))
-		case 4:
+		case 4, 5, 6, 7: // all NaN, all +Inf, all -Inf, +Inf and NaN
 			for i := 0; i < group; i++ {
-				special[g*group+i] = float32(math.NaN())
+				special[g*group+i] = []float32{float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1))}[min(g%8-4, 2)]
+				if g%8 == 7 && i%2 == 0 {
+					special[g*group+i] = float32(math.Inf(1))
+				}
 			}
 		}
 	}
@@ -133,7 +136,7 @@ func boundaryCase(n, group, bits int, r *rand.Rand) []float32 {
 func TestQuantizeSIMDExact(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 6))
 	shapes := []struct{ rows, cols, group int }{
-		{8, 128, 32}, {5, 256, 64}, {3, 384, 128}, {7, 192, 96}, {4, 128, 16}, {1, 64, 64}, {130, 4096, 64},
+		{8, 128, 32}, {5, 256, 64}, {3, 384, 128}, {4, 1024, 256}, {7, 192, 96}, {4, 128, 16}, {1, 64, 64}, {130, 4096, 64},
 	}
 	for _, bits := range []int{2, 4, 8} {
 		for _, sh := range shapes {
@@ -179,13 +182,13 @@ func TestQuantizeBoundaryHits(t *testing.T) {
 }
 
 // TestQuantizeSIMDCoverage checks which groups the SIMD kernels take: all
-// but the last rows·groups mod 4 when the group is a multiple of 32.
+// but the last rows·groups mod 8 when the group is 32·2^k columns.
 func TestQuantizeSIMDCoverage(t *testing.T) {
 	if !simdAvailable() {
 		t.Skip("no SIMD kernels on this build/CPU")
 	}
 	for _, c := range []struct{ rows, cols, group, want int }{
-		{3, 128, 32, 12}, {5, 64, 64, 4}, {1, 128, 128, 0}, {4, 128, 16, 0}, {1000, 4096, 64, 64000},
+		{3, 128, 32, 8}, {9, 64, 64, 8}, {5, 128, 128, 0}, {8, 128, 16, 0}, {8, 192, 96, 0}, {1000, 4096, 64, 64000}, {3, 4096, 256, 48},
 	} {
 		m := &Matrix{Bits: 4, GroupSize: c.group, Rows: c.rows, Cols: c.cols}
 		m.W = make([]uint32, c.rows*m.WordsPerRow())
