@@ -24,27 +24,54 @@ import (
 // to the pure-Go loop (quantizeGo), which handles everything else.
 func Quantize(w []float32, rows, cols, bits, group int) (*Matrix, error) {
 	m := &Matrix{Bits: bits, GroupSize: group, Rows: rows, Cols: cols}
-	if len(w) != rows*cols {
-		return nil, fmt.Errorf("%w: %d values for %dx%d", ErrLayout, len(w), rows, cols)
+	if err := m.alloc(len(w)); err != nil {
+		return nil, err
+	}
+	g := quantizeSIMD(m, w)
+	quantizeGo(m, w[g*group:], g, len(m.Scales))
+	return m, nil
+}
+
+// QuantizeBF16 is Quantize of the bf16 bit patterns src (as BF16ToF32
+// widens them), without a float32 copy of the whole matrix: the SIMD path
+// widens one L1-sized batch at a time. The result is bit-identical to
+// Quantize of the widened values.
+func QuantizeBF16(src []uint16, rows, cols, bits, group int) (*Matrix, error) {
+	m := &Matrix{Bits: bits, GroupSize: group, Rows: rows, Cols: cols}
+	if err := m.alloc(len(src)); err != nil {
+		return nil, err
+	}
+	g := quantizeSIMDBF16(m, src)
+	rest := make([]float32, len(src)-g*group)
+	WidenBF16(rest, src[g*group:])
+	quantizeGo(m, rest, g, len(m.Scales))
+	return m, nil
+}
+
+// alloc checks Quantize's arguments (m's shape, n values) and allocates
+// the outputs.
+func (m *Matrix) alloc(n int) error {
+	rows, cols, bits, group := m.Rows, m.Cols, m.Bits, m.GroupSize
+	if rows < 0 || cols < 0 || n != rows*cols {
+		return fmt.Errorf("%w: %d values for %dx%d", ErrLayout, n, rows, cols)
 	}
 	if bits != 2 && bits != 4 && bits != 8 || group <= 0 || cols%group != 0 || group%(32/bits) != 0 {
-		return nil, fmt.Errorf("%w: cannot quantize %dx%d at %d bits, group %d", ErrLayout, rows, cols, bits, group)
+		return fmt.Errorf("%w: cannot quantize %dx%d at %d bits, group %d", ErrLayout, rows, cols, bits, group)
 	}
 	m.W = make([]uint32, rows*m.WordsPerRow())
 	m.Scales = make([]uint16, rows*m.GroupsPerRow())
 	m.Biases = make([]uint16, len(m.Scales))
-	ng := len(m.Scales)
-	quantizeGo(m, w, quantizeSIMD(m, w), ng)
-	return m, nil
+	return nil
 }
 
-// quantizeGo quantizes groups [g0, g1) of m (flat group index over rows).
+// quantizeGo quantizes groups [g0, g1) of m (flat group index over rows)
+// from w, which starts at group g0.
 func quantizeGo(m *Matrix, w []float32, g0, g1 int) {
 	bits, group := m.Bits, m.GroupSize
 	nBins := float32(int(1)<<bits - 1)
 	per := 32 / bits
 	for g := g0; g < g1; g++ {
-		vals := w[g*group : (g+1)*group]
+		vals := w[(g-g0)*group : (g-g0+1)*group]
 		lo, hi := groupRange(vals)
 		scale, bias := groupParams(lo, hi, nBins)
 		m.Scales[g] = F32ToBF16(scale)

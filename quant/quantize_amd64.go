@@ -41,7 +41,14 @@ const quantBatch = 4096
 // quantizeSIMD quantizes a prefix of m's groups with the SIMD kernels and
 // returns how many it did: a multiple of 8 groups of 32·2^k columns (so
 // that each call covers a multiple of 128 values), or none.
-func quantizeSIMD(m *Matrix, w []float32) int {
+func quantizeSIMD(m *Matrix, w []float32) int { return quantizeBatches(m, w, nil) }
+
+// quantizeSIMDBF16 is quantizeSIMD for bf16 input, widened batch by batch.
+func quantizeSIMDBF16(m *Matrix, src []uint16) int { return quantizeBatches(m, nil, src) }
+
+// quantizeBatches runs the kernels over w, or over src widened one batch
+// at a time into an L1-sized buffer when w is nil.
+func quantizeBatches(m *Matrix, w []float32, src []uint16) int {
 	group := m.GroupSize
 	shift := bits.TrailingZeros(uint(group / 32))
 	ng := len(m.Scales) &^ 7
@@ -54,6 +61,10 @@ func quantizeSIMD(m *Matrix, w []float32) int {
 	per := 32 / m.Bits
 	var sc, bi [maxNB]float32
 	var scratch [128]float32
+	var buf []float32
+	if w == nil {
+		buf = make([]float32, nb*group)
+	}
 	encode := encode4AVX2
 	switch m.Bits {
 	case 2:
@@ -63,7 +74,14 @@ func quantizeSIMD(m *Matrix, w []float32) int {
 	}
 	for g := 0; g < ng; {
 		n := min(nb, ng-g)
-		vals := w[g*group : (g+n)*group]
+		var vals []float32
+		if w != nil {
+			vals = w[g*group : (g+n)*group]
+		} else {
+			vals = buf[:n*group]
+			s := src[g*group : (g+n)*group]
+			widenBF16AVX2(&vals[0], &s[0], len(s))
+		}
 		_, _ = m.Scales[g+n-1], m.Biases[g+n-1]
 		rangeParamsAVX2(&vals[0], group, n, nBins, &sc[0], &bi[0], &m.Scales[g], &m.Biases[g], &scratch[0])
 		words := m.W[g*group/per : (g+n)*group/per]

@@ -58,3 +58,24 @@ func BenchmarkWidenBF16(b *testing.B) {
 	}
 	reportCPU(b, c0, 2*n)
 }
+
+// BenchmarkQuantizeBF16 is BenchmarkQuantize4 from the bf16 bits (no
+// float32 copy of the matrix), as a converter reading a BF16 checkpoint
+// would call it.
+func BenchmarkQuantizeBF16(b *testing.B) {
+	const rows, cols = 1024, 4096
+	w := benchQuantInput(rows, cols)
+	src := make([]uint16, len(w))
+	for i, v := range w {
+		src[i] = F32ToBF16(v)
+	}
+	b.SetBytes(2 * rows * cols)
+	b.ResetTimer()
+	c0 := cpuSeconds()
+	for i := 0; i < b.N; i++ {
+		if _, err := QuantizeBF16(src, rows, cols, 4, 64); err != nil {
+			b.Fatal(err)
+		}
+	}
+	reportCPU(b, c0, 2*rows*cols)
+}

@@ -2,6 +2,7 @@ package quant
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -20,14 +21,30 @@ func quantizeRef(w []float32, rows, cols, bits, group int) *Matrix {
 }
 
 // checkSame fails unless Quantize (SIMD where available) and the Go loop
-// give the same words, scales and biases.
+// give the same words, scales and biases; likewise QuantizeBF16 of the
+// values' high halves against the Go loop on their widened values.
 func checkSame(t *testing.T, name string, w []float32, rows, cols, bits, group int) {
 	t.Helper()
 	got, err := Quantize(w, rows, cols, bits, group)
 	if err != nil {
 		t.Fatalf("%s: %v", name, err)
 	}
-	want := quantizeRef(w, rows, cols, bits, group)
+	compareQuant(t, name, w, got, quantizeRef(w, rows, cols, bits, group))
+	src, wb := make([]uint16, len(w)), make([]float32, len(w))
+	for i, v := range w {
+		src[i] = uint16(math.Float32bits(v) >> 16)
+		wb[i] = BF16ToF32(src[i])
+	}
+	got, err = QuantizeBF16(src, rows, cols, bits, group)
+	if err != nil {
+		t.Fatalf("%s: bf16: %v", name, err)
+	}
+	compareQuant(t, name+" bf16", wb, got, quantizeRef(wb, rows, cols, bits, group))
+}
+
+func compareQuant(t *testing.T, name string, w []float32, got, want *Matrix) {
+	t.Helper()
+	bits, group := want.Bits, want.GroupSize
 	for g := range want.Scales {
 		if got.Scales[g] != want.Scales[g] || got.Biases[g] != want.Biases[g] {
 			t.Fatalf("%s (%d-bit g%d): group %d scale/bias %#x/%#x, want %#x/%#x",
@@ -197,6 +214,9 @@ func TestQuantizeSIMDCoverage(t *testing.T) {
 		if got := quantizeSIMD(m, make([]float32, c.rows*c.cols)); got != c.want {
 			t.Errorf("%dx%d g%d: SIMD took %d groups, want %d", c.rows, c.cols, c.group, got, c.want)
 		}
+		if got := quantizeSIMDBF16(m, make([]uint16, c.rows*c.cols)); got != c.want {
+			t.Errorf("%dx%d g%d: bf16 SIMD took %d groups, want %d", c.rows, c.cols, c.group, got, c.want)
+		}
 	}
 }
 
@@ -240,6 +260,19 @@ func TestWidenBF16(t *testing.T) {
 		}
 		if dst[n] != 42 {
 			t.Fatalf("n=%d: wrote past len(dst)", n)
+		}
+	}
+}
+
+func TestQuantizeErrors(t *testing.T) {
+	for _, c := range []struct{ n, rows, cols, bits, group int }{
+		{10, 2, 4, 4, 4}, {8, 2, 4, 3, 4}, {8, 2, 4, 4, 3}, {8, 2, 4, 4, 0}, {64, 1, 64, 4, 4}, {-4, -2, 2, 4, 8},
+	} {
+		if _, err := Quantize(make([]float32, max(c.n, 0)), c.rows, c.cols, c.bits, c.group); !errors.Is(err, ErrLayout) {
+			t.Errorf("Quantize %+v: err %v, want ErrLayout", c, err)
+		}
+		if _, err := QuantizeBF16(make([]uint16, max(c.n, 0)), c.rows, c.cols, c.bits, c.group); !errors.Is(err, ErrLayout) {
+			t.Errorf("QuantizeBF16 %+v: err %v, want ErrLayout", c, err)
 		}
 	}
 }
