@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -89,11 +88,11 @@ EXAMPLES:
 			if err := checkHFQuant(o.hf.Bits, o.hf.GroupSize); err != nil {
 				return err
 			}
-			if o.jobs < 0 || o.jobs > filecopy.MaxJobs {
-				return usagef("--jobs %d: want 0-%d", o.jobs, filecopy.MaxJobs)
+			if err := checkJobs(o.jobs); err != nil {
+				return err
 			}
-			if st, err := os.Stat(o.src); err != nil || !st.IsDir() {
-				return usagef("%s is not a checkpoint directory", o.src)
+			if err := checkDir(o.src, "checkpoint directory"); err != nil {
+				return err
 			}
 			return nil
 		},
@@ -103,12 +102,7 @@ EXAMPLES:
 
 // runExtract plans from the headers, copies, and prints the summary.
 func runExtract(ctx context.Context, o *extractOptions, stdout, stderr io.Writer) error {
-	if stdout == nil {
-		stdout = os.Stdout
-	}
-	if stderr == nil {
-		stderr = os.Stderr
-	}
+	stdout, stderr = stdio(stdout, stderr)
 	start := time.Now()
 	x, err := convert.OpenHF(o.src, o.hf)
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -97,11 +96,11 @@ EXAMPLES:
 			if o.opts.Layout != formats.PackLayoutExpert && o.opts.Layout != formats.PackLayoutLayer {
 				return usagef("--layout %q: want expert or layer", o.opts.Layout)
 			}
-			if o.run.Jobs < 0 || o.run.Jobs > filecopy.MaxJobs {
-				return usagef("--jobs %d: want 0-%d", o.run.Jobs, filecopy.MaxJobs)
+			if err := checkJobs(o.run.Jobs); err != nil {
+				return err
 			}
-			if st, err := os.Stat(o.src); err != nil || !st.IsDir() {
-				return usagef("%s is not a checkpoint directory", o.src)
+			if err := checkDir(o.src, "checkpoint directory"); err != nil {
+				return err
 			}
 			return nil
 		},
@@ -111,12 +110,7 @@ EXAMPLES:
 
 // runPackExperts plans from the headers, packs, and prints the summary.
 func runPackExperts(ctx context.Context, o *packOptions, stdout, stderr io.Writer) error {
-	if stdout == nil {
-		stdout = os.Stdout
-	}
-	if stderr == nil {
-		stderr = os.Stderr
-	}
+	stdout, stderr = stdio(stdout, stderr)
 	start := time.Now()
 	if o.layers != "" {
 		// The layer count is only known from config.json: parse against a

@@ -103,12 +103,7 @@ EXAMPLES:
 
 // runRequant runs the conversion and prints the report and a summary.
 func runRequant(ctx context.Context, o *requantOptions, stdout, stderr io.Writer) error {
-	if stderr == nil {
-		stderr = os.Stderr
-	}
-	if stdout == nil {
-		stdout = os.Stdout
-	}
+	stdout, stderr = stdio(stdout, stderr)
 	start := time.Now()
 	var done progress.Sum
 	total, err := requant.InputBytes(o.opts)

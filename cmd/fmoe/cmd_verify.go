@@ -64,11 +64,11 @@ EXAMPLES:
 				return usagef("verify takes one directory (got %d arguments)", len(args))
 			}
 			o.dir = args[0]
-			if o.opts.Jobs < 0 || o.opts.Jobs > filecopy.MaxJobs {
-				return usagef("--jobs %d: want 0-%d", o.opts.Jobs, filecopy.MaxJobs)
+			if err := checkJobs(o.opts.Jobs); err != nil {
+				return err
 			}
-			if st, err := os.Stat(o.dir); err != nil || !st.IsDir() {
-				return usagef("%s is not a directory", o.dir)
+			if err := checkDir(o.dir, "directory"); err != nil {
+				return err
 			}
 			return nil
 		},
@@ -79,12 +79,7 @@ EXAMPLES:
 // runVerify checks the directory and prints one line per finding; it
 // returns errFindings (exit 3) when there is any.
 func runVerify(ctx context.Context, o *verifyOptions, stdout, stderr io.Writer) error {
-	if stdout == nil {
-		stdout = os.Stdout
-	}
-	if stderr == nil {
-		stderr = os.Stderr
-	}
+	stdout, stderr = stdio(stdout, stderr)
 	start := time.Now()
 	st := startStage(stderr, "verify", dirBytes(o.dir), o.quiet || o.json)
 	findings, err := pack.Verify(ctx, o.dir, o.opts, st)
