@@ -153,7 +153,7 @@ func boundaryCase(n, group, bits int, r *rand.Rand) []float32 {
 func TestQuantizeSIMDExact(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 6))
 	shapes := []struct{ rows, cols, group int }{
-		{8, 128, 32}, {5, 256, 64}, {3, 384, 128}, {4, 1024, 256}, {7, 192, 96}, {4, 128, 16}, {1, 64, 64}, {130, 4096, 64},
+		{8, 128, 32}, {5, 256, 64}, {3, 384, 128}, {4, 1024, 256}, {7, 192, 96}, {4, 128, 16}, {1, 64, 64}, {130, 4096, 64}, {9, 1088, 32},
 	}
 	for _, bits := range []int{2, 4, 8} {
 		for _, sh := range shapes {
