@@ -10,10 +10,10 @@ GLOBL qhalf<>(SB), RODATA|NOPTR, $4
 DATA qmaxf<>+0(SB)/4, $0x7f7fffff
 GLOBL qmaxf<>(SB), RODATA|NOPTR, $4
 
-DATA qeps<>+0(SB)/4, $1e-7
+DATA qeps<>+0(SB)/4, $0x33d6bf95 // float32(1e-7)
 GLOBL qeps<>(SB), RODATA|NOPTR, $4
 
-DATA qone<>+0(SB)/4, $1.0
+DATA qone<>+0(SB)/4, $0x3f800000 // 1.0
 GLOBL qone<>(SB), RODATA|NOPTR, $4
 
 DATA qabs<>+0(SB)/4, $0x7fffffff
