@@ -35,25 +35,14 @@ func blockRows(cols int) int { return max(1, (1<<20)/cols) }
 // leading dimensions) into dst (n*cols float32), rounded to bf16 as the
 // model dtype would hold them.
 func (c *converter) rows(dst []float32, name string, row, n, cols int) error {
-	info, ra, err := c.src.info(name)
+	info, err := c.info(name, cols)
 	if err != nil {
 		return err
 	}
-	if len(info.Shape) == 0 || int(info.Shape[len(info.Shape)-1]) != cols {
-		return fmt.Errorf("%w: %s has shape %v, want %d columns", ErrSource, name, info.Shape, cols)
-	}
-	es, err := info.DType.Size()
-	if err != nil {
-		return fmt.Errorf("%s: %w", name, err)
-	}
-	off := int64(row) * int64(cols) * int64(es)
-	size := int64(n) * int64(cols) * int64(es)
-	if off+size > info.Size {
-		return fmt.Errorf("%w: %s: rows %d..%d past the end", ErrSource, name, row, row+n)
-	}
-	buf := make([]byte, size)
-	if _, err := ra.ReadAt(buf, info.Offset+off); err != nil {
-		return fmt.Errorf("reading %s: %w", name, err)
+	es, _ := info.DType.Size()
+	buf := make([]byte, n*cols*es)
+	if err := c.raw(buf, name, row, n, cols); err != nil {
+		return err
 	}
 	if err := decode(dst, buf, info.DType); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
@@ -67,6 +56,43 @@ func (c *converter) rows(dst []float32, name string, row, n, cols int) error {
 		for i, v := range dst {
 			dst[i] = quant.BF16ToF32(quant.F32ToBF16(v))
 		}
+	}
+	return nil
+}
+
+// info returns a source tensor's description after checking its columns.
+func (c *converter) info(name string, cols int) (formats.TensorInfo, error) {
+	info, _, err := c.src.info(name)
+	if err != nil {
+		return info, err
+	}
+	if len(info.Shape) == 0 || int(info.Shape[len(info.Shape)-1]) != cols {
+		return info, fmt.Errorf("%w: %s has shape %v, want %d columns", ErrSource, name, info.Shape, cols)
+	}
+	if _, err := info.DType.Size(); err != nil {
+		return info, fmt.Errorf("%s: %w", name, err)
+	}
+	return info, nil
+}
+
+// raw reads the bytes of rows [row, row+n) of a source tensor (rows
+// flattened over its leading dimensions, cols elements each) into dst.
+func (c *converter) raw(dst []byte, name string, row, n, cols int) error {
+	info, ra, err := c.src.info(name)
+	if err != nil {
+		return err
+	}
+	es, err := info.DType.Size()
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	off := int64(row) * int64(cols) * int64(es)
+	size := int64(n) * int64(cols) * int64(es)
+	if off < 0 || off+size > info.Size || int64(len(dst)) != size {
+		return fmt.Errorf("%w: %s: rows %d..%d past the end", ErrSource, name, row, row+n)
+	}
+	if _, err := ra.ReadAt(dst, info.Offset+off); err != nil {
+		return fmt.Errorf("reading %s: %w", name, err)
 	}
 	return nil
 }
@@ -225,26 +251,62 @@ func (c *converter) quantBlock(m *Module, k int) (*block, error) {
 		br := blockRows(m.src.Cols)
 		r0 := k * br
 		n := min(br, m.src.Rows-r0)
-		f := make([]float32, n*m.src.Cols)
-		for _, p := range m.src.Parts {
-			lo, hi := max(r0, p.Out), min(r0+n, p.Out+p.N)
-			if lo >= hi {
-				continue
-			}
-			if err := c.rows(f[(lo-r0)*m.src.Cols:(hi-r0)*m.src.Cols], p.Src, p.Row+lo-p.Out, hi-lo, m.src.Cols); err != nil {
-				b.err = err
-				return
-			}
-		}
-		q, err := quant.Quantize(f, n, m.src.Cols, m.Bits, m.GroupSize)
+		q, err := c.quantize(m, r0, n)
 		if err != nil {
-			b.err = fmt.Errorf("%s: %w", m.Name, err)
+			b.err = err
 			return
 		}
 		b.w = u32Bytes(q.W)
 		b.s, b.b = u16Bytes(q.Scales), u16Bytes(q.Biases)
 	})
 	return b, b.err
+}
+
+// quantize quantizes rows [r0, r0+n) of module m. When every source part
+// of those rows is BF16 (the common case: an original BF16 release), the raw
+// bf16 bits go straight to quant.QuantizeBF16 with no float32 copy;
+// otherwise rows are decoded (F16/F32/FP8 × scale), rounded to bf16 and
+// quantized. Both give the same codes for the same values.
+func (c *converter) quantize(m *Module, r0, n int) (*quant.Matrix, error) {
+	cols := m.src.Cols
+	var parts []part // the parts overlapping the rows, clipped to them
+	allBF16 := true
+	for _, p := range m.src.Parts {
+		lo, hi := max(r0, p.Out), min(r0+n, p.Out+p.N)
+		if lo >= hi {
+			continue
+		}
+		info, err := c.info(p.Src, cols)
+		if err != nil {
+			return nil, err
+		}
+		allBF16 = allBF16 && info.DType == formats.BF16
+		parts = append(parts, part{Src: p.Src, Out: lo - r0, Row: p.Row + lo - p.Out, N: hi - lo})
+	}
+	if allBF16 {
+		raw := make([]uint16, n*cols)
+		for _, p := range parts {
+			if err := c.raw(u16Bytes(raw[p.Out*cols:(p.Out+p.N)*cols]), p.Src, p.Row, p.N, cols); err != nil {
+				return nil, err
+			}
+		}
+		q, err := quant.QuantizeBF16(raw, n, cols, m.Bits, m.GroupSize)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", m.Name, err)
+		}
+		return q, nil
+	}
+	f := make([]float32, n*cols)
+	for _, p := range parts {
+		if err := c.rows(f[p.Out*cols:(p.Out+p.N)*cols], p.Src, p.Row, p.N, cols); err != nil {
+			return nil, err
+		}
+	}
+	q, err := quant.Quantize(f, n, cols, m.Bits, m.GroupSize)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", m.Name, err)
+	}
+	return q, nil
 }
 
 func u32Bytes(v []uint32) []byte {
