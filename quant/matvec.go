@@ -115,3 +115,7 @@ func groupSums(x []float32, group int) []float32 {
 	}
 	return s
 }
+
+// DotF32 returns Σ a[i]·b[i] over len(a) (b at least as long), with the
+// dense kernel the matrix products use (SIMD where available).
+func DotF32(a, b []float32) float32 { return dotF32(a, b[:len(a)]) }

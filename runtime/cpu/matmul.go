@@ -17,19 +17,5 @@ func (b *Backend) matmul(dst []float32, w *runtime.WeightData, x []float32, T in
 	quant.MatMulF32(dst[:T*w.Out], w.F, w.Out, w.In, x[:T*w.In], T)
 }
 
-// dot is a float32 dot product with four float32 accumulators.
-func dot(a, b []float32) float32 {
-	b = b[:len(a)]
-	var s0, s1, s2, s3 float32
-	i := 0
-	for ; i+4 <= len(a); i += 4 {
-		s0 += a[i] * b[i]
-		s1 += a[i+1] * b[i+1]
-		s2 += a[i+2] * b[i+2]
-		s3 += a[i+3] * b[i+3]
-	}
-	for ; i < len(a); i++ {
-		s0 += a[i] * b[i]
-	}
-	return (s0 + s1) + (s2 + s3)
-}
+// dot is a float32 dot product (the quant package's dense kernel).
+func dot(a, b []float32) float32 { return quant.DotF32(a, b) }
