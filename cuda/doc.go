@@ -13,12 +13,17 @@
 //   - worker.go: the one OS-thread-locked goroutine that owns the CUDA
 //     context and runs every driver call.
 //   - nvrtc.go: compilation of the embedded kernels and the on-disk cache.
-//   - kernels*.cu: the CUDA C source.
+//   - kernels*.cu: the CUDA C source (kernels_fast.cu: decode matvec variants,
+//     tiled prefill GEMM with split-K, batched MoE kernels).
 //   - backend.go, ops.go, mixer.go, moe.go: the runtime.Backend.
 //
 // Experts live in a GPU cache with a byte budget and LRU eviction; kernels
 // find them through a device-side table of pointers per layer, so a layer
-// whose experts are all resident needs no host round-trip. Misses are read
-// from the runtime.ExpertSource into pinned host buffers and copied
-// asynchronously. Counters per tier and per layer come from Backend.Stats.
+// whose experts are all resident needs no host round-trip. Misses come from
+// an optional pinned host tier (Options.HostCacheBytes) or are read from the
+// runtime.ExpertSource (parallel pread) into pinned buffers, and are copied on
+// a copy stream the compute stream waits for through events. Counters per
+// tier and per layer come from Backend.Stats (runtime.ExpertCounterer);
+// SetRouteOverride (runtime.RouteOverrider) is for benchmarks only. Device
+// calls run on the caller's goroutine, locked to its OS thread for the call.
 package cuda
