@@ -115,6 +115,11 @@ func (x *Extractor) Run(ctx context.Context, out string, opt Options, c progress
 	}
 	sums := pack.NewChecksums()
 
+	// The tokenizer files are CPU work (parse tokenizer.json, build vocab.bin
+	// and tokenizer.bin): done while model_weights.bin is copied.
+	tokc := make(chan tokenizerFiles, 1)
+	go func() { tokc <- x.tokenizerFiles() }()
+
 	// model_weights.bin
 	if pack.Matches(ctx, prev, out, WeightsFile, x.Plan.Size, c) {
 		fs, _ := prev.Get(WeightsFile)
@@ -154,33 +159,20 @@ func (x *Extractor) Run(ctx context.Context, out string, opt Options, c progress
 		return nil, err
 	}
 
-	tokPath := filepath.Join(x.Src, TokenizerJSONFile)
-	tokData, err := os.ReadFile(tokPath)
+	tok := <-tokc
 	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		s.Warnings = append(s.Warnings, fmt.Sprintf("%s not found: vocab.bin and tokenizer.bin not written", tokPath))
-	case err != nil:
-		return nil, err
+	case tok.err != nil:
+		return nil, tok.err
+	case tok.warning != "":
+		s.Warnings = append(s.Warnings, tok.warning)
 	default:
-		tok, err := formats.ParseTokenizerJSON(tokData)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", tokPath, err)
-		}
-		var vb, tb bytes.Buffer
-		if err := formats.WriteVocabBin(&vb, tok); err != nil {
-			return nil, fmt.Errorf("%s: vocab.bin: %w", tokPath, err)
-		}
-		if err := formats.WriteTokenizerBin(&tb, tok); err != nil {
-			return nil, fmt.Errorf("%s: tokenizer.bin: %w", tokPath, err)
-		}
-		if err := put(VocabFile, vb.Bytes()); err != nil {
-			return nil, err
-		}
-		if err := put(TokenizerBinFile, tb.Bytes()); err != nil {
-			return nil, err
-		}
-		if err := put(TokenizerJSONFile, tokData); err != nil {
-			return nil, err
+		for _, f := range []struct {
+			name string
+			data []byte
+		}{{VocabFile, tok.vocab}, {TokenizerBinFile, tok.bin}, {TokenizerJSONFile, tok.json}} {
+			if err := put(f.name, f.data); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if data, err := os.ReadFile(filepath.Join(x.Src, TokenizerConfigFile)); err == nil {
@@ -242,4 +234,41 @@ func ManifestJSON(p *Plan, model string, cfg *formats.Config) ([]byte, error) {
 	}
 	b.WriteString("\n}")
 	return b.Bytes(), nil
+}
+
+// tokenizerFiles holds vocab.bin, tokenizer.bin and tokenizer.json built
+// from the source's tokenizer.json; warning is set when there is none.
+type tokenizerFiles struct {
+	vocab, bin, json []byte
+	warning          string
+	err              error
+}
+
+func (x *Extractor) tokenizerFiles() (t tokenizerFiles) {
+	tokPath := filepath.Join(x.Src, TokenizerJSONFile)
+	data, err := os.ReadFile(tokPath)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		t.warning = fmt.Sprintf("%s not found: vocab.bin and tokenizer.bin not written", tokPath)
+		return t
+	case err != nil:
+		t.err = err
+		return t
+	}
+	tok, err := formats.ParseTokenizerJSON(data)
+	if err != nil {
+		t.err = fmt.Errorf("%s: %w", tokPath, err)
+		return t
+	}
+	var vb, tb bytes.Buffer
+	if err := formats.WriteVocabBin(&vb, tok); err != nil {
+		t.err = fmt.Errorf("%s: vocab.bin: %w", tokPath, err)
+		return t
+	}
+	if err := formats.WriteTokenizerBin(&tb, tok); err != nil {
+		t.err = fmt.Errorf("%s: tokenizer.bin: %w", tokPath, err)
+		return t
+	}
+	t.vocab, t.bin, t.json = vb.Bytes(), tb.Bytes(), data
+	return t
 }
