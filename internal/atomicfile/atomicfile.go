@@ -146,6 +146,10 @@ func (f *File) Size() int64 { return f.size }
 // SetPerm sets the mode the file gets on Commit (default 0644).
 func (f *File) SetPerm(perm os.FileMode) { f.perm = perm }
 
+// writebackMin is the smallest write after which WriteAt starts writeback
+// of the written range (small writes are left to the page cache).
+const writebackMin = 1 << 20
+
 // WriteAt writes p at off. It is safe for concurrent use on disjoint ranges.
 // Writes outside [0, Size) fail with ErrOutOfRange.
 func (f *File) WriteAt(p []byte, off int64) (int, error) {
@@ -155,6 +159,9 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	n, err := f.f.WriteAt(p, off)
 	if err != nil {
 		return n, fmt.Errorf("write %s: %w", f.path, err)
+	}
+	if n >= writebackMin {
+		startWriteback(f.f, off, n)
 	}
 	return n, nil
 }
