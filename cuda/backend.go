@@ -3,6 +3,7 @@ package cuda
 import (
 	"errors"
 	"fmt"
+	"os"
 	"unsafe"
 
 	"github.com/fmoe/fmoe/runtime"
@@ -37,6 +38,13 @@ type Options struct {
 	// NoBatchedMoE selects the older expert kernels (down projection walking
 	// the K experts per warp) instead of the batched ones.
 	NoBatchedMoE bool
+	// NoGraphs turns off the replay of repeated launch sequences (decode
+	// steps) as CUDA graphs (also FMOE_CUDA_GRAPHS=0).
+	NoGraphs bool
+	// Profile times every kernel with GPU events (also FMOE_CUDA_PROFILE=1);
+	// Profile() returns the table and Close prints it to stderr. It turns
+	// graphs off.
+	Profile bool
 }
 
 // Backend runs the runtime's operations on one NVIDIA GPU.
@@ -84,8 +92,25 @@ func Open(opts Options) (*Backend, error) {
 		if err != nil {
 			return err
 		}
-		b.mod, b.fn, err = d.loadModule(bin, kernelNames())
-		return err
+		if b.mod, b.fn, err = d.loadModule(bin, kernelNames()); err != nil {
+			return err
+		}
+		if d.stream, err = d.streamCreateFlags(0); err != nil {
+			return err
+		}
+		if os.Getenv("FMOE_CUDA_DELTA2") == "0" {
+			disableDelta2 = true // benchmarks: the shared-memory delta kernel
+		}
+		if opts.Profile || os.Getenv("FMOE_CUDA_PROFILE") == "1" {
+			names := make(map[uintptr]string, len(b.fn))
+			for n, f := range b.fn {
+				names[f] = n
+			}
+			d.prof = newProfiler(names)
+		} else if !opts.NoGraphs && os.Getenv("FMOE_CUDA_GRAPHS") != "0" {
+			d.graphs = &grapher{match: true}
+		}
+		return nil
 	})
 	if err != nil {
 		d.close()
@@ -96,7 +121,10 @@ func Open(opts Options) (*Backend, error) {
 
 func kernelNames() []string {
 	names := []string{"fmm", "embedf", "rmsnorm", "add_f", "swiglu_f", "sigmoid_gate_add",
-		"attn_prep", "attn", "delta_conv", "delta_rule", "router_topk"}
+		"attn_prep", "attn_split", "attn_combine", "delta_conv", "delta_rule", "router_topk"}
+	for _, r := range []string{"1", "2", "4", "8", "16", "32"} {
+		names = append(names, "delta_rule2_"+r)
+	}
 	for _, bits := range []string{"2", "4", "8"} {
 		names = append(names, "embedq"+bits)
 		for _, v := range []string{"_1v", "_8v", "_1s", "_8s"} {
@@ -128,10 +156,19 @@ func (b *Backend) Close() error {
 	if b.closed {
 		return nil
 	}
+	if b.d.prof != nil {
+		if st, err := b.Profile(); err == nil {
+			WriteProfile(os.Stderr, st)
+		}
+	}
 	b.closed = true
 	var errs []error
 	errs = append(errs, b.d.do(func() error {
 		var errs []error
+		if g := b.d.graphs; g != nil {
+			errs = append(errs, g.barrier(b.d), g.drop(b.d))
+			b.d.graphs = nil
+		}
 		if b.moe != nil {
 			errs = append(errs, b.dropCache())
 		}
@@ -143,6 +180,9 @@ func (b *Backend) Close() error {
 		}
 		if b.mod != 0 {
 			errs = append(errs, check(call(b.d.l.drv.cuModuleUnload, b.mod), "cuModuleUnload"))
+		}
+		if b.d.stream != 0 {
+			errs = append(errs, b.d.streamDestroy(b.d.stream))
 		}
 		return errors.Join(errs...)
 	}))

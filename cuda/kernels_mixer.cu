@@ -3,9 +3,12 @@
 // attn_prep: one block (HD threads) per (token, head) of q and per (token,
 // kv head) of k. Applies the q/k RMSNorm, partial rotate-half RoPE, writes q
 // to qout [T, H*HD] and k, v into the cache rows pos0+t ([pos, KVH*HD]).
+// pos0 = *plen, the cache length in device memory (attn_combine advances it),
+// so that a decode step's launches do not change from token to token.
 extern "C" __global__ void attn_prep(const float* qg, const float* k, const float* v, float* kc, float* vc,
                                      float* qout, const float* qn, const float* kn, int H, int KVH, int HD,
-                                     int RD, int pos0, float theta, float eps) {
+                                     int RD, const int* plen, float theta, float eps) {
+  const int pos0 = *plen;
   extern __shared__ float sm[];
   float* y = sm;         // HD
   float* red = sm + HD;  // 32
@@ -43,15 +46,20 @@ extern "C" __global__ void attn_prep(const float* qg, const float* k, const floa
 #define ATT_WARPS 4
 #define ATT_MAXD 16  // HD ≤ 512
 
-// attn: one block of ATT_WARPS warps per (token, head); online softmax over
-// cached positions 0..pos0+t, then × σ(gate).
-extern "C" __global__ void __launch_bounds__(128) attn(const float* q, const float* qg, const float* kc, const float* vc,
-                                                       float* dst, int H, int KVH, int HD, int pos0, float scale) {
+// attn_split: flash-decoding. Block (t*H + h, y) attends token t of head h
+// over its share y of the positions 0..pos0+t (gridDim.y shares, pos0 =
+// *plen), ATT_WARPS-wide online softmax per warp, merged in the block, and
+// writes the unnormalised partial (acc[HD], max, sum) to part[(t*H+h)*NS+y].
+extern "C" __global__ void __launch_bounds__(128) attn_split(const float* q, const float* kc, const float* vc, float* part,
+                                                             const int* plen, int H, int KVH, int HD, float scale) {
   extern __shared__ float sm[];  // ATT_WARPS*(HD+2)
+  const int NS = gridDim.y, y = blockIdx.y;
   const int t = blockIdx.x / H, h = blockIdx.x % H;
   const int kvh = h / (H / KVH);
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  const int p = pos0 + t;
+  const int n = *plen + t + 1;
+  const int chunk = (n + NS - 1) / NS;
+  const int s0 = y * chunk, s1 = min(n, s0 + chunk);
   float qr[ATT_MAXD], acc[ATT_MAXD];
   const float* qp = q + (size_t)t * H * HD + (size_t)h * HD;
 #pragma unroll
@@ -61,25 +69,26 @@ extern "C" __global__ void __launch_bounds__(128) attn(const float* q, const flo
     acc[i] = 0.f;
   }
   float m = -FINF, l = 0.f;
-  for (int s = w; s <= p; s += ATT_WARPS) {
+  for (int s = s0 + w; s < s1; s += ATT_WARPS) {
     const float* kp = kc + (size_t)s * KVH * HD + (size_t)kvh * HD;
-    float dot = 0.f;
+    const float* vp = vc + (size_t)s * KVH * HD + (size_t)kvh * HD;
+    float kv[ATT_MAXD], vv[ATT_MAXD];
 #pragma unroll
     for (int i = 0; i < ATT_MAXD; i++) {
       const int d = lane + 32 * i;
-      if (d < HD) dot = fmaf(qr[i], kp[d], dot);
+      kv[i] = d < HD ? kp[d] : 0.f;
+      vv[i] = d < HD ? vp[d] : 0.f;
     }
+    float dot = 0.f;
+#pragma unroll
+    for (int i = 0; i < ATT_MAXD; i++) dot = fmaf(qr[i], kv[i], dot);
     const float sc = warp_sum(dot) * scale;
     const float mn = fmaxf(m, sc);
     const float corr = expf(m - mn);
     const float e = expf(sc - mn);
     l = l * corr + e;
-    const float* vp = vc + (size_t)s * KVH * HD + (size_t)kvh * HD;
 #pragma unroll
-    for (int i = 0; i < ATT_MAXD; i++) {
-      const int d = lane + 32 * i;
-      if (d < HD) acc[i] = fmaf(e, vp[d], acc[i] * corr);
-    }
+    for (int i = 0; i < ATT_MAXD; i++) acc[i] = fmaf(e, vv[i], acc[i] * corr);
     m = mn;
   }
   float* wa = sm + w * (HD + 2);
@@ -92,6 +101,7 @@ extern "C" __global__ void __launch_bounds__(128) attn(const float* q, const flo
   __syncthreads();
   float M = -FINF;
   for (int j = 0; j < ATT_WARPS; j++) M = fmaxf(M, sm[j * (HD + 2) + HD]);
+  float* out = part + ((size_t)blockIdx.x * NS + y) * (HD + 2);
   float L = 0.f;
   for (int j = 0; j < ATT_WARPS; j++) {
     const float mj = sm[j * (HD + 2) + HD];
@@ -103,10 +113,35 @@ extern "C" __global__ void __launch_bounds__(128) attn(const float* q, const flo
       const float mj = sm[j * (HD + 2) + HD];
       if (mj > -FINF) o += sm[j * (HD + 2) + d] * expf(mj - M);
     }
+    out[d] = o;
+  }
+  if (threadIdx.x == 0) { out[HD] = M; out[HD + 1] = L; }
+}
+
+// attn_combine: one block per (token, head): merges the NS partials of
+// attn_split, multiplies by σ(gate) and writes dst [T, H*HD]. Block 0 then
+// advances the cache length *plen by T (every reader of it has finished).
+extern "C" __global__ void attn_combine(const float* part, const float* qg, float* dst, int* plen, int H, int HD, int NS) {
+  const int t = blockIdx.x / H, h = blockIdx.x % H;
+  const float* pp = part + (size_t)blockIdx.x * NS * (HD + 2);
+  float M = -FINF;
+  for (int j = 0; j < NS; j++) M = fmaxf(M, pp[j * (HD + 2) + HD]);
+  float L = 0.f;
+  for (int j = 0; j < NS; j++) {
+    const float mj = pp[j * (HD + 2) + HD];
+    if (mj > -FINF) L += pp[j * (HD + 2) + HD + 1] * expf(mj - M);
+  }
+  for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+    float o = 0.f;
+    for (int j = 0; j < NS; j++) {
+      const float mj = pp[j * (HD + 2) + HD];
+      if (mj > -FINF) o += pp[j * (HD + 2) + d] * expf(mj - M);
+    }
     o /= L;
     const float g = qg[(size_t)t * H * 2 * HD + (size_t)h * 2 * HD + HD + d];
     dst[(size_t)t * H * HD + (size_t)h * HD + d] = o * sigm(g);
   }
+  if (blockIdx.x == 0 && threadIdx.x == 0) *plen += gridDim.x / H;
 }
 
 // ---- GatedDeltaNet ----
@@ -205,6 +240,92 @@ extern "C" __global__ void delta_rule(const float* conv, const float* z, const f
   }
   for (int i = threadIdx.x; i < KD * VD; i += blockDim.x) Sg[i] = S[i];
 }
+
+// delta_rule2: the delta rule with the state in registers. One block of
+// RG·VD threads per value head (RG = KD/ROWS): thread (g, j) holds column j of
+// rows g, g+RG, …, g+(ROWS-1)·RG of the head's state S[KD][VD] (coalesced:
+// consecutive threads, consecutive columns). Per token: decay, retrieve
+// (column sums across the RG row groups through shared memory), delta,
+// update, read, gated RMSNorm, all in one pass; the state is read and written
+// once per call whatever T is.
+template <int ROWS>
+__device__ __forceinline__ void delta2_body(const float* conv, const float* z, const float* b, const float* a,
+                                            float* state, const float* dtBias, const float* aLog, const float* normW,
+                                            float* dst, int T, int KH, int VH, int KD, int VD, float eps) {
+  extern __shared__ float sm[];
+  const int RG = blockDim.x / VD;
+  float* qs = sm;               // KD
+  float* ks = qs + KD;          // KD
+  float* part = ks + KD;        // RG*VD
+  float* red = part + RG * VD;  // 32
+  const int h = blockIdx.x;
+  const int kh = h / (VH / KH);
+  const int tid = threadIdx.x, j = tid % VD, g = tid / VD;
+  const int C = 2 * KH * KD + VH * VD;
+  float* Sg = state + (size_t)h * KD * VD;
+  float s[ROWS];
+#pragma unroll
+  for (int r = 0; r < ROWS; r++) s[r] = Sg[(size_t)(g + RG * r) * VD + j];
+  const float qscale = rsqrtf((float)KD);
+  const float A = expf(aLog[h]);
+  const float dtb = dtBias[h], nw = normW[j];
+  for (int t = 0; t < T; t++) {
+    const float* row = conv + (size_t)t * C;
+    float sq = 0.f, sk = 0.f;
+    for (int i = tid; i < KD; i += blockDim.x) {
+      const float qv = row[kh * KD + i], kv = row[KH * KD + kh * KD + i];
+      qs[i] = qv; ks[i] = kv;
+      sq = fmaf(qv, qv, sq); sk = fmaf(kv, kv, sk);
+    }
+    sq = block_sum(sq, red);  // also publishes qs, ks
+    sk = block_sum(sk, red);
+    const float rq = qscale / sqrtf(sq + 1e-6f), rk = 1.f / sqrtf(sk + 1e-6f);
+    const float beta = sigm(b[(size_t)t * VH + h]);
+    const float alpha = expf(-A * softplus_f(a[(size_t)t * VH + h] + dtb));
+    const float vj = row[2 * KH * KD + h * VD + j];
+    float m = 0.f;
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+      s[r] *= alpha;
+      m = fmaf(s[r], ks[g + RG * r], m);
+    }
+    part[g * VD + j] = m;
+    __syncthreads();
+    float M = 0.f;
+    for (int i = 0; i < RG; i++) M += part[i * VD + j];
+    const float delta = (vj - M * rk) * beta;
+    const float dk = delta * rk;
+    float o = 0.f;
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+      s[r] = fmaf(ks[g + RG * r], dk, s[r]);
+      o = fmaf(s[r], qs[g + RG * r], o);
+    }
+    __syncthreads();  // every part read before it is overwritten
+    part[g * VD + j] = o;
+    __syncthreads();
+    float O = 0.f;
+    for (int i = 0; i < RG; i++) O += part[i * VD + j];
+    O *= rq;
+    const float ss = block_sum(g == 0 ? O * O : 0.f, red);  // also orders part reads before the next token's writes
+    if (g == 0) {
+      const size_t idx = (size_t)t * VH * VD + (size_t)h * VD + j;
+      dst[idx] = nw * O * rsqrtf(ss / (float)VD + eps) * silu(z[idx]);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < ROWS; r++) Sg[(size_t)(g + RG * r) * VD + j] = s[r];
+}
+
+#define DELTA2_ARGS const float *conv, const float *z, const float *b, const float *a, float *state, const float *dtBias, const float *aLog, const float *normW, float *dst, int T, int KH, int VH, int KD, int VD, float eps
+#define DELTA2(R) \
+  extern "C" __global__ void __launch_bounds__(512) delta_rule2_##R(DELTA2_ARGS) { delta2_body<R>(conv, z, b, a, state, dtBias, aLog, normW, dst, T, KH, VH, KD, VD, eps); }
+DELTA2(1)
+DELTA2(2)
+DELTA2(4)
+DELTA2(8)
+DELTA2(16)
+DELTA2(32)
 
 // ---- MoE ----
 

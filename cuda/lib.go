@@ -76,6 +76,8 @@ type driverAPI struct {
 	cuModuleLoadData, cuModuleGetFunction, cuModuleUnload, cuLaunchKernel, cuFuncSetAttribute uintptr
 	cuStreamCreate, cuStreamDestroy, cuStreamSynchronize, cuStreamWaitEvent                   uintptr
 	cuEventCreate, cuEventRecord, cuEventSynchronize, cuEventElapsedTime, cuEventDestroy      uintptr
+	cuStreamBeginCapture, cuStreamEndCapture, cuGraphInstantiateWithFlags, cuGraphLaunch      uintptr
+	cuGraphDestroy, cuGraphExecDestroy                                                        uintptr
 }
 
 func (d *driverAPI) table() []symbol {
@@ -114,6 +116,12 @@ func (d *driverAPI) table() []symbol {
 		{&d.cuEventSynchronize, []string{"cuEventSynchronize"}},
 		{&d.cuEventElapsedTime, []string{"cuEventElapsedTime_v2", "cuEventElapsedTime"}},
 		{&d.cuEventDestroy, []string{"cuEventDestroy_v2", "cuEventDestroy"}},
+		{&d.cuStreamBeginCapture, []string{"cuStreamBeginCapture_v2", "cuStreamBeginCapture"}},
+		{&d.cuStreamEndCapture, []string{"cuStreamEndCapture"}},
+		{&d.cuGraphInstantiateWithFlags, []string{"cuGraphInstantiateWithFlags"}},
+		{&d.cuGraphLaunch, []string{"cuGraphLaunch"}},
+		{&d.cuGraphDestroy, []string{"cuGraphDestroy"}},
+		{&d.cuGraphExecDestroy, []string{"cuGraphExecDestroy"}},
 	}
 }
 

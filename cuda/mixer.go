@@ -7,16 +7,36 @@ import (
 	"github.com/fmoe/fmoe/runtime"
 )
 
-// kvCache holds post-norm post-RoPE keys and raw values, [maxTokens, KVHeads*HeadDim].
+// kvCache holds post-norm post-RoPE keys and raw values, [maxTokens,
+// KVHeads*HeadDim]. Its length lives on the host (n, for checks) and in
+// device memory (dlen, read by the kernels and advanced by attn_combine), so
+// that the launches of a decode step do not change from one token to the next.
 type kvCache struct {
 	b      *Backend
 	k, v   uintptr
+	dlen   uintptr
 	n, max int
+	splits int // attn_split shares per (token, head)
 	p      runtime.AttentionParams
 }
 
 func (c *kvCache) Len() int { return c.n }
-func (c *kvCache) Reset()   { c.n = 0 }
+func (c *kvCache) Reset() {
+	c.n = 0
+	if c.b.closed {
+		return
+	}
+	if err := c.b.d.do(func() error { return c.b.d.memset(c.dlen, 4) }); err != nil && c.b.err == nil {
+		c.b.err = err
+	}
+}
+
+// attnSplits is the number of position shares of attn_split: enough blocks
+// to fill the GPU for one decode token, fixed per cache (launches must not
+// change with the position).
+func attnSplits(sms, heads, maxTokens int) int {
+	return max(1, min(cdiv(2*sms, heads), cdiv(maxTokens, 16), 32))
+}
 
 // NewKVCache implements runtime.Backend.
 func (b *Backend) NewKVCache(p runtime.AttentionParams, maxTokens int) (runtime.KVCache, error) {
@@ -24,10 +44,13 @@ func (b *Backend) NewKVCache(p runtime.AttentionParams, maxTokens int) (runtime.
 		p.RotaryDim < 0 || p.RotaryDim > p.HeadDim || p.RotaryDim%2 != 0 || maxTokens <= 0 {
 		return nil, fmt.Errorf("%w: attention params %+v, %d tokens", ErrShape, p, maxTokens)
 	}
-	c := &kvCache{b: b, max: maxTokens, p: p}
+	c := &kvCache{b: b, max: maxTokens, p: p, splits: attnSplits(b.d.sms, p.Heads, maxTokens)}
 	n := maxTokens * p.KVHeads * p.HeadDim * 4
 	err := b.run(func() (err error) {
 		if c.k, err = b.alloc(n); err != nil {
+			return err
+		}
+		if c.dlen, err = b.alloc(4); err != nil {
 			return err
 		}
 		c.v, err = b.alloc(n)
@@ -72,19 +95,27 @@ func (b *Backend) Attention(dst, qg, k, v runtime.Tensor, cache runtime.KVCache,
 	if err != nil {
 		return err
 	}
-	pos0 := c.n
 	err = b.run(func() error {
 		q, err := b.scratchBuf("attn_q", T*H*HD*4)
 		if err != nil {
 			return err
 		}
-		th := cdiv(HD, 32) * 32
-		if err := b.d.launch(b.fn["attn_prep"], grid1(T*(H+KVH)), [3]int{th, 1, 1}, (HD+32)*4,
-			ts[1].p, ts[2].p, ts[3].p, c.k, c.v, q, qn, kn, H, KVH, HD, p.RotaryDim, pos0, float32(p.RopeTheta), p.Eps); err != nil {
+		NS := c.splits
+		part, err := b.scratchBuf("attn_part", T*H*NS*(HD+2)*4)
+		if err != nil {
 			return err
 		}
-		return b.d.launch(b.fn["attn"], grid1(T*H), [3]int{128, 1, 1}, 4*(HD+2)*4,
-			q, ts[1].p, c.k, c.v, ts[0].p, H, KVH, HD, pos0, float32(1/math.Sqrt(float64(HD))))
+		th := cdiv(HD, 32) * 32
+		if err := b.d.launch(b.fn["attn_prep"], grid1(T*(H+KVH)), [3]int{th, 1, 1}, (HD+32)*4,
+			ts[1].p, ts[2].p, ts[3].p, c.k, c.v, q, qn, kn, H, KVH, HD, p.RotaryDim, c.dlen, float32(p.RopeTheta), p.Eps); err != nil {
+			return err
+		}
+		if err := b.d.launch(b.fn["attn_split"], [3]int{T * H, NS, 1}, [3]int{128, 1, 1}, 4*(HD+2)*4,
+			q, c.k, c.v, part, c.dlen, H, KVH, HD, float32(1/math.Sqrt(float64(HD)))); err != nil {
+			return err
+		}
+		return b.d.launch(b.fn["attn_combine"], grid1(T*H), [3]int{min(256, th), 1, 1}, 0,
+			part, ts[1].p, ts[0].p, c.dlen, H, HD, NS)
 	})
 	if err != nil {
 		return err
@@ -185,6 +216,10 @@ func (b *Backend) DeltaNet(dst, qkv, z, bt, a runtime.Tensor, st runtime.DeltaSt
 		if err := b.d.launch(b.fn["delta_conv"], grid1(cdiv(C, 128)), [3]int{128, 1, 1}, 0, ts[1].p, cw, s.conv, out, T, C, p.ConvKernel); err != nil {
 			return err
 		}
+		if rows, rg := delta2Rows(p.KeyDim, VD); rows > 0 {
+			return b.d.launch(b.fn[fmt.Sprintf("delta_rule2_%d", rows)], grid1(VH), [3]int{rg * VD, 1, 1}, (2*p.KeyDim+rg*VD+32)*4,
+				out, ts[2].p, ts[3].p, ts[4].p, s.s, dt, al, nw, ts[0].p, T, p.KeyHeads, VH, p.KeyDim, VD, p.Eps)
+		}
 		smem := (p.KeyDim*VD + 2*p.KeyDim + 32) * 4
 		f := b.fn["delta_rule"]
 		if smem > 48<<10 {
@@ -196,3 +231,30 @@ func (b *Backend) DeltaNet(dst, qkv, z, bt, a runtime.Tensor, st runtime.DeltaSt
 			out, ts[2].p, ts[3].p, ts[4].p, s.s, dt, al, nw, ts[0].p, T, p.KeyHeads, VH, p.KeyDim, VD, p.Eps)
 	})
 }
+
+// delta2Rows picks the register-state delta kernel for a head of KD×VD: RG
+// row groups of VD threads (about 512 threads a block), rows = KD/RG state
+// rows per thread (a compiled variant: 1 … 32). rows 0: no variant fits (the
+// shared-memory kernel delta_rule runs instead).
+func delta2Rows(KD, VD int) (rows, rg int) {
+	if disableDelta2 || VD > 512 || KD <= 0 {
+		return 0, 0
+	}
+	rg = 1
+	for rg*2*VD <= 512 && rg*2 <= KD {
+		rg *= 2
+	}
+	if KD%rg != 0 {
+		return 0, 0
+	}
+	rows = KD / rg
+	for _, r := range []int{1, 2, 4, 8, 16, 32} {
+		if r == rows && (2*KD+rg*VD+32)*4 <= 48<<10 {
+			return rows, rg
+		}
+	}
+	return 0, 0
+}
+
+// disableDelta2 makes DeltaNet use the shared-memory kernel (tests compare the two).
+var disableDelta2 = false

@@ -141,6 +141,7 @@ type expertCache struct {
 	copyEv     uintptr // copies of a load done (the compute stream waits)
 	computeEv  uintptr // compute queued before a load done (the copy stream waits)
 	tev        [4]uintptr
+	ovBuf      map[int]pinnedBuf // per layer: routing override ids
 	stats      ExpertStats
 	gu, dn     string // kernel names
 	fast       bool   // batched kernels (moe_gu?f, moe_dn?f + moe_combine)
@@ -244,16 +245,14 @@ func (b *Backend) dropCache() error {
 			pinned = append(pinned, h)
 		}
 	}
+	for _, o := range c.ovBuf {
+		pinned = append(pinned, o.p)
+	}
 	for _, h := range pinned {
 		if err := b.d.hostFree(h); err != nil {
 			return err
 		}
-		for i, p := range b.hosts {
-			if p == h {
-				b.hosts = append(b.hosts[:i], b.hosts[i+1:]...)
-				break
-			}
-		}
+		b.forgetHost(h)
 	}
 	for _, e := range append([]uintptr{c.copyEv, c.computeEv, c.stageEv[0], c.stageEv[1]}, c.tev[:]...) {
 		if e != 0 {
@@ -291,6 +290,40 @@ func (c *expertCache) pinned(b *Backend) (unsafe.Pointer, error) {
 }
 
 const loadBatch = 16
+
+type pinnedBuf struct {
+	p unsafe.Pointer
+	n int
+}
+
+// overrideBuf (worker only) returns layer's pinned buffer for n routing ids,
+// growing it (after a sync: a queued copy may still read the old one).
+func (c *expertCache) overrideBuf(b *Backend, layer, n int) (unsafe.Pointer, error) {
+	if c.ovBuf == nil {
+		c.ovBuf = map[int]pinnedBuf{}
+	}
+	o := c.ovBuf[layer]
+	if o.n >= n {
+		return o.p, nil
+	}
+	if o.p != nil {
+		if err := b.d.sync(); err != nil {
+			return nil, err
+		}
+		if err := b.d.hostFree(o.p); err != nil {
+			return nil, err
+		}
+		b.forgetHost(o.p)
+	}
+	size := max(n, 64)
+	h, err := b.d.hostAlloc(size * 4)
+	if err != nil {
+		return nil, err
+	}
+	b.hosts = append(b.hosts, h)
+	c.ovBuf[layer] = pinnedBuf{h, size}
+	return h, nil
+}
 
 // gpuSlot (worker only) takes a GPU slot for an expert of layer, evicting a
 // least recently used expert not in keep (keep holds experts of layer).
@@ -333,7 +366,7 @@ func (c *expertCache) place(b *Backend, layer, e int, src unsafe.Pointer, keep m
 // mirror of the table; the caller uploads it.
 func (c *expertCache) load(ctx context.Context, b *Backend, layer int, ids []int, keep map[int]bool, rt *runtime.Routing) error {
 	// Copies overwrite slots that kernels queued earlier may still read.
-	if err := b.d.eventRecordOn(c.computeEv, 0); err != nil {
+	if err := b.d.eventRecordOn(c.computeEv, b.d.stream); err != nil {
 		return err
 	}
 	if err := b.d.streamWaitEvent(c.copyS, c.computeEv); err != nil {
@@ -438,7 +471,7 @@ func (c *expertCache) load(ctx context.Context, b *Backend, layer int, ids []int
 	if err := b.d.eventRecordOn(c.copyEv, c.copyS); err != nil {
 		return err
 	}
-	return b.d.streamWaitEvent(0, c.copyEv)
+	return b.d.streamWaitEvent(b.d.stream, c.copyEv)
 }
 
 // MoE implements runtime.Backend: router matvec, softmax/top-K and
@@ -513,9 +546,16 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 		return err
 	}
 	if b.override != nil {
-		hid := make([]int32, T*K)
+		// The override's ids go through a pinned buffer per layer and an
+		// async copy on the compute stream: no host sync (the resident path
+		// has none either), and part of a decode step's graph.
+		hp, err := c.overrideBuf(b, p.Layer, T*K)
+		if err != nil {
+			return err
+		}
+		hid := unsafe.Slice((*int32)(hp), T*K)
 		b.override(p.Layer, T, K, hid)
-		if err := b.d.htod(ids, unsafe.Pointer(&hid[0]), T*K*4); err != nil {
+		if err := b.d.copyAsync(ids, hp, T*K*4); err != nil {
 			return err
 		}
 	}
@@ -677,4 +717,14 @@ func (b *Backend) runExperts(c *expertCache, table uintptr, xt, d *Tensor, ids, 
 	return b.d.launch(b.fn[c.dn], [3]int{cdiv(l.Hidden, 16), n, 1}, [3]int{128, 1, 1}, 0,
 		table, ids, wts, hbuf, d.p, l.Hidden, l.Intermediate, l.GroupSize, K, t0,
 		l.Down.WOffset, l.Down.SOffset, l.Down.BOffset)
+}
+
+// forgetHost drops h from the pinned allocations freed at Close.
+func (b *Backend) forgetHost(h unsafe.Pointer) {
+	for i, p := range b.hosts {
+		if p == h {
+			b.hosts = append(b.hosts[:i], b.hosts[i+1:]...)
+			return
+		}
+	}
 }

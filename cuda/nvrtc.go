@@ -164,7 +164,7 @@ func (d *device) setMaxDynamicShared(f uintptr, bytes int) error {
 // karg is one kernel argument: device pointers (uintptr), int, int64 or float32.
 type karg = any
 
-// launch starts kernel f on the default stream. Arguments are packed into
+// launch starts kernel f on the compute stream. Arguments are packed into
 // 8-byte slots owned by the device (launches are serialised on the worker).
 func (d *device) launch(f uintptr, grid, block [3]int, smem int, args ...karg) error {
 	if len(args) > len(d.slots) {
@@ -190,8 +190,22 @@ func (d *device) launch(f uintptr, grid, block [3]int, smem int, args ...karg) e
 			return nil // empty launch
 		}
 	}
-	r := call(d.l.drv.cuLaunchKernel, f, uintptr(grid[0]), uintptr(grid[1]), uintptr(grid[2]),
-		uintptr(block[0]), uintptr(block[1]), uintptr(block[2]), uintptr(smem), 0,
-		uintptr(unsafe.Pointer(&d.params[0])), 0)
-	return check(r, "cuLaunchKernel")
+	if d.graphs != nil {
+		return d.graphs.launch(d, f, grid, block, smem, len(args))
+	}
+	return d.rawLaunch(f, grid, block, smem)
+}
+
+// rawLaunch (worker only) launches f on the compute stream with the
+// arguments already in d.params.
+func (d *device) rawLaunch(f uintptr, grid, block [3]int, smem int) error {
+	l := func() uintptr {
+		return call(d.l.drv.cuLaunchKernel, f, uintptr(grid[0]), uintptr(grid[1]), uintptr(grid[2]),
+			uintptr(block[0]), uintptr(block[1]), uintptr(block[2]), uintptr(smem), d.stream,
+			uintptr(unsafe.Pointer(&d.params[0])), 0)
+	}
+	if d.prof != nil {
+		return d.launchProfiled(f, l)
+	}
+	return check(l(), "cuLaunchKernel")
 }

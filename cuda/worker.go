@@ -33,6 +33,13 @@ type device struct {
 
 	slots  [32]uint64  // kernel argument values (launch)
 	params [32]uintptr // pointers to slots
+
+	// stream is the compute stream every kernel and async copy goes to: a
+	// blocking stream (it orders with the legacy stream that the synchronous
+	// copies use), so that a decode step can be captured into a CUDA graph.
+	stream uintptr
+	prof   *profiler // per-kernel GPU-event timing (nil: off)
+	graphs *grapher  // CUDA graph capture and replay of repeated launch sequences (nil: off)
 }
 
 // openDevice loads the libraries, starts the worker and makes the primary
@@ -162,6 +169,9 @@ func (d *device) malloc(n int) (uintptr, error) {
 }
 
 func (d *device) free(p uintptr) error {
+	if err := d.barrier(); err != nil {
+		return err
+	}
 	if p == 0 {
 		return nil
 	}
@@ -169,10 +179,16 @@ func (d *device) free(p uintptr) error {
 }
 
 func (d *device) memset(p uintptr, n int) error {
+	if err := d.barrier(); err != nil {
+		return err
+	}
 	return check(call(d.l.drv.cuMemsetD8, p, 0, uintptr(n)), "cuMemsetD8")
 }
 
 func (d *device) htod(dst uintptr, src unsafe.Pointer, n int) error {
+	if err := d.barrier(); err != nil {
+		return err
+	}
 	if n == 0 {
 		return nil
 	}
@@ -180,6 +196,9 @@ func (d *device) htod(dst uintptr, src unsafe.Pointer, n int) error {
 }
 
 func (d *device) dtoh(dst unsafe.Pointer, src uintptr, n int) error {
+	if err := d.barrier(); err != nil {
+		return err
+	}
 	if n == 0 {
 		return nil
 	}
@@ -187,15 +206,24 @@ func (d *device) dtoh(dst unsafe.Pointer, src uintptr, n int) error {
 }
 
 func (d *device) dtod(dst, src uintptr, n int) error {
+	if err := d.barrier(); err != nil {
+		return err
+	}
 	return check(call(d.l.drv.cuMemcpyDtoD, dst, src, uintptr(n)), "cuMemcpyDtoD")
 }
 
-// htodAsync copies from pinned host memory on the default stream.
+// htodAsync copies from pinned host memory on the compute stream.
 func (d *device) htodAsync(dst uintptr, src unsafe.Pointer, n int) error {
-	return check(call(d.l.drv.cuMemcpyHtoDAsync, dst, uintptr(src), uintptr(n), 0), "cuMemcpyHtoDAsync")
+	if err := d.barrier(); err != nil {
+		return err
+	}
+	return check(call(d.l.drv.cuMemcpyHtoDAsync, dst, uintptr(src), uintptr(n), d.stream), "cuMemcpyHtoDAsync")
 }
 
 func (d *device) sync() error {
+	if err := d.barrier(); err != nil {
+		return err
+	}
 	return check(call(d.l.drv.cuCtxSynchronize), "cuCtxSynchronize")
 }
 
@@ -209,6 +237,9 @@ func (d *device) hostAlloc(n int) (unsafe.Pointer, error) {
 }
 
 func (d *device) hostFree(p unsafe.Pointer) error {
+	if err := d.barrier(); err != nil {
+		return err
+	}
 	return check(call(d.l.drv.cuMemFreeHost, uintptr(p)), "cuMemFreeHost")
 }
 
@@ -225,11 +256,18 @@ func (d *device) eventCreate() (uintptr, error) {
 	return e, err
 }
 
+// eventRecord records e on the compute stream.
 func (d *device) eventRecord(e uintptr) error {
-	return check(call(d.l.drv.cuEventRecord, e, 0), "cuEventRecord")
+	if err := d.barrier(); err != nil {
+		return err
+	}
+	return check(call(d.l.drv.cuEventRecord, e, d.stream), "cuEventRecord")
 }
 
 func (d *device) eventElapsed(start, end uintptr) (float32, error) {
+	if err := d.barrier(); err != nil {
+		return 0, err
+	}
 	if err := check(call(d.l.drv.cuEventSynchronize, end), "cuEventSynchronize"); err != nil {
 		return 0, err
 	}
@@ -240,11 +278,17 @@ func (d *device) eventElapsed(start, end uintptr) (float32, error) {
 
 // eventRecordOn records e on stream s (0 = the legacy default stream).
 func (d *device) eventRecordOn(e, s uintptr) error {
+	if err := d.barrier(); err != nil {
+		return err
+	}
 	return check(call(d.l.drv.cuEventRecord, e, s), "cuEventRecord")
 }
 
 // streamWaitEvent makes stream s wait for e.
 func (d *device) streamWaitEvent(s, e uintptr) error {
+	if err := d.barrier(); err != nil {
+		return err
+	}
 	return check(call(d.l.drv.cuStreamWaitEvent, s, e, 0), "cuStreamWaitEvent")
 }
 
@@ -256,7 +300,18 @@ func (d *device) streamCreate() (uintptr, error) {
 	return s, err
 }
 
+// streamCreateFlags makes a stream with CUstream_flags f (0: blocking, it
+// orders with the legacy default stream).
+func (d *device) streamCreateFlags(f int) (uintptr, error) {
+	var s uintptr
+	err := check(call(d.l.drv.cuStreamCreate, uintptr(unsafe.Pointer(&s)), uintptr(f)), "cuStreamCreate")
+	return s, err
+}
+
 func (d *device) streamSync(s uintptr) error {
+	if err := d.barrier(); err != nil {
+		return err
+	}
 	return check(call(d.l.drv.cuStreamSynchronize, s), "cuStreamSynchronize")
 }
 
@@ -266,11 +321,17 @@ func (d *device) streamDestroy(s uintptr) error {
 
 // htodOn copies from pinned host memory on stream s.
 func (d *device) htodOn(dst uintptr, src unsafe.Pointer, n int, s uintptr) error {
+	if err := d.barrier(); err != nil {
+		return err
+	}
 	return check(call(d.l.drv.cuMemcpyHtoDAsync, dst, uintptr(src), uintptr(n), s), "cuMemcpyHtoDAsync")
 }
 
 // eventSync waits for e on the host.
 func (d *device) eventSync(e uintptr) error {
+	if err := d.barrier(); err != nil {
+		return err
+	}
 	return check(call(d.l.drv.cuEventSynchronize, e), "cuEventSynchronize")
 }
 

@@ -1,0 +1,54 @@
+#!/bin/sh
+# Decode-focused CUDA check and timing, run ON the GPU machine from the
+# repository root with the static binaries of `make bench-cuda` in .devbin:
+# the correctness checks (conformance, kernel variants, mixers at the 397B
+# head sizes with and without CUDA graphs, HF parity and engine tests on the
+# CUDA backend), then the 397B-shape synthetic model (EXPERTS per layer) and
+# whole-model decode: a per-kernel GPU-event profile of resident decode
+# (FMOE_CUDA_PROFILE=1) and the (a) resident runs with graphs on and off.
+# RUNS adds more `fmoe bench` runs: lines "label|flags".
+set -u
+D=${DEVBIN:-$PWD/.devbin}
+OUT=${OUT:-/tmp/fmoe-bench}
+W=${WORK:-/tmp/fmoe397}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+date -u +%Y-%m-%dT%H:%MZ
+t0=$(date +%s)
+echo "== check"
+(cd cuda && FMOE_REQUIRE_CUDA=1 "$D/cuda.test" -test.run 'Conformance|MatMulKernels|SmallCacheChunks|MixersLarge' -test.count 1 -test.v 2>&1) >"$OUT/check.txt"
+grep -E "^(--- FAIL|FAIL|ok|PASS)|graph replays|panic|error" "$OUT/check.txt" | head -20
+(cd runtime && FMOE_BACKEND=cuda "$D/runtime.test" -test.count 1 2>&1 | tail -4)
+echo "== check $(( $(date +%s) - t0 )) s"
+HBM=$(cd cuda && "$D/cuda.test" -test.run '^$' -test.bench 'CopyD2D' -test.benchtime 2x 2>&1 | awk '/CopyD2D/ {for(i=1;i<=NF;i++) if($(i)=="GB/s") print $(i-1)}' | tail -1)
+if [ ! -f "$W/model/model_weights.json" ]; then
+	rm -rf "$W"; mkdir -p "$W"
+	"$D/fmoe" synth -o "$W/hf" --preset 397b-shape --experts "${EXPERTS:-32}" --quiet &&
+	"$D/fmoe" pack-experts "$W/hf" --bits 4 -o "$W/model/packed_experts" --quiet &&
+	"$D/fmoe" extract "$W/hf" -o "$W/model" --quiet || exit 1
+	rm -rf "$W/hf"
+fi
+echo "== model ready $(( $(date +%s) - t0 )) s; HBM $HBM GB/s"
+bench() { # label, env, flags
+	l=$1; e=$2; shift 2
+	r=$(env $e "$D/fmoe" bench --model "$W/model" --backend cuda --mode full --json --hbm-gbs "$HBM" "$@" 2>"$OUT/$l.err")
+	if [ -n "$r" ]; then
+		echo "$r" | tr -d '\n' | sed "s/^{/{\"label\":\"$l\",/" >>"$OUT/decode.jsonl"; echo >>"$OUT/decode.jsonl"
+		echo "$r" | awk -v l="$l" '/"decode_tok_s"|"prefill_tok_s"|"decode_E"|"gpu_hit_rate"|"decode_floor_ms"/ {gsub(/[",]/,""); s=s" "$1$2} END {print l":"s}'
+	else echo "$l: FAILED: $(tail -3 "$OUT/$l.err")"; fi
+}
+bench prof-K4 FMOE_CUDA_PROFILE=1 -k 4 --prefill 1 --tokens 16 --warmup 4 --routing uniform
+grep -A40 "cuda profile" "$OUT/prof-K4.err" | head -32
+if [ -n "${PROF_OLD-}" ]; then
+	bench prof-K4-olddelta "FMOE_CUDA_PROFILE=1 FMOE_CUDA_DELTA2=0" -k 4 --prefill 1 --tokens 16 --warmup 4 --routing uniform
+	grep -A12 "cuda profile" "$OUT/prof-K4-olddelta.err" | head -12
+fi
+P=${PREFILL:-128}; DT=${DECODE:-32}
+for k in 4 10; do
+	bench "a-resident-K$k-uniform" X=1 -k $k --prefill "$P" --tokens "$DT" --routing uniform
+	[ -n "${EAGER-}" ] && bench "a-resident-K$k-uniform-eager" FMOE_CUDA_GRAPHS=0 -k $k --prefill "$P" --tokens "$DT" --routing uniform
+done
+echo "${RUNS-}" | while IFS='|' read -r l f; do
+	[ -n "$l" ] && bench "$l" X=1 $f
+done
+echo "== done $(( $(date +%s) - t0 )) s"
