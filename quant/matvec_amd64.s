@@ -45,7 +45,8 @@ GLOBL crumbshift<>(SB), RODATA|NOPTR, $256
 //   Y8-Y11 row totals, Y12 mask or table, Y13 x, Y14-Y15 temporaries.
 //   SI words of row 0 (rows at +R8, +2*R8, +R9=3*R8), DI permuted x,
 //   BX scales / DX biases of row 0 (rows at +R10, +2*R10, +R11=3*R10),
-//   R12 Σx/8 vectors (one per group), AX groups left, CX blocks left, R13 blocks per group.
+//   R12 Σx/8 vectors (one per group), AX groups left, CX blocks left, R13 blocks per group,
+//   R14 the next block (PFNEXT).
 
 #define NIB(sh, xoff) \
 	VMOVUPS xoff(DI), Y13; \
@@ -82,6 +83,12 @@ GLOBL crumbshift<>(SB), RODATA|NOPTR, $256
 	VPSHUFD $1, xtot, X14; VADDSS X14, xtot, xtot; \
 	VMOVSS xtot, off(DI)
 
+// PFNEXT prefetches the words of the next 4-row block at the columns being
+// read now (see matvec512_amd64.s).
+#define PFNEXT \
+	LEAQ (SI)(R8*4), R14; \
+	PREFETCHT0 (R14); PREFETCHT0 (R14)(R8*1); PREFETCHT0 (R14)(R8*2); PREFETCHT0 (R14)(R9*1)
+
 #define PROLOGUE \
 	MOVQ w+0(FP), SI; \
 	MOVQ wstride+8(FP), R8; \
@@ -112,10 +119,7 @@ group4:
 	MOVQ R13, CX
 
 block4:
-	PREFETCHT0 1024(SI)
-	PREFETCHT0 1024(SI)(R8*1)
-	PREFETCHT0 1024(SI)(R8*2)
-	PREFETCHT0 1024(SI)(R9*1)
+	PFNEXT
 	VMOVDQU (SI), Y0
 	VMOVDQU (SI)(R8*1), Y1
 	VMOVDQU (SI)(R8*2), Y2
@@ -155,10 +159,7 @@ group2:
 	MOVQ R13, CX
 
 block2:
-	PREFETCHT0 1024(SI)
-	PREFETCHT0 1024(SI)(R8*1)
-	PREFETCHT0 1024(SI)(R8*2)
-	PREFETCHT0 1024(SI)(R9*1)
+	PFNEXT
 	VBROADCASTI128 (SI), Y0
 	VBROADCASTI128 (SI)(R8*1), Y1
 	VBROADCASTI128 (SI)(R8*2), Y2
