@@ -59,24 +59,53 @@ func benchMatrices(bits, group, rows, cols int) ([]*Matrix, int) {
 	return ms, wb + 2*s
 }
 
-var benchShapes = [][2]int{{1024, 4096}, {4096, 1024}, {16384, 4096}}
+// benchShapes are the MatVec benchmarks' shapes: n matrices of rows×cols,
+// computed by one MatVecBatch when n > 1 (the names then start with n: a
+// decode step's gate and up projections of K=4 experts, 8x1024x4096, share
+// one x; their down projections, 4x4096x1024, each have their own).
+var benchShapes = []struct{ n, rows, cols int }{
+	{1, 1024, 4096}, {1, 4096, 1024}, {1, 16384, 4096}, {8, 1024, 4096}, {4, 4096, 1024},
+}
+
+func shapeName(n, rows, cols int) string {
+	if n == 1 {
+		return fmt.Sprintf("%dx%d", rows, cols)
+	}
+	return fmt.Sprintf("%dx%dx%d", n, rows, cols)
+}
 
 func benchMatVec(b *testing.B, bits int) {
 	for _, sh := range benchShapes {
-		b.Run(fmt.Sprintf("%dx%d", sh[0], sh[1]), func(b *testing.B) {
-			ms, bytes := benchMatrices(bits, 64, sh[0], sh[1])
-			x := make([]float32, sh[1])
-			for i := range x {
-				x[i] = float32(i%13) * 0.1
+		b.Run(shapeName(sh.n, sh.rows, sh.cols), func(b *testing.B) {
+			ms, bytes := benchMatrices(bits, 64, sh.rows, sh.cols)
+			xs := make([][]float32, sh.n)
+			for k := range xs {
+				xs[k] = make([]float32, sh.cols)
+				for i := range xs[k] {
+					xs[k][i] = float32((i+k)%13) * 0.1
+				}
+				if sh.rows < sh.cols { // gate/up: one x for all
+					xs[k] = xs[0]
+				}
 			}
-			dst := make([]float32, sh[0])
-			b.SetBytes(int64(bytes))
+			jobs := make([]MatVecJob, sh.n)
+			for k := range jobs {
+				jobs[k] = MatVecJob{Dst: make([]float32, sh.rows), X: xs[k]}
+			}
+			b.SetBytes(int64(sh.n * bytes))
 			b.ResetTimer()
 			c0 := cpuSeconds()
 			for i := 0; i < b.N; i++ {
-				MatVec(dst, ms[i%len(ms)], x)
+				if sh.n == 1 {
+					MatVec(jobs[0].Dst, ms[i%len(ms)], jobs[0].X)
+					continue
+				}
+				for k := range jobs {
+					jobs[k].M = ms[(i*sh.n+k)%len(ms)]
+				}
+				MatVecBatch(jobs)
 			}
-			reportCPU(b, c0, bytes)
+			reportCPU(b, c0, sh.n*bytes)
 		})
 	}
 }
@@ -86,14 +115,16 @@ func BenchmarkMatVec2(b *testing.B) { benchMatVec(b, 2) }
 func BenchmarkMatVec8(b *testing.B) { benchMatVec(b, 8) }
 
 // BenchmarkMemcpy copies, with all cores, the bytes each MatVec benchmark
-// reads: sub-benchmark "4/1024x4096" matches BenchmarkMatVec4/1024x4096.
+// reads: sub-benchmark "4/1024x4096" matches BenchmarkMatVec4/1024x4096 (a
+// batch's bytes are copied in one parallel region).
 func BenchmarkMemcpy(b *testing.B) {
 	for _, bits := range []int{4, 2, 8} {
 		for _, sh := range benchShapes {
-			b.Run(fmt.Sprintf("%d/%dx%d", bits, sh[0], sh[1]), func(b *testing.B) {
+			b.Run(fmt.Sprintf("%d/%s", bits, shapeName(sh.n, sh.rows, sh.cols)), func(b *testing.B) {
 				w, _ := benchSlabs()
 				src := U8sFromU32(w)
-				_, bytes := benchMatrices(bits, 64, sh[0], sh[1])
+				_, bytes := benchMatrices(bits, 64, sh.rows, sh.cols)
+				bytes *= sh.n
 				n := len(src) / bytes
 				dst := make([]byte, bytes)
 				const rowBytes = 4096

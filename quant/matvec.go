@@ -1,6 +1,10 @@
 package quant
 
-import "fmt"
+import (
+	"fmt"
+	"sync"
+	"unsafe"
+)
 
 // MatVec computes dst[r] = Σ_c w[r,c]·x[c] for the quantized matrix m
 // (len(dst) == m.Rows, len(x) == m.Cols), fused per group as
@@ -13,8 +17,120 @@ import "fmt"
 // MatVec panics if the buffers do not match m's shape, as slice indexing would.
 func MatVec(dst []float32, m *Matrix, x []float32) {
 	checkQ(m, len(dst), len(x), 1)
-	a := newMVArgs(m, x)
+	a := mvArgs{m: m, xprep: getPrep(m, x, kernelFor(m))}
 	parallelRows(m.Rows, m.WordsPerRow()*4, func(lo, hi int) { a.rows(dst[lo:hi], lo, hi) })
+	putPrep(a.xprep)
+}
+
+// MatVecJob is one product of a MatVecBatch: Dst = M·X (len(Dst) == M.Rows,
+// len(X) == M.Cols).
+type MatVecJob struct {
+	Dst []float32
+	M   *Matrix
+	X   []float32
+}
+
+// MatVecBatch computes the products of all jobs in one parallel region: the
+// rows of all matrices are split over the worker pool together, so several
+// small matrices (the gate and up projections of the K experts of a decode
+// step, say) keep every core busy where one MatVec each would not, and the
+// preparation of x (Σx per group, the SIMD kernels' permutation) is done once
+// for the jobs that share the same X slice. Each job's result is bit-for-bit
+// that of MatVec(job.Dst, job.M, job.X), whatever the thread count. The
+// destinations must not overlap each other or any X.
+func MatVecBatch(jobs []MatVecJob) {
+	if len(jobs) == 1 {
+		MatVec(jobs[0].Dst, jobs[0].M, jobs[0].X)
+		return
+	}
+	args := make([]mvArgs, len(jobs))
+	var preps []*xprep
+	rows, work := 0, 0
+	for i, j := range jobs {
+		checkQ(j.M, len(j.Dst), len(j.X), 1)
+		kern := kernelFor(j.M)
+		var p *xprep
+		for _, q := range preps {
+			if q.fits(j.M, j.X, kern) {
+				p = q
+				break
+			}
+		}
+		if p == nil {
+			p = getPrep(j.M, j.X, kern)
+			preps = append(preps, p)
+		}
+		args[i] = mvArgs{m: j.M, xprep: p}
+		rows += j.M.Rows
+		work += j.M.Rows * j.M.WordsPerRow() * 4
+	}
+	procs := threads()
+	if procs <= 1 || work < minParallelWork {
+		for i, j := range jobs {
+			args[i].rows(j.Dst, 0, j.M.Rows)
+		}
+	} else {
+		// Chunks never straddle two jobs and start at multiples of
+		// rowQuantum of their job, as in MatVec.
+		type span struct{ job, lo, hi int }
+		chunk := rowChunk(rows, procs)
+		spans := make([]span, 0, rows/chunk+len(jobs))
+		for i, j := range jobs {
+			for lo := 0; lo < j.M.Rows; lo += chunk {
+				spans = append(spans, span{i, lo, min(lo+chunk, j.M.Rows)})
+			}
+		}
+		parallelFor(len(spans), procs, func(c int) {
+			s := spans[c]
+			args[s.job].rows(jobs[s.job].Dst[s.lo:s.hi], s.lo, s.hi)
+		})
+	}
+	for _, p := range preps {
+		putPrep(p)
+	}
+}
+
+// mvArgs is one matrix of a product with its prepared x.
+type mvArgs struct {
+	m *Matrix
+	*xprep
+}
+
+var prepPool = sync.Pool{New: func() any { return new(xprep) }}
+
+// getPrep returns x prepared for products of m's shape with kernel kern,
+// from a pool of buffers (give it back with putPrep).
+func getPrep(m *Matrix, x []float32, kern int) *xprep {
+	p := prepPool.Get().(*xprep)
+	p.fill(m, x, kern)
+	return p
+}
+
+func putPrep(p *xprep) {
+	p.x = nil
+	prepPool.Put(p)
+}
+
+// newMVArgs prepares a product of m with x (tests; not pooled).
+func newMVArgs(m *Matrix, x []float32) *mvArgs { return newMVArgsKern(m, x, kernelFor(m)) }
+
+func newMVArgsKern(m *Matrix, x []float32, kern int) *mvArgs {
+	p := new(xprep)
+	p.fill(m, x, kern)
+	return &mvArgs{m: m, xprep: p}
+}
+
+// sameSlice reports whether a and b are the same elements of memory.
+func sameSlice(a, b []float32) bool {
+	return len(a) == len(b) && unsafe.SliceData(a) == unsafe.SliceData(b)
+}
+
+// grow returns buf resized to n elements, reallocated only if too small.
+func grow(buf []float32, n int) []float32 {
+	if cap(buf) < n {
+		return make([]float32, n)
+	}
+	return buf[:n]
 }
 
 // MatMul computes dst[t, r] = Σ_c w[r,c]·x[t, c] for tokens rows of x
@@ -103,17 +219,50 @@ func checkF(nDst, nW, rows, cols, nX, tokens int) {
 	}
 }
 
-// groupSums returns Σ x over each group of the row.
-func groupSums(x []float32, group int) []float32 {
-	s := make([]float32, len(x)/group)
+// groupSums sets s[g] = Σ x over group g (len(s) groups of group columns)
+// and returns s. Four interleaved partial sums per group.
+func groupSums(s, x []float32, group int) []float32 {
 	for g := range s {
-		var acc float32
-		for _, v := range x[g*group : (g+1)*group] {
-			acc += v
+		xs := x[g*group : (g+1)*group]
+		var a0, a1, a2, a3 float32
+		i := 0
+		for ; i+4 <= len(xs); i += 4 {
+			q := (*[4]float32)(xs[i : i+4])
+			a0 += q[0]
+			a1 += q[1]
+			a2 += q[2]
+			a3 += q[3]
 		}
-		s[g] = acc
+		for ; i < len(xs); i++ {
+			a0 += xs[i]
+		}
+		s[g] = (a0 + a1) + (a2 + a3)
 	}
 	return s
+}
+
+// permuteX writes x into xp in the order of the SIMD kernels of bits-bit
+// matrices (see matvec_amd64.go), per 64-column block: the 8×8 transpose
+// (xp[8j+k] = x[8k+j]) for 4-bit, the 4×16 transpose (xp[4m+b] = x[16b+m])
+// for 2-bit.
+func permuteX(xp, x []float32, bits int) {
+	for blk := 0; blk+64 <= len(x); blk += 64 {
+		xs := (*[64]float32)(x[blk : blk+64])
+		ps := (*[64]float32)(xp[blk : blk+64])
+		if bits == 4 {
+			for j := 0; j < 8; j++ {
+				for k := 0; k < 8; k++ {
+					ps[8*j+k] = xs[8*k+j]
+				}
+			}
+			continue
+		}
+		for m := 0; m < 16; m++ {
+			for b := 0; b < 4; b++ {
+				ps[4*m+b] = xs[16*b+m]
+			}
+		}
+	}
 }
 
 // DotF32 returns Σ a[i]·b[i] over len(a) (b at least as long), with the

@@ -21,9 +21,10 @@ import (
 //	4-bit: 8·l + i                     (shift 4·i)
 //	2-bit: 16·(l mod 4) + 2·i + l/4    (shift 4·i + 2·(l/4))
 //
-// x is permuted once per call into that order (xp[64·blk + 8·i + l]), so each
-// step is one contiguous load of x shared by the four rows, then
-// convert+FMA per row. A group's accumulator is folded into the row total as
+// x is permuted once per call into that order (xp[64·blk + 8·i + l]: for
+// 4-bit the 8×8 transpose of the block, for 2-bit its 4×16 transpose, see
+// permuteX), so each step is one contiguous load of x shared by the four
+// rows, then convert+FMA per row. A group's accumulator is folded into the row total as
 // tot += scale·acc + bias·(Σx/8 in every lane); one horizontal sum per row
 // at the end.
 
@@ -34,8 +35,9 @@ import (
 //	4-bit: 8·(l mod 8) + 2·i + l/8     (shift 4·(2·i + l/8))
 //	2-bit: 16·(l mod 4) + 4·i + l/4    (shift 2·(4·i + l/4))
 //
-// and x is permuted to xp[64·blk + 16·i + l]. VPERMPS of a 16-entry table
-// gives the code's float value directly; scales are widened once per 4-row
+// and x is permuted to xp[64·blk + 16·i + l], which is the same two
+// transposes. VPERMPS of a 16-entry table gives the code's float value
+// directly; scales are widened once per 4-row
 // block; the bias term is a vector dot product of biases with Σx per group.
 
 var (
@@ -71,28 +73,22 @@ func dotF32AVX2(a, b *float32, n int) float32
 //go:noescape
 func dotF32x4AVX2(a, x *float32, xstride, n int, out *[4]float32)
 
-// mvArgs holds what one MatVec call shares between its workers.
-type mvArgs struct {
-	m       *Matrix
+// xprep is what the products of one x share whatever the matrix (of one
+// group size and kernel): Σx per group and x permuted for the SIMD kernels.
+type xprep struct {
 	x, sumx []float32
+	group   int
 	kern    int
+	bits    int       // permutation class: 4, 2 or 8 (x used as is)
 	xp      []float32 // x permuted for the SIMD kernels
 	sumx8   []float32 // AVX2: per group, 8 lanes of Σx/8
 }
 
-// xperm[kernel-kernAVX2][bits/4][i] is the column of a 64-column block
-// whose x goes to position i of the permuted block (see above).
-var xperm = func() (p [2][2][64]uint8) {
-	for i := 0; i < 64; i++ {
-		l, s := i%8, i/8 // AVX2: lane, step
-		p[0][1][i] = uint8(8*l + s)
-		p[0][0][i] = uint8(16*(l%4) + 2*s + l/4)
-		l, s = i%16, i/16 // AVX-512
-		p[1][1][i] = uint8(8*(l%8) + 2*s + l/8)
-		p[1][0][i] = uint8(16*(l%4) + 4*s + l/4)
-	}
-	return p
-}()
+// fits reports whether p serves a product of m (kernel kern) with x.
+func (p *xprep) fits(m *Matrix, x []float32, kern int) bool {
+	return p.kern == kern && p.group == m.GroupSize && sameSlice(p.x, x) &&
+		(kern == kernGo || p.bits == m.Bits)
+}
 
 // kernelFor picks the kernel of a matrix shape, from the shape alone.
 func kernelFor(m *Matrix) int {
@@ -108,34 +104,30 @@ func kernelFor(m *Matrix) int {
 	return kernGo
 }
 
-func newMVArgs(m *Matrix, x []float32) *mvArgs { return newMVArgsKern(m, x, kernelFor(m)) }
-
-func newMVArgsKern(m *Matrix, x []float32, kern int) *mvArgs {
-	a := &mvArgs{m: m, x: x, sumx: groupSums(x, m.GroupSize), kern: kern}
-	if a.kern == kernGo {
-		return a
+// fill computes the prepared forms of x for m's group size and kernel,
+// reusing p's buffers.
+func (p *xprep) fill(m *Matrix, x []float32, kern int) {
+	p.x, p.group, p.kern, p.bits = x, m.GroupSize, kern, m.Bits
+	p.sumx = groupSums(grow(p.sumx, len(x)/m.GroupSize), x, m.GroupSize)
+	if kern == kernGo {
+		return
 	}
 	if m.Bits == 8 {
-		a.xp = x // AVX-512 8-bit: codes are bytes in column order
-		return a
+		p.xp = x // AVX-512 8-bit: codes are bytes in column order
+		return
 	}
-	perm := &xperm[a.kern-kernAVX2][m.Bits/4]
-	a.xp = make([]float32, len(x))
-	for blk := 0; blk < len(x); blk += 64 {
-		xs, ps := x[blk:blk+64:blk+64], a.xp[blk:blk+64:blk+64]
-		for i, c := range perm {
-			ps[i] = xs[c]
-		}
-	}
-	if a.kern == kernAVX2 {
-		a.sumx8 = make([]float32, 8*len(a.sumx))
-		for g, s := range a.sumx {
-			for l := 0; l < 8; l++ {
-				a.sumx8[8*g+l] = s / 8
+	p.xp = grow(p.xp, len(x))
+	permuteX(p.xp, x, m.Bits)
+	if kern == kernAVX2 {
+		p.sumx8 = grow(p.sumx8, 8*len(p.sumx))
+		for g, s := range p.sumx {
+			v := s / 8
+			l := (*[8]float32)(p.sumx8[8*g : 8*g+8])
+			for i := range l {
+				l[i] = v
 			}
 		}
 	}
-	return a
 }
 
 // rows computes rows [lo, hi) of the product into dst[:hi-lo]; lo is a
@@ -165,7 +157,11 @@ func (a *mvArgs) rows(dst []float32, lo, hi int) {
 		case 8:
 			kernel = dot8x4AVX512
 		}
-		scratch := make([]float32, 4*gpr)
+		var stack [4 * 256]float32
+		scratch := stack[:]
+		if 4*gpr > len(stack) {
+			scratch = make([]float32, 4*gpr)
+		}
 		for ; r+4 <= hi; r += 4 {
 			kernel(&m.W[r*wpr], wpr*4, &m.Scales[r*gpr], &m.Biases[r*gpr], gpr*2,
 				&a.xp[0], &a.sumx[0], gpr, bpg, &out, &scratch[0])

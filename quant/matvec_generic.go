@@ -2,15 +2,27 @@
 
 package quant
 
-// mvArgs holds what one MatVec call shares between its workers.
-type mvArgs struct {
-	m       *Matrix
+const kernGo = 0
+
+// xprep is what the products of one x share whatever the matrix (of one
+// group size): Σx per group.
+type xprep struct {
 	x, sumx []float32
-	kern    int // always 0: the Go kernels
+	group   int
+	kern    int // always kernGo
 }
 
-func newMVArgs(m *Matrix, x []float32) *mvArgs {
-	return &mvArgs{m: m, x: x, sumx: groupSums(x, m.GroupSize)}
+func kernelFor(*Matrix) int { return kernGo }
+
+// fits reports whether p serves a product of m with x.
+func (p *xprep) fits(m *Matrix, x []float32, _ int) bool {
+	return p.group == m.GroupSize && sameSlice(p.x, x)
+}
+
+// fill computes Σx per group of m into p's buffer.
+func (p *xprep) fill(m *Matrix, x []float32, kern int) {
+	p.x, p.group, p.kern = x, m.GroupSize, kern
+	p.sumx = groupSums(grow(p.sumx, len(x)/m.GroupSize), x, m.GroupSize)
 }
 
 // rows computes rows [lo, hi) of the product into dst[:hi-lo]. The reference

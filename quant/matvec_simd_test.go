@@ -79,3 +79,84 @@ func TestDotF32(t *testing.T) {
 		}
 	}
 }
+
+// TestPermuteX checks permuteX against the lane formulas of the SIMD kernels
+// (matvec_amd64.go): AVX2 lane l of step i and AVX-512 lane l of step i must
+// find the x of the column their code comes from.
+func TestPermuteX(t *testing.T) {
+	x := make([]float32, 128)
+	for i := range x {
+		x[i] = float32(i)
+	}
+	for _, bits := range []int{4, 2} {
+		xp := make([]float32, len(x))
+		permuteX(xp, x, bits)
+		for blk := 0; blk < len(x); blk += 64 {
+			for i := 0; i < 8; i++ { // AVX2: 8 lanes × 8 steps
+				for l := 0; l < 8; l++ {
+					c := 8*l + i
+					if bits == 2 {
+						c = 16*(l%4) + 2*i + l/4
+					}
+					if got := xp[blk+8*i+l]; got != x[blk+c] {
+						t.Fatalf("%d-bit AVX2 lane %d step %d: x[%v], want x[%d]", bits, l, i, got, blk+c)
+					}
+				}
+			}
+			for i := 0; i < 4; i++ { // AVX-512: 16 lanes × 4 steps
+				for l := 0; l < 16; l++ {
+					c := 8*(l%8) + 2*i + l/8
+					if bits == 2 {
+						c = 16*(l%4) + 4*i + l/4
+					}
+					if got := xp[blk+16*i+l]; got != x[blk+c] {
+						t.Fatalf("%d-bit AVX-512 lane %d step %d: x[%v], want x[%d]", bits, l, i, got, blk+c)
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestMatVecBatch checks that every job of a batch gets exactly MatVec's bits:
+// jobs that share x and jobs that do not, several bit widths and group
+// sizes (SIMD and Go kernels), whatever the chunking.
+func TestMatVecBatch(t *testing.T) {
+	rng := rand.New(rand.NewPCG(31, 32))
+	xa, xb := randVec(rng, 512), randVec(rng, 256)
+	type spec struct {
+		bits, group, rows int
+		x               []float32
+	}
+	specs := []spec{
+		{4, 64, 260, xa}, {4, 64, 260, xa}, {2, 64, 131, xa}, {8, 64, 70, xa},
+		{4, 32, 37, xa}, {4, 64, 1029, xb}, {2, 128, 9, xb}, {4, 64, 3, xb},
+	}
+	jobs := make([]MatVecJob, len(specs))
+	want := make([][]float32, len(specs))
+	for i, s := range specs {
+		m := randMatrix(rng, s.bits, s.group, s.rows, len(s.x))
+		jobs[i] = MatVecJob{Dst: make([]float32, s.rows), M: m, X: s.x}
+		want[i] = make([]float32, s.rows)
+		MatVec(want[i], m, s.x)
+	}
+	for _, chunk := range []int{0, rowQuantum, 5 * rowQuantum, 1 << 20} {
+		testChunkRows = chunk
+		for _, n := range []int{1, 2, len(jobs)} {
+			for i := range jobs[:n] {
+				clear(jobs[i].Dst)
+			}
+			MatVecBatch(jobs[:n])
+			for i, j := range jobs[:n] {
+				for r := range j.Dst {
+					if math.Float32bits(j.Dst[r]) != math.Float32bits(want[i][r]) {
+						testChunkRows = 0
+						t.Fatalf("chunk %d, %d jobs: job %d row %d: %v, MatVec %v", chunk, n, i, r, j.Dst[r], want[i][r])
+					}
+				}
+			}
+		}
+	}
+	testChunkRows = 0
+	MatVecBatch(nil)
+}

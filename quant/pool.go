@@ -16,23 +16,21 @@ const minParallelWork = 64 << 10
 // the number of threads and every row is computed in the same order.
 const rowQuantum = 4
 
-// rowJob is one parallel loop over rows [0, n) in chunks of chunk rows.
-type rowJob struct {
-	fn    func(lo, hi int)
-	n     int
-	chunk int
-	next  atomic.Int64
-	wg    sync.WaitGroup
+// forJob is one parallel loop over chunk indices [0, n).
+type forJob struct {
+	fn   func(c int)
+	n    int
+	next atomic.Int64
+	wg   sync.WaitGroup
 }
 
-func (j *rowJob) work() {
+func (j *forJob) work() {
 	for {
 		c := int(j.next.Add(1) - 1)
-		lo := c * j.chunk
-		if lo >= j.n {
+		if c >= j.n {
 			return
 		}
-		j.fn(lo, min(lo+j.chunk, j.n))
+		j.fn(c)
 	}
 }
 
@@ -42,10 +40,10 @@ func (j *rowJob) work() {
 var pool struct {
 	mu      sync.Mutex
 	workers atomic.Int32
-	jobs    chan *rowJob
+	jobs    chan *forJob
 }
 
-func init() { pool.jobs = make(chan *rowJob, 256) }
+func init() { pool.jobs = make(chan *forJob, 256) }
 
 // threads returns GOMAXPROCS, first making sure the pool has enough helpers.
 func threads() int {
@@ -70,29 +68,50 @@ func threads() int {
 // of rowQuantum).
 var testChunkRows int
 
-var jobPool = sync.Pool{New: func() any { return new(rowJob) }}
+var jobPool = sync.Pool{New: func() any { return new(forJob) }}
+
+// rowChunk returns the chunk size (rows, a multiple of rowQuantum) that
+// splits rows of a product of the given total work over procs threads.
+func rowChunk(rows, procs int) int {
+	if testChunkRows > 0 {
+		return testChunkRows
+	}
+	// About 4 chunks per thread balances load without much claiming traffic.
+	chunk := (rows + 4*procs - 1) / (4 * procs)
+	return max(rowQuantum, (chunk+rowQuantum-1)/rowQuantum*rowQuantum)
+}
 
 // parallelRows calls fn over [0, rows) split into chunks that start at
 // multiples of rowQuantum; rowBytes estimates the work per row. Small jobs run
-// inline. The caller works too, and never blocks on a busy pool: whatever the
-// helpers do not take, it does itself.
+// inline.
 func parallelRows(rows, rowBytes int, fn func(lo, hi int)) {
 	procs := threads()
 	if procs <= 1 || rows <= rowQuantum || rows*rowBytes < minParallelWork {
 		fn(0, rows)
 		return
 	}
-	// About 4 chunks per thread balances load without much claiming traffic.
-	chunk := (rows + 4*procs - 1) / (4 * procs)
-	chunk = max(rowQuantum, (chunk+rowQuantum-1)/rowQuantum*rowQuantum)
-	if testChunkRows > 0 {
-		chunk = testChunkRows
+	chunk := rowChunk(rows, procs)
+	parallelFor((rows+chunk-1)/chunk, procs, func(c int) {
+		lo := c * chunk
+		fn(lo, min(lo+chunk, rows))
+	})
+}
+
+// parallelFor calls fn(c) for every chunk c in [0, n) on up to procs
+// goroutines: the caller and pool helpers claim chunks in order from a shared
+// counter. The caller works too, and never blocks on a busy pool: whatever
+// the helpers do not take, it does itself.
+func parallelFor(n, procs int, fn func(c int)) {
+	if procs <= 1 || n <= 1 {
+		for c := 0; c < n; c++ {
+			fn(c)
+		}
+		return
 	}
-	nChunks := (rows + chunk - 1) / chunk
-	j := jobPool.Get().(*rowJob)
-	j.fn, j.n, j.chunk = fn, rows, chunk
+	j := jobPool.Get().(*forJob)
+	j.fn, j.n = fn, n
 	j.next.Store(0)
-	helpers := min(procs-1, nChunks-1)
+	helpers := min(procs-1, n-1)
 	for i := 0; i < helpers; i++ {
 		j.wg.Add(1)
 		select {
