@@ -126,7 +126,7 @@ func TestMatVecBatch(t *testing.T) {
 	xa, xb := randVec(rng, 512), randVec(rng, 256)
 	type spec struct {
 		bits, group, rows int
-		x               []float32
+		x                 []float32
 	}
 	specs := []spec{
 		{4, 64, 260, xa}, {4, 64, 260, xa}, {2, 64, 131, xa}, {8, 64, 70, xa},
