@@ -17,6 +17,7 @@ const bufAlign = 4096
 type moeScratch struct {
 	bufs [2][][]byte // two sets: one being read while the other is computed
 	size int64
+	f32  [3][]float32 // gate, up and expert outputs of a part
 }
 
 // alignedBuf returns a zeroed slice of n bytes whose start is bufAlign-aligned
@@ -29,6 +30,15 @@ func alignedBuf(n int64) []byte {
 		off = bufAlign - r
 	}
 	return raw[off : off+int(n) : off+int(c)]
+}
+
+// floats returns float32 scratch buffer i with n elements (contents
+// undefined), reused across calls.
+func (s *moeScratch) floats(i, n int) []float32 {
+	if cap(s.f32[i]) < n {
+		s.f32[i] = make([]float32, n)
+	}
+	return s.f32[i][:n]
 }
 
 // buffers returns set i with at least n buffers of the layout's size.
@@ -81,14 +91,10 @@ func (b *Backend) MoE(ctx context.Context, dst, x runtime.Tensor, router runtime
 		routing.Experts, routing.Weights = ids, weights
 	}
 	// Group tokens by expert, ascending expert id (HF accumulates in this order).
-	type use struct {
-		tok int
-		w   float32
-	}
 	users := make([][]use, E)
 	for t := 0; t < T; t++ {
 		for i, e := range ids[t] {
-			users[e] = append(users[e], use{t, weights[t][i]})
+			users[e] = append(users[e], use{tok: t, w: weights[t][i]})
 		}
 	}
 	var need []int
@@ -120,9 +126,11 @@ func (b *Backend) MoE(ctx context.Context, dst, x runtime.Tensor, router runtime
 	b.moe.buffers(0, min(chunk, len(need)), lay.Size)
 	b.moe.buffers(1, min(chunk, len(need)), lay.Size)
 	xs := make([]float32, T*H)
-	gate := make([]float32, T*lay.Intermediate)
-	up := make([]float32, T*lay.Intermediate)
-	ys := make([]float32, T*H)
+	// Rows of the expert products of one part (its experts' tokens, see expertsForward).
+	rowsMax := min(T*K, chunk*T)
+	gate := b.moe.floats(0, rowsMax*lay.Intermediate)
+	up := b.moe.floats(1, rowsMax*lay.Intermediate)
+	ys := b.moe.floats(2, rowsMax*H)
 
 	var pending <-chan result
 	if len(need) > 0 {
@@ -141,24 +149,13 @@ func (b *Backend) MoE(ctx context.Context, dst, x runtime.Tensor, router runtime
 		}
 		cs := time.Now()
 		bufs := b.moe.bufs[set]
-		for i, e := range part {
-			mats, err := expertMatrices(lay, bufs[i])
-			if err != nil {
-				return fmt.Errorf("cpu: MoE layer %d expert %d: %w", p.Layer, e, err)
-			}
-			us := users[e]
-			n := len(us)
-			for j, u := range us {
-				copy(xs[j*H:(j+1)*H], xt.row(u.tok))
-			}
-			I := lay.Intermediate
-			b.matmul(gate[:n*I], &runtime.WeightData{Out: I, In: H, Q: mats[0]}, xs[:n*H], n)
-			b.matmul(up[:n*I], &runtime.WeightData{Out: I, In: H, Q: mats[1]}, xs[:n*H], n)
-			swiglu(gate[:n*I], gate[:n*I], up[:n*I])
-			b.matmul(ys[:n*H], &runtime.WeightData{Out: H, In: I, Q: mats[2]}, gate[:n*I], n)
-			for j, u := range us {
+		if err := b.expertsForward(lay, bufs, part, users, xt, xs, gate, up, ys); err != nil {
+			return fmt.Errorf("cpu: MoE layer %d: %w", p.Layer, err)
+		}
+		for _, e := range part {
+			for _, u := range users[e] {
 				dr := d.row(u.tok)
-				for k, v := range ys[j*H : (j+1)*H] {
+				for k, v := range ys[u.row*H : (u.row+1)*H] {
 					dr[k] += u.w * v
 				}
 			}
@@ -177,6 +174,69 @@ func (b *Backend) MoE(ctx context.Context, dst, x runtime.Tensor, router runtime
 		routing.Compute += computeTime
 		routing.BytesRead += int64(len(need)) * lay.Size
 	}
+	return nil
+}
+
+// use is one token routed to an expert: its row in x and dst, its routing
+// weight, and its row in the expert outputs of the current part.
+type use struct {
+	tok int
+	w   float32
+	row int
+}
+
+// expertsForward computes the SwiGLU output of each expert of part
+// (buffers bufs) for its users into ys, user u of an expert at row u.row
+// (set here: consecutive per expert, in part order). Experts with one token
+// (every expert of a decode step) go through two MatVecBatch calls, one for
+// all their gate and up projections and one for all their down projections,
+// so the cores share K experts' work instead of splitting each matrix;
+// experts with several tokens use the prefill product. Results are the same
+// bits either way.
+func (b *Backend) expertsForward(lay runtime.ExpertLayout, bufs [][]byte, part []int, users [][]use,
+	xt *tensor, xs, gate, up, ys []float32) error {
+	H, I := lay.Hidden, lay.Intermediate
+	mats := make([][3]*quant.Matrix, len(part))
+	var gu, dn []quant.MatVecJob
+	row := 0
+	for i, e := range part {
+		m, err := expertMatrices(lay, bufs[i])
+		if err != nil {
+			return fmt.Errorf("expert %d: %w", e, err)
+		}
+		mats[i] = m
+		us := users[e]
+		for j := range us {
+			us[j].row = row + j
+		}
+		n := len(us)
+		g, u := gate[row*I:(row+n)*I], up[row*I:(row+n)*I]
+		if n == 1 {
+			x := xt.row(us[0].tok)
+			gu = append(gu, quant.MatVecJob{Dst: g, M: m[0], X: x}, quant.MatVecJob{Dst: u, M: m[1], X: x})
+		} else {
+			for j, u := range us {
+				copy(xs[j*H:(j+1)*H], xt.row(u.tok))
+			}
+			quant.MatMul(g, m[0], xs[:n*H], n)
+			quant.MatMul(u, m[1], xs[:n*H], n)
+		}
+		row += n
+	}
+	quant.MatVecBatch(gu)
+	swiglu(gate[:row*I], gate[:row*I], up[:row*I])
+	row = 0
+	for i, e := range part {
+		n := len(users[e])
+		g, y := gate[row*I:(row+n)*I], ys[row*H:(row+n)*H]
+		if n == 1 {
+			dn = append(dn, quant.MatVecJob{Dst: y, M: mats[i][2], X: g})
+		} else {
+			quant.MatMul(y, mats[i][2], g, n)
+		}
+		row += n
+	}
+	quant.MatVecBatch(dn)
 	return nil
 }
 
