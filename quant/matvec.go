@@ -136,11 +136,16 @@ func grow(buf []float32, n int) []float32 {
 // MatMul computes dst[t, r] = Σ_c w[r,c]·x[t, c] for tokens rows of x
 // (x is [tokens, m.Cols], dst is [tokens, m.Rows], both row-major): the
 // prefill product. Each weight row is dequantized once per block of tokens
-// and reused across them. Parallel and deterministic like MatVec.
+// and reused across them (with AVX-512: SIMD dequantization of 8 rows at a
+// time and register-blocked micro-kernels, see matmul_amd64.go). Parallel
+// and deterministic like MatVec.
 func MatMul(dst []float32, m *Matrix, x []float32, tokens int) {
 	checkQ(m, len(dst), len(x), tokens)
 	if tokens == 1 {
 		MatVec(dst, m, x)
+		return
+	}
+	if matMulTiled(dst, m, x, tokens) {
 		return
 	}
 	parallelRows(m.Rows, m.WordsPerRow()*4*tokens, func(lo, hi int) {

@@ -2,6 +2,12 @@
 
 package quant
 
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+)
+
 func simdAvailable() bool { return useAVX2 }
 
 // testKernels returns the call set-up of every kernel this CPU can run for
@@ -14,4 +20,32 @@ func testKernels(m *Matrix, x []float32) []*mvArgs {
 		all = append(all, newMVArgsKern(m, x, kernAVX2))
 	}
 	return all
+}
+
+// TestDequantAVX512 compares the prefill product's row dequantizers with
+// DequantizeRow: equal up to the rounding of code·scale + bias (one FMA
+// there, a product and a sum here).
+func TestDequantAVX512(t *testing.T) {
+	if !useAVX512 {
+		t.Skip("no AVX-512")
+	}
+	rng := rand.New(rand.NewPCG(41, 42))
+	dq := map[int]func(w *uint32, sc, bi *uint16, dst *float32, ngroups, bpg int){
+		2: dequant2AVX512, 4: dequant4AVX512, 8: dequant8AVX512}
+	for _, bits := range []int{2, 4, 8} {
+		for _, group := range []int{64, 128} {
+			m := randMatrix(rng, bits, group, 3, 4*group)
+			got, want := make([]float32, m.Cols), make([]float32, m.Cols)
+			for r := 0; r < m.Rows; r++ {
+				gpr := m.GroupsPerRow()
+				dq[bits](&m.W[r*m.WordsPerRow()], &m.Scales[r*gpr], &m.Biases[r*gpr], &got[0], gpr, group/64)
+				m.DequantizeRow(want, r)
+				for c := range got {
+					if d := math.Abs(float64(got[c] - want[c])); d > 1e-6*(1+math.Abs(float64(want[c]))) {
+						t.Fatalf("%d-bit g%d row %d col %d: %v, DequantizeRow %v", bits, group, r, c, got[c], want[c])
+					}
+				}
+			}
+		}
+	}
 }

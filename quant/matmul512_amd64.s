@@ -1,0 +1,665 @@
+//go:build amd64 && !noasm && gc
+
+#include "textflag.h"
+
+// AVX-512 kernels of the prefill product (MatMul, see matmul_amd64.go):
+// dequantizers of one row into float32 in column order, and register-blocked
+// dot-form micro-kernels over 4 dequantized rows × N tokens (N = 1..6).
+// The N variants differ only in how many accumulators they keep (the file
+// is generated: the kernels are fully unrolled).
+
+// Micro-kernel registers: Z0-Z23 accumulators (row r, token t: Z(r*N+t)),
+// Z24-Z27 the 16 columns of rows 0-3, Z28 x. SI row 0 (rows at +R8, +2*R8,
+// +R9), DI token 0 (tokens at +R10, +2*R10, +R11, R12 (=DI+4*R10), +R10 from
+// R12), CX columns left.
+
+// func gemm4x1AVX512(w *float32, wstride int, x *float32, xstride int, k int, acc *float32)
+// acc[16*(r*1+t)+l] += Σ_j w[r][16j+l]·x[t][16j+l] over the k columns (k a
+// multiple of 16, strides in bytes).
+TEXT ·gemm4x1AVX512(SB), NOSPLIT, $0-48
+	MOVQ w+0(FP), SI
+	MOVQ wstride+8(FP), R8
+	LEAQ (R8)(R8*2), R9
+	MOVQ x+16(FP), DI
+	MOVQ xstride+24(FP), R10
+	LEAQ (R10)(R10*2), R11
+	MOVQ k+32(FP), CX
+	MOVQ acc+40(FP), DX
+	VMOVUPS 0(DX), Z0
+	VMOVUPS 64(DX), Z1
+	VMOVUPS 128(DX), Z2
+	VMOVUPS 192(DX), Z3
+gemm4x1AVX512loop:
+	LEAQ (DI)(R10*4), R12
+	VMOVUPS (SI), Z24
+	VMOVUPS (SI)(R8*1), Z25
+	VMOVUPS (SI)(R8*2), Z26
+	VMOVUPS (SI)(R9*1), Z27
+	VMOVUPS (DI), Z28
+	VFMADD231PS Z28, Z24, Z0
+	VFMADD231PS Z28, Z25, Z1
+	VFMADD231PS Z28, Z26, Z2
+	VFMADD231PS Z28, Z27, Z3
+	ADDQ $64, SI
+	ADDQ $64, DI
+	SUBQ $16, CX
+	JNZ gemm4x1AVX512loop
+	VMOVUPS Z0, 0(DX)
+	VMOVUPS Z1, 64(DX)
+	VMOVUPS Z2, 128(DX)
+	VMOVUPS Z3, 192(DX)
+	VZEROUPPER
+	RET
+
+// func gemm4x2AVX512(w *float32, wstride int, x *float32, xstride int, k int, acc *float32)
+// acc[16*(r*2+t)+l] += Σ_j w[r][16j+l]·x[t][16j+l] over the k columns (k a
+// multiple of 16, strides in bytes).
+TEXT ·gemm4x2AVX512(SB), NOSPLIT, $0-48
+	MOVQ w+0(FP), SI
+	MOVQ wstride+8(FP), R8
+	LEAQ (R8)(R8*2), R9
+	MOVQ x+16(FP), DI
+	MOVQ xstride+24(FP), R10
+	LEAQ (R10)(R10*2), R11
+	MOVQ k+32(FP), CX
+	MOVQ acc+40(FP), DX
+	VMOVUPS 0(DX), Z0
+	VMOVUPS 64(DX), Z1
+	VMOVUPS 128(DX), Z2
+	VMOVUPS 192(DX), Z3
+	VMOVUPS 256(DX), Z4
+	VMOVUPS 320(DX), Z5
+	VMOVUPS 384(DX), Z6
+	VMOVUPS 448(DX), Z7
+gemm4x2AVX512loop:
+	LEAQ (DI)(R10*4), R12
+	VMOVUPS (SI), Z24
+	VMOVUPS (SI)(R8*1), Z25
+	VMOVUPS (SI)(R8*2), Z26
+	VMOVUPS (SI)(R9*1), Z27
+	VMOVUPS (DI), Z28
+	VFMADD231PS Z28, Z24, Z0
+	VFMADD231PS Z28, Z25, Z2
+	VFMADD231PS Z28, Z26, Z4
+	VFMADD231PS Z28, Z27, Z6
+	VMOVUPS (DI)(R10*1), Z28
+	VFMADD231PS Z28, Z24, Z1
+	VFMADD231PS Z28, Z25, Z3
+	VFMADD231PS Z28, Z26, Z5
+	VFMADD231PS Z28, Z27, Z7
+	ADDQ $64, SI
+	ADDQ $64, DI
+	SUBQ $16, CX
+	JNZ gemm4x2AVX512loop
+	VMOVUPS Z0, 0(DX)
+	VMOVUPS Z1, 64(DX)
+	VMOVUPS Z2, 128(DX)
+	VMOVUPS Z3, 192(DX)
+	VMOVUPS Z4, 256(DX)
+	VMOVUPS Z5, 320(DX)
+	VMOVUPS Z6, 384(DX)
+	VMOVUPS Z7, 448(DX)
+	VZEROUPPER
+	RET
+
+// func gemm4x3AVX512(w *float32, wstride int, x *float32, xstride int, k int, acc *float32)
+// acc[16*(r*3+t)+l] += Σ_j w[r][16j+l]·x[t][16j+l] over the k columns (k a
+// multiple of 16, strides in bytes).
+TEXT ·gemm4x3AVX512(SB), NOSPLIT, $0-48
+	MOVQ w+0(FP), SI
+	MOVQ wstride+8(FP), R8
+	LEAQ (R8)(R8*2), R9
+	MOVQ x+16(FP), DI
+	MOVQ xstride+24(FP), R10
+	LEAQ (R10)(R10*2), R11
+	MOVQ k+32(FP), CX
+	MOVQ acc+40(FP), DX
+	VMOVUPS 0(DX), Z0
+	VMOVUPS 64(DX), Z1
+	VMOVUPS 128(DX), Z2
+	VMOVUPS 192(DX), Z3
+	VMOVUPS 256(DX), Z4
+	VMOVUPS 320(DX), Z5
+	VMOVUPS 384(DX), Z6
+	VMOVUPS 448(DX), Z7
+	VMOVUPS 512(DX), Z8
+	VMOVUPS 576(DX), Z9
+	VMOVUPS 640(DX), Z10
+	VMOVUPS 704(DX), Z11
+gemm4x3AVX512loop:
+	LEAQ (DI)(R10*4), R12
+	VMOVUPS (SI), Z24
+	VMOVUPS (SI)(R8*1), Z25
+	VMOVUPS (SI)(R8*2), Z26
+	VMOVUPS (SI)(R9*1), Z27
+	VMOVUPS (DI), Z28
+	VFMADD231PS Z28, Z24, Z0
+	VFMADD231PS Z28, Z25, Z3
+	VFMADD231PS Z28, Z26, Z6
+	VFMADD231PS Z28, Z27, Z9
+	VMOVUPS (DI)(R10*1), Z28
+	VFMADD231PS Z28, Z24, Z1
+	VFMADD231PS Z28, Z25, Z4
+	VFMADD231PS Z28, Z26, Z7
+	VFMADD231PS Z28, Z27, Z10
+	VMOVUPS (DI)(R10*2), Z28
+	VFMADD231PS Z28, Z24, Z2
+	VFMADD231PS Z28, Z25, Z5
+	VFMADD231PS Z28, Z26, Z8
+	VFMADD231PS Z28, Z27, Z11
+	ADDQ $64, SI
+	ADDQ $64, DI
+	SUBQ $16, CX
+	JNZ gemm4x3AVX512loop
+	VMOVUPS Z0, 0(DX)
+	VMOVUPS Z1, 64(DX)
+	VMOVUPS Z2, 128(DX)
+	VMOVUPS Z3, 192(DX)
+	VMOVUPS Z4, 256(DX)
+	VMOVUPS Z5, 320(DX)
+	VMOVUPS Z6, 384(DX)
+	VMOVUPS Z7, 448(DX)
+	VMOVUPS Z8, 512(DX)
+	VMOVUPS Z9, 576(DX)
+	VMOVUPS Z10, 640(DX)
+	VMOVUPS Z11, 704(DX)
+	VZEROUPPER
+	RET
+
+// func gemm4x4AVX512(w *float32, wstride int, x *float32, xstride int, k int, acc *float32)
+// acc[16*(r*4+t)+l] += Σ_j w[r][16j+l]·x[t][16j+l] over the k columns (k a
+// multiple of 16, strides in bytes).
+TEXT ·gemm4x4AVX512(SB), NOSPLIT, $0-48
+	MOVQ w+0(FP), SI
+	MOVQ wstride+8(FP), R8
+	LEAQ (R8)(R8*2), R9
+	MOVQ x+16(FP), DI
+	MOVQ xstride+24(FP), R10
+	LEAQ (R10)(R10*2), R11
+	MOVQ k+32(FP), CX
+	MOVQ acc+40(FP), DX
+	VMOVUPS 0(DX), Z0
+	VMOVUPS 64(DX), Z1
+	VMOVUPS 128(DX), Z2
+	VMOVUPS 192(DX), Z3
+	VMOVUPS 256(DX), Z4
+	VMOVUPS 320(DX), Z5
+	VMOVUPS 384(DX), Z6
+	VMOVUPS 448(DX), Z7
+	VMOVUPS 512(DX), Z8
+	VMOVUPS 576(DX), Z9
+	VMOVUPS 640(DX), Z10
+	VMOVUPS 704(DX), Z11
+	VMOVUPS 768(DX), Z12
+	VMOVUPS 832(DX), Z13
+	VMOVUPS 896(DX), Z14
+	VMOVUPS 960(DX), Z15
+gemm4x4AVX512loop:
+	LEAQ (DI)(R10*4), R12
+	VMOVUPS (SI), Z24
+	VMOVUPS (SI)(R8*1), Z25
+	VMOVUPS (SI)(R8*2), Z26
+	VMOVUPS (SI)(R9*1), Z27
+	VMOVUPS (DI), Z28
+	VFMADD231PS Z28, Z24, Z0
+	VFMADD231PS Z28, Z25, Z4
+	VFMADD231PS Z28, Z26, Z8
+	VFMADD231PS Z28, Z27, Z12
+	VMOVUPS (DI)(R10*1), Z28
+	VFMADD231PS Z28, Z24, Z1
+	VFMADD231PS Z28, Z25, Z5
+	VFMADD231PS Z28, Z26, Z9
+	VFMADD231PS Z28, Z27, Z13
+	VMOVUPS (DI)(R10*2), Z28
+	VFMADD231PS Z28, Z24, Z2
+	VFMADD231PS Z28, Z25, Z6
+	VFMADD231PS Z28, Z26, Z10
+	VFMADD231PS Z28, Z27, Z14
+	VMOVUPS (DI)(R11*1), Z28
+	VFMADD231PS Z28, Z24, Z3
+	VFMADD231PS Z28, Z25, Z7
+	VFMADD231PS Z28, Z26, Z11
+	VFMADD231PS Z28, Z27, Z15
+	ADDQ $64, SI
+	ADDQ $64, DI
+	SUBQ $16, CX
+	JNZ gemm4x4AVX512loop
+	VMOVUPS Z0, 0(DX)
+	VMOVUPS Z1, 64(DX)
+	VMOVUPS Z2, 128(DX)
+	VMOVUPS Z3, 192(DX)
+	VMOVUPS Z4, 256(DX)
+	VMOVUPS Z5, 320(DX)
+	VMOVUPS Z6, 384(DX)
+	VMOVUPS Z7, 448(DX)
+	VMOVUPS Z8, 512(DX)
+	VMOVUPS Z9, 576(DX)
+	VMOVUPS Z10, 640(DX)
+	VMOVUPS Z11, 704(DX)
+	VMOVUPS Z12, 768(DX)
+	VMOVUPS Z13, 832(DX)
+	VMOVUPS Z14, 896(DX)
+	VMOVUPS Z15, 960(DX)
+	VZEROUPPER
+	RET
+
+// func gemm4x5AVX512(w *float32, wstride int, x *float32, xstride int, k int, acc *float32)
+// acc[16*(r*5+t)+l] += Σ_j w[r][16j+l]·x[t][16j+l] over the k columns (k a
+// multiple of 16, strides in bytes).
+TEXT ·gemm4x5AVX512(SB), NOSPLIT, $0-48
+	MOVQ w+0(FP), SI
+	MOVQ wstride+8(FP), R8
+	LEAQ (R8)(R8*2), R9
+	MOVQ x+16(FP), DI
+	MOVQ xstride+24(FP), R10
+	LEAQ (R10)(R10*2), R11
+	MOVQ k+32(FP), CX
+	MOVQ acc+40(FP), DX
+	VMOVUPS 0(DX), Z0
+	VMOVUPS 64(DX), Z1
+	VMOVUPS 128(DX), Z2
+	VMOVUPS 192(DX), Z3
+	VMOVUPS 256(DX), Z4
+	VMOVUPS 320(DX), Z5
+	VMOVUPS 384(DX), Z6
+	VMOVUPS 448(DX), Z7
+	VMOVUPS 512(DX), Z8
+	VMOVUPS 576(DX), Z9
+	VMOVUPS 640(DX), Z10
+	VMOVUPS 704(DX), Z11
+	VMOVUPS 768(DX), Z12
+	VMOVUPS 832(DX), Z13
+	VMOVUPS 896(DX), Z14
+	VMOVUPS 960(DX), Z15
+	VMOVUPS 1024(DX), Z16
+	VMOVUPS 1088(DX), Z17
+	VMOVUPS 1152(DX), Z18
+	VMOVUPS 1216(DX), Z19
+gemm4x5AVX512loop:
+	LEAQ (DI)(R10*4), R12
+	VMOVUPS (SI), Z24
+	VMOVUPS (SI)(R8*1), Z25
+	VMOVUPS (SI)(R8*2), Z26
+	VMOVUPS (SI)(R9*1), Z27
+	VMOVUPS (DI), Z28
+	VFMADD231PS Z28, Z24, Z0
+	VFMADD231PS Z28, Z25, Z5
+	VFMADD231PS Z28, Z26, Z10
+	VFMADD231PS Z28, Z27, Z15
+	VMOVUPS (DI)(R10*1), Z28
+	VFMADD231PS Z28, Z24, Z1
+	VFMADD231PS Z28, Z25, Z6
+	VFMADD231PS Z28, Z26, Z11
+	VFMADD231PS Z28, Z27, Z16
+	VMOVUPS (DI)(R10*2), Z28
+	VFMADD231PS Z28, Z24, Z2
+	VFMADD231PS Z28, Z25, Z7
+	VFMADD231PS Z28, Z26, Z12
+	VFMADD231PS Z28, Z27, Z17
+	VMOVUPS (DI)(R11*1), Z28
+	VFMADD231PS Z28, Z24, Z3
+	VFMADD231PS Z28, Z25, Z8
+	VFMADD231PS Z28, Z26, Z13
+	VFMADD231PS Z28, Z27, Z18
+	VMOVUPS (R12), Z28
+	VFMADD231PS Z28, Z24, Z4
+	VFMADD231PS Z28, Z25, Z9
+	VFMADD231PS Z28, Z26, Z14
+	VFMADD231PS Z28, Z27, Z19
+	ADDQ $64, SI
+	ADDQ $64, DI
+	SUBQ $16, CX
+	JNZ gemm4x5AVX512loop
+	VMOVUPS Z0, 0(DX)
+	VMOVUPS Z1, 64(DX)
+	VMOVUPS Z2, 128(DX)
+	VMOVUPS Z3, 192(DX)
+	VMOVUPS Z4, 256(DX)
+	VMOVUPS Z5, 320(DX)
+	VMOVUPS Z6, 384(DX)
+	VMOVUPS Z7, 448(DX)
+	VMOVUPS Z8, 512(DX)
+	VMOVUPS Z9, 576(DX)
+	VMOVUPS Z10, 640(DX)
+	VMOVUPS Z11, 704(DX)
+	VMOVUPS Z12, 768(DX)
+	VMOVUPS Z13, 832(DX)
+	VMOVUPS Z14, 896(DX)
+	VMOVUPS Z15, 960(DX)
+	VMOVUPS Z16, 1024(DX)
+	VMOVUPS Z17, 1088(DX)
+	VMOVUPS Z18, 1152(DX)
+	VMOVUPS Z19, 1216(DX)
+	VZEROUPPER
+	RET
+
+// func gemm4x6AVX512(w *float32, wstride int, x *float32, xstride int, k int, acc *float32)
+// acc[16*(r*6+t)+l] += Σ_j w[r][16j+l]·x[t][16j+l] over the k columns (k a
+// multiple of 16, strides in bytes).
+TEXT ·gemm4x6AVX512(SB), NOSPLIT, $0-48
+	MOVQ w+0(FP), SI
+	MOVQ wstride+8(FP), R8
+	LEAQ (R8)(R8*2), R9
+	MOVQ x+16(FP), DI
+	MOVQ xstride+24(FP), R10
+	LEAQ (R10)(R10*2), R11
+	MOVQ k+32(FP), CX
+	MOVQ acc+40(FP), DX
+	VMOVUPS 0(DX), Z0
+	VMOVUPS 64(DX), Z1
+	VMOVUPS 128(DX), Z2
+	VMOVUPS 192(DX), Z3
+	VMOVUPS 256(DX), Z4
+	VMOVUPS 320(DX), Z5
+	VMOVUPS 384(DX), Z6
+	VMOVUPS 448(DX), Z7
+	VMOVUPS 512(DX), Z8
+	VMOVUPS 576(DX), Z9
+	VMOVUPS 640(DX), Z10
+	VMOVUPS 704(DX), Z11
+	VMOVUPS 768(DX), Z12
+	VMOVUPS 832(DX), Z13
+	VMOVUPS 896(DX), Z14
+	VMOVUPS 960(DX), Z15
+	VMOVUPS 1024(DX), Z16
+	VMOVUPS 1088(DX), Z17
+	VMOVUPS 1152(DX), Z18
+	VMOVUPS 1216(DX), Z19
+	VMOVUPS 1280(DX), Z20
+	VMOVUPS 1344(DX), Z21
+	VMOVUPS 1408(DX), Z22
+	VMOVUPS 1472(DX), Z23
+gemm4x6AVX512loop:
+	LEAQ (DI)(R10*4), R12
+	VMOVUPS (SI), Z24
+	VMOVUPS (SI)(R8*1), Z25
+	VMOVUPS (SI)(R8*2), Z26
+	VMOVUPS (SI)(R9*1), Z27
+	VMOVUPS (DI), Z28
+	VFMADD231PS Z28, Z24, Z0
+	VFMADD231PS Z28, Z25, Z6
+	VFMADD231PS Z28, Z26, Z12
+	VFMADD231PS Z28, Z27, Z18
+	VMOVUPS (DI)(R10*1), Z28
+	VFMADD231PS Z28, Z24, Z1
+	VFMADD231PS Z28, Z25, Z7
+	VFMADD231PS Z28, Z26, Z13
+	VFMADD231PS Z28, Z27, Z19
+	VMOVUPS (DI)(R10*2), Z28
+	VFMADD231PS Z28, Z24, Z2
+	VFMADD231PS Z28, Z25, Z8
+	VFMADD231PS Z28, Z26, Z14
+	VFMADD231PS Z28, Z27, Z20
+	VMOVUPS (DI)(R11*1), Z28
+	VFMADD231PS Z28, Z24, Z3
+	VFMADD231PS Z28, Z25, Z9
+	VFMADD231PS Z28, Z26, Z15
+	VFMADD231PS Z28, Z27, Z21
+	VMOVUPS (R12), Z28
+	VFMADD231PS Z28, Z24, Z4
+	VFMADD231PS Z28, Z25, Z10
+	VFMADD231PS Z28, Z26, Z16
+	VFMADD231PS Z28, Z27, Z22
+	VMOVUPS (R12)(R10*1), Z28
+	VFMADD231PS Z28, Z24, Z5
+	VFMADD231PS Z28, Z25, Z11
+	VFMADD231PS Z28, Z26, Z17
+	VFMADD231PS Z28, Z27, Z23
+	ADDQ $64, SI
+	ADDQ $64, DI
+	SUBQ $16, CX
+	JNZ gemm4x6AVX512loop
+	VMOVUPS Z0, 0(DX)
+	VMOVUPS Z1, 64(DX)
+	VMOVUPS Z2, 128(DX)
+	VMOVUPS Z3, 192(DX)
+	VMOVUPS Z4, 256(DX)
+	VMOVUPS Z5, 320(DX)
+	VMOVUPS Z6, 384(DX)
+	VMOVUPS Z7, 448(DX)
+	VMOVUPS Z8, 512(DX)
+	VMOVUPS Z9, 576(DX)
+	VMOVUPS Z10, 640(DX)
+	VMOVUPS Z11, 704(DX)
+	VMOVUPS Z12, 768(DX)
+	VMOVUPS Z13, 832(DX)
+	VMOVUPS Z14, 896(DX)
+	VMOVUPS Z15, 960(DX)
+	VMOVUPS Z16, 1024(DX)
+	VMOVUPS Z17, 1088(DX)
+	VMOVUPS Z18, 1152(DX)
+	VMOVUPS Z19, 1216(DX)
+	VMOVUPS Z20, 1280(DX)
+	VMOVUPS Z21, 1344(DX)
+	VMOVUPS Z22, 1408(DX)
+	VMOVUPS Z23, 1472(DX)
+	VZEROUPPER
+	RET
+
+// Dequantizer tables: code values, the VPERMD word index and the shift of
+// each lane for 16 consecutive columns.
+DATA dqiota<>+0(SB)/4, $0.0
+DATA dqiota<>+4(SB)/4, $1.0
+DATA dqiota<>+8(SB)/4, $2.0
+DATA dqiota<>+12(SB)/4, $3.0
+DATA dqiota<>+16(SB)/4, $4.0
+DATA dqiota<>+20(SB)/4, $5.0
+DATA dqiota<>+24(SB)/4, $6.0
+DATA dqiota<>+28(SB)/4, $7.0
+DATA dqiota<>+32(SB)/4, $8.0
+DATA dqiota<>+36(SB)/4, $9.0
+DATA dqiota<>+40(SB)/4, $10.0
+DATA dqiota<>+44(SB)/4, $11.0
+DATA dqiota<>+48(SB)/4, $12.0
+DATA dqiota<>+52(SB)/4, $13.0
+DATA dqiota<>+56(SB)/4, $14.0
+DATA dqiota<>+60(SB)/4, $15.0
+GLOBL dqiota<>(SB), RODATA|NOPTR, $64
+
+DATA dqmod4<>+0(SB)/4, $0.0
+DATA dqmod4<>+4(SB)/4, $1.0
+DATA dqmod4<>+8(SB)/4, $2.0
+DATA dqmod4<>+12(SB)/4, $3.0
+DATA dqmod4<>+16(SB)/4, $0.0
+DATA dqmod4<>+20(SB)/4, $1.0
+DATA dqmod4<>+24(SB)/4, $2.0
+DATA dqmod4<>+28(SB)/4, $3.0
+DATA dqmod4<>+32(SB)/4, $0.0
+DATA dqmod4<>+36(SB)/4, $1.0
+DATA dqmod4<>+40(SB)/4, $2.0
+DATA dqmod4<>+44(SB)/4, $3.0
+DATA dqmod4<>+48(SB)/4, $0.0
+DATA dqmod4<>+52(SB)/4, $1.0
+DATA dqmod4<>+56(SB)/4, $2.0
+DATA dqmod4<>+60(SB)/4, $3.0
+GLOBL dqmod4<>(SB), RODATA|NOPTR, $64
+
+DATA dq4idx<>+0(SB)/4, $0
+DATA dq4idx<>+4(SB)/4, $0
+DATA dq4idx<>+8(SB)/4, $0
+DATA dq4idx<>+12(SB)/4, $0
+DATA dq4idx<>+16(SB)/4, $0
+DATA dq4idx<>+20(SB)/4, $0
+DATA dq4idx<>+24(SB)/4, $0
+DATA dq4idx<>+28(SB)/4, $0
+DATA dq4idx<>+32(SB)/4, $1
+DATA dq4idx<>+36(SB)/4, $1
+DATA dq4idx<>+40(SB)/4, $1
+DATA dq4idx<>+44(SB)/4, $1
+DATA dq4idx<>+48(SB)/4, $1
+DATA dq4idx<>+52(SB)/4, $1
+DATA dq4idx<>+56(SB)/4, $1
+DATA dq4idx<>+60(SB)/4, $1
+DATA dq4idx<>+64(SB)/4, $2
+DATA dq4idx<>+68(SB)/4, $2
+DATA dq4idx<>+72(SB)/4, $2
+DATA dq4idx<>+76(SB)/4, $2
+DATA dq4idx<>+80(SB)/4, $2
+DATA dq4idx<>+84(SB)/4, $2
+DATA dq4idx<>+88(SB)/4, $2
+DATA dq4idx<>+92(SB)/4, $2
+DATA dq4idx<>+96(SB)/4, $3
+DATA dq4idx<>+100(SB)/4, $3
+DATA dq4idx<>+104(SB)/4, $3
+DATA dq4idx<>+108(SB)/4, $3
+DATA dq4idx<>+112(SB)/4, $3
+DATA dq4idx<>+116(SB)/4, $3
+DATA dq4idx<>+120(SB)/4, $3
+DATA dq4idx<>+124(SB)/4, $3
+DATA dq4idx<>+128(SB)/4, $4
+DATA dq4idx<>+132(SB)/4, $4
+DATA dq4idx<>+136(SB)/4, $4
+DATA dq4idx<>+140(SB)/4, $4
+DATA dq4idx<>+144(SB)/4, $4
+DATA dq4idx<>+148(SB)/4, $4
+DATA dq4idx<>+152(SB)/4, $4
+DATA dq4idx<>+156(SB)/4, $4
+DATA dq4idx<>+160(SB)/4, $5
+DATA dq4idx<>+164(SB)/4, $5
+DATA dq4idx<>+168(SB)/4, $5
+DATA dq4idx<>+172(SB)/4, $5
+DATA dq4idx<>+176(SB)/4, $5
+DATA dq4idx<>+180(SB)/4, $5
+DATA dq4idx<>+184(SB)/4, $5
+DATA dq4idx<>+188(SB)/4, $5
+DATA dq4idx<>+192(SB)/4, $6
+DATA dq4idx<>+196(SB)/4, $6
+DATA dq4idx<>+200(SB)/4, $6
+DATA dq4idx<>+204(SB)/4, $6
+DATA dq4idx<>+208(SB)/4, $6
+DATA dq4idx<>+212(SB)/4, $6
+DATA dq4idx<>+216(SB)/4, $6
+DATA dq4idx<>+220(SB)/4, $6
+DATA dq4idx<>+224(SB)/4, $7
+DATA dq4idx<>+228(SB)/4, $7
+DATA dq4idx<>+232(SB)/4, $7
+DATA dq4idx<>+236(SB)/4, $7
+DATA dq4idx<>+240(SB)/4, $7
+DATA dq4idx<>+244(SB)/4, $7
+DATA dq4idx<>+248(SB)/4, $7
+DATA dq4idx<>+252(SB)/4, $7
+GLOBL dq4idx<>(SB), RODATA|NOPTR, $256
+
+DATA dq4shift<>+0(SB)/4, $0
+DATA dq4shift<>+4(SB)/4, $4
+DATA dq4shift<>+8(SB)/4, $8
+DATA dq4shift<>+12(SB)/4, $12
+DATA dq4shift<>+16(SB)/4, $16
+DATA dq4shift<>+20(SB)/4, $20
+DATA dq4shift<>+24(SB)/4, $24
+DATA dq4shift<>+28(SB)/4, $28
+DATA dq4shift<>+32(SB)/4, $0
+DATA dq4shift<>+36(SB)/4, $4
+DATA dq4shift<>+40(SB)/4, $8
+DATA dq4shift<>+44(SB)/4, $12
+DATA dq4shift<>+48(SB)/4, $16
+DATA dq4shift<>+52(SB)/4, $20
+DATA dq4shift<>+56(SB)/4, $24
+DATA dq4shift<>+60(SB)/4, $28
+GLOBL dq4shift<>(SB), RODATA|NOPTR, $64
+
+DATA dq2shift<>+0(SB)/4, $0
+DATA dq2shift<>+4(SB)/4, $2
+DATA dq2shift<>+8(SB)/4, $4
+DATA dq2shift<>+12(SB)/4, $6
+DATA dq2shift<>+16(SB)/4, $8
+DATA dq2shift<>+20(SB)/4, $10
+DATA dq2shift<>+24(SB)/4, $12
+DATA dq2shift<>+28(SB)/4, $14
+DATA dq2shift<>+32(SB)/4, $16
+DATA dq2shift<>+36(SB)/4, $18
+DATA dq2shift<>+40(SB)/4, $20
+DATA dq2shift<>+44(SB)/4, $22
+DATA dq2shift<>+48(SB)/4, $24
+DATA dq2shift<>+52(SB)/4, $26
+DATA dq2shift<>+56(SB)/4, $28
+DATA dq2shift<>+60(SB)/4, $30
+GLOBL dq2shift<>(SB), RODATA|NOPTR, $64
+
+// The dequantizers write dst[c] = q[c]·scale[c/group] + bias[c/group] for
+// the ngroups·bpg·64 columns of one row, in column order. 4- and 2-bit:
+// VPERMPS of the group's table (code value·scale + bias, one FMA per group)
+// indexed by the code shifted to the low bits of each lane.
+
+// func dequant4AVX512(w *uint32, sc, bi *uint16, dst *float32, ngroups, bpg int)
+TEXT ·dequant4AVX512(SB), NOSPLIT, $0-48
+	MOVQ w+0(FP), SI
+	MOVQ sc+8(FP), BX
+	MOVQ bi+16(FP), DX
+	MOVQ dst+24(FP), DI
+	MOVQ ngroups+32(FP), AX
+	MOVQ bpg+40(FP), R13
+	VMOVUPS dqiota<>(SB), Z12
+	VMOVDQU32 dq4idx<>+0(SB), Z16
+	VMOVDQU32 dq4idx<>+64(SB), Z17
+	VMOVDQU32 dq4idx<>+128(SB), Z18
+	VMOVDQU32 dq4idx<>+192(SB), Z19
+	VMOVDQU32 dq4shift<>(SB), Z20
+dq4group:
+	MOVWLZX (BX), R8; SHLL $16, R8; VMOVD R8, X14; VPBROADCASTD X14, Z14
+	MOVWLZX (DX), R8; SHLL $16, R8; VMOVD R8, X15; VPBROADCASTD X15, Z15
+	VMOVAPS Z15, Z13; VFMADD231PS Z12, Z14, Z13
+	MOVQ R13, CX
+dq4block:
+	VMOVDQU (SI), Y0
+	VPERMD Z0, Z16, Z1; VPSRLVD Z20, Z1, Z1; VPERMPS Z13, Z1, Z1; VMOVUPS Z1, (DI)
+	VPERMD Z0, Z17, Z2; VPSRLVD Z20, Z2, Z2; VPERMPS Z13, Z2, Z2; VMOVUPS Z2, 64(DI)
+	VPERMD Z0, Z18, Z3; VPSRLVD Z20, Z3, Z3; VPERMPS Z13, Z3, Z3; VMOVUPS Z3, 128(DI)
+	VPERMD Z0, Z19, Z4; VPSRLVD Z20, Z4, Z4; VPERMPS Z13, Z4, Z4; VMOVUPS Z4, 192(DI)
+	ADDQ $32, SI; ADDQ $256, DI
+	DECQ CX; JNZ dq4block
+	ADDQ $2, BX; ADDQ $2, DX
+	DECQ AX; JNZ dq4group
+	VZEROUPPER
+	RET
+
+// func dequant2AVX512(w *uint32, sc, bi *uint16, dst *float32, ngroups, bpg int)
+TEXT ·dequant2AVX512(SB), NOSPLIT, $0-48
+	MOVQ w+0(FP), SI
+	MOVQ sc+8(FP), BX
+	MOVQ bi+16(FP), DX
+	MOVQ dst+24(FP), DI
+	MOVQ ngroups+32(FP), AX
+	MOVQ bpg+40(FP), R13
+	VMOVUPS dqmod4<>(SB), Z12
+	VMOVDQU32 dq2shift<>(SB), Z20
+dq2group:
+	MOVWLZX (BX), R8; SHLL $16, R8; VMOVD R8, X14; VPBROADCASTD X14, Z14
+	MOVWLZX (DX), R8; SHLL $16, R8; VMOVD R8, X15; VPBROADCASTD X15, Z15
+	VMOVAPS Z15, Z13; VFMADD231PS Z12, Z14, Z13
+	MOVQ R13, CX
+dq2block:
+	VPBROADCASTD (SI), Z1; VPSRLVD Z20, Z1, Z1; VPERMPS Z13, Z1, Z1; VMOVUPS Z1, (DI)
+	VPBROADCASTD 4(SI), Z2; VPSRLVD Z20, Z2, Z2; VPERMPS Z13, Z2, Z2; VMOVUPS Z2, 64(DI)
+	VPBROADCASTD 8(SI), Z3; VPSRLVD Z20, Z3, Z3; VPERMPS Z13, Z3, Z3; VMOVUPS Z3, 128(DI)
+	VPBROADCASTD 12(SI), Z4; VPSRLVD Z20, Z4, Z4; VPERMPS Z13, Z4, Z4; VMOVUPS Z4, 192(DI)
+	ADDQ $16, SI; ADDQ $256, DI
+	DECQ CX; JNZ dq2block
+	ADDQ $2, BX; ADDQ $2, DX
+	DECQ AX; JNZ dq2group
+	VZEROUPPER
+	RET
+
+// func dequant8AVX512(w *uint32, sc, bi *uint16, dst *float32, ngroups, bpg int)
+TEXT ·dequant8AVX512(SB), NOSPLIT, $0-48
+	MOVQ w+0(FP), SI
+	MOVQ sc+8(FP), BX
+	MOVQ bi+16(FP), DX
+	MOVQ dst+24(FP), DI
+	MOVQ ngroups+32(FP), AX
+	MOVQ bpg+40(FP), R13
+dq8group:
+	MOVWLZX (BX), R8; SHLL $16, R8; VMOVD R8, X14; VPBROADCASTD X14, Z14
+	MOVWLZX (DX), R8; SHLL $16, R8; VMOVD R8, X15; VPBROADCASTD X15, Z15
+	MOVQ R13, CX
+dq8block:
+	VPMOVZXBD (SI), Z1; VCVTDQ2PS Z1, Z1; VFMADD213PS Z15, Z14, Z1; VMOVUPS Z1, (DI)
+	VPMOVZXBD 16(SI), Z2; VCVTDQ2PS Z2, Z2; VFMADD213PS Z15, Z14, Z2; VMOVUPS Z2, 64(DI)
+	VPMOVZXBD 32(SI), Z3; VCVTDQ2PS Z3, Z3; VFMADD213PS Z15, Z14, Z3; VMOVUPS Z3, 128(DI)
+	VPMOVZXBD 48(SI), Z4; VCVTDQ2PS Z4, Z4; VFMADD213PS Z15, Z14, Z4; VMOVUPS Z4, 192(DI)
+	ADDQ $64, SI; ADDQ $256, DI
+	DECQ CX; JNZ dq8block
+	ADDQ $2, BX; ADDQ $2, DX
+	DECQ AX; JNZ dq8group
+	VZEROUPPER
+	RET
