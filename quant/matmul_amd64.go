@@ -4,6 +4,8 @@ package quant
 
 import "unsafe"
 
+//go:generate python3 matmul512_gen.py
+
 // The AVX-512 prefill product: each worker dequantizes 8 rows at a time
 // (SIMD, column order) into a float32 buffer and runs register-blocked
 // micro-kernels of 4 rows × up to 6 tokens over it, in column blocks of
