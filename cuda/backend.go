@@ -120,7 +120,7 @@ func Open(opts Options) (*Backend, error) {
 }
 
 func kernelNames() []string {
-	names := []string{"fmm", "embedf", "rmsnorm", "add_f", "swiglu_f", "sigmoid_gate_add",
+	names := []string{"fmm", "embedf", "rmsnorm", "rmsnorm4", "add_f", "swiglu_f", "sigmoid_gate_add", "sigmoid_gate_add2",
 		"attn_prep", "attn_split", "attn_combine", "delta_conv", "delta_rule", "router_topk"}
 	for _, r := range []string{"1", "2", "4", "8", "16", "32"} {
 		names = append(names, "delta_rule2_"+r)
@@ -133,6 +133,7 @@ func kernelNames() []string {
 		for _, v := range []string{"v", "s", "f"} {
 			names = append(names, "moe_gu"+bits+v, "moe_dn"+bits+v)
 		}
+		names = append(names, "moe_gu"+bits+"k")
 		for _, v := range qmvVariants {
 			names = append(names, "qmv"+bits+"_"+v)
 		}

@@ -51,7 +51,7 @@ func gpuMillis(tb testing.TB, be *Backend, n int, f func() error) float64 {
 
 // BenchmarkCopyD2D measures HBM bandwidth with a 1 GiB device copy (bytes read + written).
 func BenchmarkCopyD2D(b *testing.B) {
-	be := openOrSkip(b, Options{})
+	be := openOrSkip(b, Options{NoGraphs: true})
 	defer be.Close()
 	const n = 1 << 30
 	var src, dst uintptr
@@ -72,7 +72,7 @@ func BenchmarkCopyD2D(b *testing.B) {
 
 // BenchmarkCopyH2D measures pinned host-to-device bandwidth (256 MiB).
 func BenchmarkCopyH2D(b *testing.B) {
-	be := openOrSkip(b, Options{})
+	be := openOrSkip(b, Options{NoGraphs: true})
 	defer be.Close()
 	const n = 256 << 20
 	var dst uintptr
@@ -113,7 +113,7 @@ func randQuant(r *rand.Rand, bits, group, rows, cols int) *quant.Matrix {
 // batch, 4 matrices of 16384×4096 rotated so L2 does not hold them. GB/s
 // counts weight bytes (codes, scales, biases) read once per token batch.
 func BenchmarkQMatVec(b *testing.B) {
-	be := openOrSkip(b, Options{})
+	be := openOrSkip(b, Options{NoGraphs: true})
 	defer be.Close()
 	r := rand.New(rand.NewPCG(1, 2))
 	const rows, cols = 16384, 4096
@@ -226,7 +226,7 @@ func BenchmarkMoE(b *testing.B) {
 	for _, mode := range []struct {
 		name string
 		opts Options
-	}{{"resident", Options{}}, {"resident-old", Options{NoBatchedMoE: true}}, {"cache16", Options{CacheExperts: 16, NoLayerFill: true}},
+	}{{"resident", Options{NoGraphs: true}}, {"resident-old", Options{NoBatchedMoE: true, NoGraphs: true}}, {"cache16", Options{CacheExperts: 16, NoLayerFill: true, NoGraphs: true}},
 		{"cache16-host", Options{CacheExperts: 16, NoLayerFill: true, HostCacheBytes: 64 * 4 * 7077888}}} {
 		be := openOrSkip(b, mode.opts)
 		router, err := be.LoadWeight(&runtime.WeightData{Name: "router", Out: E, In: 4096, Q: randQuant(r, 8, 64, E, 4096)})
@@ -265,5 +265,53 @@ func BenchmarkMoE(b *testing.B) {
 		st := be.Stats()
 		b.Logf("%s: hits %d misses %d loads %d host loads %d syncs %d slots %d host slots %d", mode.name, st.Hits, st.Misses, st.Loads, st.HostLoads, st.Syncs, st.Slots, st.HostSlots)
 		be.Close()
+	}
+}
+
+// BenchmarkDecodeShapes: the decode matvec variants on every matrix shape of
+// a 397B decode token (GatedDeltaNet qkv/z/b/out, attention q/k/o, shared
+// expert, router), 4-bit g64, enough copies rotated (≥ 256 MB) that L2 does
+// not hold them. Reports µs per matvec and weight GB/s.
+func BenchmarkDecodeShapes(b *testing.B) {
+	be := openOrSkip(b, Options{NoGraphs: true})
+	defer be.Close()
+	r := rand.New(rand.NewPCG(3, 4))
+	saveV := QMVVariant
+	defer func() { QMVVariant = saveV }()
+	for _, sh := range [][2]int{{12288, 4096}, {8192, 4096}, {4096, 8192}, {16384, 4096}, {1024, 4096}, {4096, 1024}, {512, 4096}, {64, 4096}} {
+		rows, cols := sh[0], sh[1]
+		wbytes := float64(rows*cols/2 + 2*rows*cols/64*2)
+		n := max(2, min(64, int(256e6/wbytes)))
+		q := randQuant(r, 4, 64, rows, cols)
+		var ws []*Weight
+		for i := 0; i < n; i++ {
+			w, err := be.LoadWeight(&runtime.WeightData{Name: "w", Out: rows, In: cols, Q: q})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ws = append(ws, w.(*Weight))
+		}
+		x, _ := be.NewTensor(1, cols)
+		y, _ := be.NewTensor(1, rows)
+		xt, yt := x.(*Tensor), y.(*Tensor)
+		for _, v := range []string{"r8u1", "k8", "k4"} {
+			b.Run(fmt.Sprintf("%dx%d/%s", rows, cols, v), func(b *testing.B) {
+				QMVVariant = v
+				for b.Loop() {
+					i := 0
+					ms := gpuMillis(b, be, 8*n, func() error { i++; return be.matmul(yt.p, ws[i%n], xt.p, 1) })
+					b.ReportMetric(ms*1e3, "µs")
+					b.ReportMetric(wbytes/ms/1e6, "GB/s")
+				}
+			})
+		}
+		be.run(func() error {
+			for _, w := range ws {
+				for _, p := range []uintptr{w.w, w.s, w.z} {
+					be.release(p)
+				}
+			}
+			return nil
+		})
 	}
 }

@@ -217,3 +217,60 @@ func matmulOn(t *testing.T, be runtime.Backend, w runtime.Weight, xv []float32, 
 	}
 	return out
 }
+
+// TestMoELarge: experts of hidden size 4096 (the gate/up kernel whose warps
+// split the columns, and the one warp per rows kernel) against the CPU
+// backend, one and several tokens.
+func TestMoELarge(t *testing.T) {
+	openOrSkip(t, Options{}).Close()
+	r := rand.New(rand.NewPCG(21, 22))
+	const E, K, H, I = 8, 4, 4096, 256
+	src := newMemSourceDims(t, r, E, H, I, 4, 64)
+	rv := make([]float32, E*H)
+	for i := range rv {
+		rv[i] = r.Float32() - 0.5
+	}
+	defer func() { MoEGateSplit = true }()
+	for _, T := range []int{1, 3} {
+		xv := make([]float32, T*H)
+		for i := range xv {
+			xv[i] = 2*r.Float32() - 1
+		}
+		run := func(be runtime.Backend) []float32 {
+			router, err := be.LoadWeight(&runtime.WeightData{Name: "router", Out: E, In: H, F: rv})
+			if err != nil {
+				t.Fatal(err)
+			}
+			x, _ := be.NewTensor(T, H)
+			y, _ := be.NewTensor(T, H)
+			if err := be.Upload(x, xv); err != nil {
+				t.Fatal(err)
+			}
+			if err := be.MoE(context.Background(), y, x, router, src, runtime.MoEParams{Layer: 0, NumExperts: E, TopK: K}, nil); err != nil {
+				t.Fatalf("%s: MoE: %v", be.Name(), err)
+			}
+			out := make([]float32, T*H)
+			if err := be.Download(y, out); err != nil {
+				t.Fatal(err)
+			}
+			return out
+		}
+		c := cpu.New()
+		want := run(c)
+		c.Close()
+		for _, split := range []bool{true, false} {
+			MoEGateSplit = split
+			g := openOrSkip(t, Options{})
+			got := run(g)
+			g.Close()
+			var maxErr, maxRef float64
+			for i := range want {
+				maxErr = math.Max(maxErr, math.Abs(float64(got[i]-want[i])))
+				maxRef = math.Max(maxRef, math.Abs(float64(want[i])))
+			}
+			if !(maxErr <= 1e-4*maxRef) || maxRef == 0 {
+				t.Fatalf("T=%d split %v: cuda vs cpu max error %g (max |ref| %g)", T, split, maxErr, maxRef)
+			}
+		}
+	}
+}

@@ -178,6 +178,40 @@ extern "C" __global__ void rmsnorm(float* dst, const float* x, const float* w, i
   for (int c = threadIdx.x; c < glen; c += blockDim.x) dst[base + c] = x[base + c] * r * w[c];
 }
 
+// rmsnorm4: one block per group, the group held in registers (up to 4
+// float4 per thread: one read of x); glen % 4 == 0, glen ≤ 16·blockDim.
+extern "C" __global__ void rmsnorm4(float* dst, const float* x, const float* w, int glen, float eps) {
+  __shared__ float sh[32];
+  const float4* xp = reinterpret_cast<const float4*>(x + (size_t)blockIdx.x * glen);
+  float4* dp = reinterpret_cast<float4*>(dst + (size_t)blockIdx.x * glen);
+  const float4* wp = reinterpret_cast<const float4*>(w);
+  const int n4 = glen / 4;
+  float4 v[4];
+  float ss = 0.f;
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    const int i = threadIdx.x + k * blockDim.x;
+    v[k] = i < n4 ? xp[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+    ss = fmaf(v[k].x, v[k].x, fmaf(v[k].y, v[k].y, fmaf(v[k].z, v[k].z, fmaf(v[k].w, v[k].w, ss))));
+  }
+  ss = block_sum(ss, sh);
+  const float r = rsqrtf(ss / (float)glen + eps);
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    const int i = threadIdx.x + k * blockDim.x;
+    if (i < n4) {
+      const float4 g = wp[i];
+      dp[i] = make_float4(v[k].x * r * g.x, v[k].y * r * g.y, v[k].z * r * g.z, v[k].w * r * g.w);
+    }
+  }
+}
+
+// sigmoid_gate_add2: dst[t, c] += σ(gate[t])·x[t, c], grid-stride over all elements.
+extern "C" __global__ void sigmoid_gate_add2(float* dst, const float* x, const float* gate, int cols, long long n) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+    dst[i] += sigm(gate[i / cols]) * x[i];
+}
+
 extern "C" __global__ void add_f(float* dst, const float* x, long long n) {
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) dst[i] += x[i];
 }

@@ -20,25 +20,27 @@ __device__ __forceinline__ float codef(u32 w, int k) {
 // independent 16-byte loads are in flight per thread. Needs vecOK (the row is
 // whole chunks, a chunk lies in one group). The rows' pointers come from
 // rowp (so MoE can mix gate and up rows of any expert).
+// The lane starts at chunk cstart and steps by cstride (32 for a warp that
+// owns whole rows; 32·warps when the warps of a block split the columns).
 template <int BITS, int R, int U>
 __device__ __forceinline__ void qmv_rows(const u32* const (&wr)[R], const u16* const (&sr)[R], const u16* const (&br)[R],
-                                         int in, int group, const float* __restrict__ x, float (&acc)[R]) {
+                                         int in, int group, const float* __restrict__ x, float (&acc)[R],
+                                         int cstart, int cstride) {
   constexpr int PER = 32 / BITS;
   constexpr float SC = (float)(1 << BITS);
   const int nchunks = in / (4 * PER);
-  const int lane = threadIdx.x & 31;
-  for (int c0 = lane; c0 < nchunks; c0 += 32 * U) {
+  for (int c0 = cstart; c0 < nchunks; c0 += cstride * U) {
     uint4 q[U][R];
 #pragma unroll
     for (int u = 0; u < U; u++) {
-      const int c = c0 + 32 * u;
+      const int c = c0 + cstride * u;
 #pragma unroll
       for (int r = 0; r < R; r++)
         q[u][r] = c < nchunks ? __ldg(reinterpret_cast<const uint4*>(wr[r]) + c) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int u = 0; u < U; u++) {
-      const int c = c0 + 32 * u;
+      const int c = c0 + cstride * u;
       if (c < nchunks) {
         const int col0 = c * 4 * PER;
         const int g = col0 / group;
@@ -92,11 +94,45 @@ __device__ __forceinline__ void qmv_body(const u32* W, const u16* S, const u16* 
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; r++) acc[r] = 0.f;
-  qmv_rows<BITS, R, U>(wr, sr, br, in, group, x, acc);
+  qmv_rows<BITS, R, U>(wr, sr, br, in, group, x, acc, threadIdx.x & 31, 32);
 #pragma unroll
   for (int r = 0; r < R; r++) {
     const float v = warp_sum(acc[r]);
     if ((threadIdx.x & 31) == 0 && r0 + r < out) y[r0 + r] = v;
+  }
+}
+
+// qmvk: decode matvec with the columns split over the 4 warps of a block:
+// one block per R rows, lane l of warp w reads chunks l + 32w, l + 32w + 128,
+// … of every row (R 128-bit loads in flight per lane), partial sums meet in
+// shared memory. Four times the blocks of qmv for the same rows: small
+// matrices fill the GPU and each warp's serial chain is a quarter as long.
+template <int BITS, int R>
+__device__ __forceinline__ void qmvk_body(const u32* W, const u16* S, const u16* B, const float* x, float* y, int out, int in, int group) {
+  __shared__ float red[4][R];
+  const int r0 = blockIdx.x * R;
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  const int wpr = in / (32 / BITS), gpr = in / group;
+  const u32* wr[R];
+  const u16 *sr[R], *br[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const size_t rr = (size_t)min(r0 + r, out - 1);
+    wr[r] = W + rr * wpr; sr[r] = S + rr * gpr; br[r] = B + rr * gpr;
+  }
+  float acc[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) acc[r] = 0.f;
+  qmv_rows<BITS, R, 1>(wr, sr, br, in, group, x, acc, threadIdx.x, 128);
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const float v = warp_sum(acc[r]);
+    if (lane == 0) red[w][r] = v;
+  }
+  __syncthreads();
+  if (threadIdx.x < R && r0 + threadIdx.x < out) {
+    const int r = threadIdx.x;
+    y[r0 + r] = (red[0][r] + red[1][r]) + (red[2][r] + red[3][r]);
   }
 }
 
@@ -105,7 +141,9 @@ __device__ __forceinline__ void qmv_body(const u32* W, const u16* S, const u16* 
   extern "C" __global__ void __launch_bounds__(128) qmv##BITS##_r4u2(QMV_ARGS) { qmv_body<BITS, 4, 2>(W, S, B, x, y, out, in, group); } \
   extern "C" __global__ void __launch_bounds__(128) qmv##BITS##_r2u4(QMV_ARGS) { qmv_body<BITS, 2, 4>(W, S, B, x, y, out, in, group); } \
   extern "C" __global__ void __launch_bounds__(128) qmv##BITS##_r8u1(QMV_ARGS) { qmv_body<BITS, 8, 1>(W, S, B, x, y, out, in, group); } \
-  extern "C" __global__ void __launch_bounds__(128) qmv##BITS##_r4u1(QMV_ARGS) { qmv_body<BITS, 4, 1>(W, S, B, x, y, out, in, group); }
+  extern "C" __global__ void __launch_bounds__(128) qmv##BITS##_r4u1(QMV_ARGS) { qmv_body<BITS, 4, 1>(W, S, B, x, y, out, in, group); } \
+  extern "C" __global__ void __launch_bounds__(128) qmv##BITS##_k8(QMV_ARGS) { qmvk_body<BITS, 8>(W, S, B, x, y, out, in, group); } \
+  extern "C" __global__ void __launch_bounds__(128) qmv##BITS##_k4(QMV_ARGS) { qmvk_body<BITS, 4>(W, S, B, x, y, out, in, group); }
 QMV(2)
 QMV(4)
 QMV(8)
@@ -230,12 +268,49 @@ __device__ __forceinline__ void moe_gu_fast(const u64* table, const int* ids, co
   const u16* const sr[4] = {GS + (size_t)ra * gpr, GS + (size_t)rb * gpr, US + (size_t)ra * gpr, US + (size_t)rb * gpr};
   const u16* const br[4] = {GB + (size_t)ra * gpr, GB + (size_t)rb * gpr, UB + (size_t)ra * gpr, UB + (size_t)rb * gpr};
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  qmv_rows<BITS, 4, 2>(wr, sr, br, Hd, group, x + (size_t)tok * Hd, acc);
+  qmv_rows<BITS, 4, 2>(wr, sr, br, Hd, group, x + (size_t)tok * Hd, acc, threadIdx.x & 31, 32);
 #pragma unroll
   for (int r = 0; r < 4; r++) acc[r] = warp_sum(acc[r]);
   if ((threadIdx.x & 31) == 0) {
     hbuf[(size_t)p * I + r0] = silu(acc[0]) * acc[2];
     if (r0 + 1 < I) hbuf[(size_t)p * I + r0 + 1] = silu(acc[1]) * acc[3];
+  }
+}
+
+// moe_gu_k: as moe_gu_fast, with one block of 4 warps per 2 rows of I, the
+// warps splitting the columns (8 warps' worth of blocks for the same work:
+// at decode, K pairs × I/2 blocks fill the GPU).
+template <int BITS>
+__device__ __forceinline__ void moe_gu_k(const u64* table, const int* ids, const float* x, float* hbuf,
+                                         int I, int Hd, int group, int K, int t0, ProjOff g, ProjOff u) {
+  __shared__ float red[4][4];
+  const int r0 = blockIdx.x * 2;
+  const int p = t0 * K + blockIdx.y;
+  const int tok = p / K;
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  const char* base = reinterpret_cast<const char*>(table[ids[p]]);
+  const int wpr = Hd / (32 / BITS), gpr = Hd / group;
+  const int ra = min(r0, I - 1), rb = min(r0 + 1, I - 1);
+  const u32* GW = (const u32*)(base + g.w);
+  const u32* UW = (const u32*)(base + u.w);
+  const u16 *GS = (const u16*)(base + g.s), *GB = (const u16*)(base + g.b);
+  const u16 *US = (const u16*)(base + u.s), *UB = (const u16*)(base + u.b);
+  const u32* const wr[4] = {GW + (size_t)ra * wpr, GW + (size_t)rb * wpr, UW + (size_t)ra * wpr, UW + (size_t)rb * wpr};
+  const u16* const sr[4] = {GS + (size_t)ra * gpr, GS + (size_t)rb * gpr, US + (size_t)ra * gpr, US + (size_t)rb * gpr};
+  const u16* const br[4] = {GB + (size_t)ra * gpr, GB + (size_t)rb * gpr, UB + (size_t)ra * gpr, UB + (size_t)rb * gpr};
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  qmv_rows<BITS, 4, 1>(wr, sr, br, Hd, group, x + (size_t)tok * Hd, acc, threadIdx.x, 128);
+#pragma unroll
+  for (int r = 0; r < 4; r++) {
+    const float v = warp_sum(acc[r]);
+    if (lane == 0) red[w][r] = v;
+  }
+  __syncthreads();
+  if (threadIdx.x < 2 && r0 + threadIdx.x < I) {
+    const int r = threadIdx.x;
+    const float gv = (red[0][r] + red[1][r]) + (red[2][r] + red[3][r]);
+    const float uv = (red[0][r + 2] + red[1][r + 2]) + (red[2][r + 2] + red[3][r + 2]);
+    hbuf[(size_t)p * I + r0 + r] = silu(gv) * uv;
   }
 }
 
@@ -260,7 +335,7 @@ __device__ __forceinline__ void moe_dn_fast(const u64* table, const int* ids, co
     wr[r] = DW + rr * wpr; sr[r] = DS + rr * gpr; br[r] = DB + rr * gpr;
   }
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  qmv_rows<BITS, 4, 1>(wr, sr, br, I, group, hbuf + (size_t)p * I, acc);
+  qmv_rows<BITS, 4, 1>(wr, sr, br, I, group, hbuf + (size_t)p * I, acc, threadIdx.x & 31, 32);
 #pragma unroll
   for (int r = 0; r < 4; r++) {
     const float v = warp_sum(acc[r]);
@@ -281,6 +356,7 @@ extern "C" __global__ void moe_combine(const float* part, const float* wts, floa
 #define MOE_DN2_ARGS const u64 *table, const int *ids, const float *hbuf, float *part, int Hd, int I, int group, int K, int t0, long long dw, long long ds, long long db
 #define MOEF(BITS)                                                                                                                                     \
   extern "C" __global__ void __launch_bounds__(128) moe_gu##BITS##f(MOE_GU_ARGS) { moe_gu_fast<BITS>(table, ids, x, hbuf, I, Hd, group, K, t0, ProjOff{gw, gs, gb}, ProjOff{uw, us, ub}); } \
+  extern "C" __global__ void __launch_bounds__(128) moe_gu##BITS##k(MOE_GU_ARGS) { moe_gu_k<BITS>(table, ids, x, hbuf, I, Hd, group, K, t0, ProjOff{gw, gs, gb}, ProjOff{uw, us, ub}); } \
   extern "C" __global__ void __launch_bounds__(128) moe_dn##BITS##f(MOE_DN2_ARGS) { moe_dn_fast<BITS>(table, ids, hbuf, part, Hd, I, group, K, t0, ProjOff{dw, ds, db}); }
 MOEF(2)
 MOEF(4)

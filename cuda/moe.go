@@ -692,11 +692,20 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 	return nil
 }
 
+// MoEGateSplit selects the gate/up expert kernel whose 4 warps split the
+// columns of 2 rows (moe_gu?k) over one warp per 2 rows (moe_gu?f), for
+// hidden sizes of at least 128 chunks (benchmarks compare the two).
+var MoEGateSplit = true
+
 // runExperts (worker only) launches the expert kernels for tokens t0..t0+n-1.
 func (b *Backend) runExperts(c *expertCache, table uintptr, xt, d *Tensor, ids, wts, hbuf, part uintptr, t0, n, K int) error {
 	l := c.layout
 	if c.fast {
-		if err := b.d.launch(b.fn[c.gu], [3]int{cdiv(l.Intermediate, 8), n * K, 1}, [3]int{128, 1, 1}, 0,
+		gu, gx := c.gu, cdiv(l.Intermediate, 8)
+		if MoEGateSplit && l.Hidden/(4*32/l.Gate.Bits) >= 128 {
+			gu, gx = gu[:len(gu)-1]+"k", cdiv(l.Intermediate, 2)
+		}
+		if err := b.d.launch(b.fn[gu], [3]int{gx, n * K, 1}, [3]int{128, 1, 1}, 0,
 			table, ids, xt.p, hbuf, l.Intermediate, l.Hidden, l.GroupSize, K, t0,
 			l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset); err != nil {
 			return err

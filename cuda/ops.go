@@ -72,15 +72,32 @@ func (b *Backend) MatMul(dst runtime.Tensor, wt runtime.Weight, x runtime.Tensor
 	return b.run(func() error { return b.matmul(d.p, w, xt.p, xt.rows) })
 }
 
-// qmvVariants are the decode matvec kernels (rows per warp R, 128-bit chunks
-// per lane per iteration U); QMVVariant picks one (benchmarks compare them).
-var qmvVariants = []string{"r4u2", "r2u4", "r8u1", "r4u1"}
+// qmvVariants are the decode matvec kernels: rRuU = one warp per R rows, U
+// 128-bit chunks per lane per iteration; kR = one block of 4 warps per R rows,
+// the warps splitting the columns. QMVVariant picks one (benchmarks compare
+// them).
+var qmvVariants = []string{"k8", "k4", "r4u2", "r2u4", "r8u1", "r4u1"}
 
 // QMVVariant is the decode matvec kernel MatMul uses for T = 1 ("" = the
-// previous generic kernel); rows per block = 4 warps × R. r8u1 was fastest on
-// an H200 (16384×4096 4-bit: 20.0 µs against r4u1 23.2, r4u2 35.5, r2u4 42.1
-// and the generic kernel 30.8).
-var QMVVariant = "r8u1"
+// previous generic kernel). r8u1 was fastest of the rRuU variants on an H200
+// (16384×4096 4-bit: 20.0 µs against r4u1 23.2, r4u2 35.5, r2u4 42.1 and the
+// generic kernel 30.8); k8 runs four times the blocks, which small matrices
+// (the shared expert, router, b/a projections) need to fill the GPU. Rows of
+// fewer than 64 chunks take r8u1 (a k-split would leave warps idle).
+var QMVVariant = "k8"
+
+// qmvKernel returns the decode matvec kernel name and rows per block.
+func qmvKernel(bits, in int) (string, int) {
+	v := QMVVariant
+	if v[0] == 'k' && in/(4*32/bits) < 64 {
+		v = "r8u1"
+	}
+	rows := int(v[1] - '0')
+	if v[0] == 'r' {
+		rows *= 4
+	}
+	return fmt.Sprintf("qmv%d_%s", bits, v), rows
+}
 
 // GemmMinTokens is the batch size from which MatMul uses the tiled GEMM
 // (below it, the register-blocked multi-token kernel: at T=8 it took 303 µs
@@ -94,8 +111,8 @@ func (b *Backend) matmul(y uintptr, w *Weight, x uintptr, T int) error {
 	}
 	vec := vecOK(w.bits, w.group, w.in)
 	if T == 1 && vec && QMVVariant != "" {
-		rows := 4 * int(QMVVariant[1]-'0')
-		return b.d.launch(b.fn[fmt.Sprintf("qmv%d_%s", w.bits, QMVVariant)], [3]int{cdiv(w.out, rows), 1, 1}, [3]int{128, 1, 1}, 0,
+		name, rows := qmvKernel(w.bits, w.in)
+		return b.d.launch(b.fn[name], [3]int{cdiv(w.out, rows), 1, 1}, [3]int{128, 1, 1}, 0,
 			w.w, w.s, w.z, x, y, w.out, w.in, w.group)
 	}
 	if T >= GemmMinTokens && T > 1 && w.in%32 == 0 {
@@ -165,8 +182,13 @@ func (b *Backend) RMSNorm(dst, x runtime.Tensor, wt runtime.Weight, eps float32)
 		return err
 	}
 	threads := min(256, cdiv(glen, 32)*32)
+	f := b.fn["rmsnorm"]
+	if glen%4 == 0 && glen <= 16*1024 {
+		// one read of x, values in registers: 4 float4 per thread
+		f, threads = b.fn["rmsnorm4"], min(1024, max(32, cdiv(glen/4, 4*32)*32))
+	}
 	return b.run(func() error {
-		return b.d.launch(b.fn["rmsnorm"], grid1(xt.rows*xt.cols/glen), [3]int{threads, 1, 1}, 0, d.p, xt.p, wp, glen, eps)
+		return b.d.launch(f, grid1(xt.rows*xt.cols/glen), [3]int{threads, 1, 1}, 0, d.p, xt.p, wp, glen, eps)
 	})
 }
 
@@ -220,6 +242,7 @@ func (b *Backend) SigmoidGateAdd(dst, x, gate runtime.Tensor) error {
 		return fmt.Errorf("%w: gate [%d,%d] for [%d,%d]", ErrShape, ts[2].rows, ts[2].cols, ts[0].rows, ts[0].cols)
 	}
 	return b.run(func() error {
-		return b.d.launch(b.fn["sigmoid_gate_add"], grid1(ts[0].rows), blk, 0, ts[0].p, ts[1].p, ts[2].p, ts[0].cols)
+		n := ts[0].rows * ts[0].cols
+		return b.d.launch(b.fn["sigmoid_gate_add2"], ewGrid(n), blk, 0, ts[0].p, ts[1].p, ts[2].p, ts[0].cols, int64(n))
 	})
 }

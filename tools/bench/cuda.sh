@@ -15,7 +15,8 @@
 #          fmoe bench --mode full for (a) all experts resident, (b) GPU cache
 #          capped at CAP_GB with the rest in a pinned host tier, (c) cold from
 #          disk (page cache dropped, O_DIRECT, GPU cache capped), uniform and
-#          skewed routing, K=4 and K=10, and a sweep of GPU cache sizes.
+#          skewed routing, K=4 and K=10, and a sweep of GPU cache sizes
+#          (REUSE=1 keeps the model in WORK and reuses one found there).
 # Results: one JSON object per run in $OUT/full.jsonl, logs in $OUT.
 set -u
 D=${DEVBIN:-$PWD/.devbin}
@@ -30,7 +31,7 @@ nproc; free -g | head -2; df -h "$PWD" /tmp | tail -2
 for st in $STAGES; do case $st in
 check)
 	say check: cuda
-	(cd cuda && FMOE_REQUIRE_CUDA=1 "$D/cuda.test" -test.run 'Conformance|MatMulKernels|SmallCacheChunks' -test.count 1 2>&1 | tail -15) | tee "$OUT/check.txt"
+	(cd cuda && FMOE_REQUIRE_CUDA=1 "$D/cuda.test" -test.run 'Conformance|MatMulKernels|SmallCacheChunks|MixersLarge|MoELarge' -test.count 1 2>&1 | tail -15) | tee "$OUT/check.txt"
 	say check: runtime on cuda
 	(cd runtime && FMOE_BACKEND=cuda "$D/runtime.test" -test.count 1 2>&1 | tail -8) | tee -a "$OUT/check.txt"
 	;;
@@ -41,7 +42,7 @@ micro)
 full)
 	F="$D/fmoe"
 	W=${WORK:-$PWD/.bench397}
-	rm -rf "$W"; mkdir -p "$W"
+	[ -n "${REUSE-}" ] && [ -f "$W/model/model_weights.json" ] || { rm -rf "$W"; mkdir -p "$W"; }
 	# Bandwidth ceilings (GB/s) from the copy benchmarks.
 	if ! grep -q BenchmarkCopyD2D "$OUT/micro.txt" 2>/dev/null; then
 		(cd cuda && "$D/cuda.test" -test.run '^$' -test.bench 'Copy' -test.benchtime 2x 2>&1) >>"$OUT/micro.txt"
@@ -50,15 +51,21 @@ full)
 	H2D=$(awk '/BenchmarkCopyH2D/ {for(i=1;i<=NF;i++) if($(i)=="GB/s") print $(i-1)}' "$OUT/micro.txt" | tail -1)
 	# Experts per layer: the checkpoint (5.7 GB + N*0.425 GB) and its packed
 	# copy (the same again) must fit with 6 GB to spare.
-	FREE=$(df -Pk "$W" | awk 'NR==2 {print int($4/1048576)}')
-	N=$(awk -v f="$FREE" -v m="${EXPERTS:-32}" 'BEGIN {n=int(((f-6)/2-5.7)/0.425); n=n-n%4; if(n>m)n=m; print n}')
-	say "full: $FREE GB free -> $N experts per layer; HBM $HBM GB/s, H2D $H2D GB/s"
-	t0=$(date +%s)
-	"$F" synth -o "$W/hf" --preset 397b-shape --experts "$N" --quiet || exit 1
-	"$F" pack-experts "$W/hf" --bits 4 -o "$W/model/packed_experts" --quiet || exit 1
-	"$F" extract "$W/hf" -o "$W/model" --quiet || exit 1
-	rm -rf "$W/hf"
-	say "synth+pack+extract $(( $(date +%s) - t0 )) s"; du -sh "$W/model" "$W/model/packed_experts"
+	if [ -f "$W/model/model_weights.json" ]; then
+		# REUSE=1: a model left by an earlier run (tools/bench/cuda_decode.sh makes the same one)
+		N=$(ls "$W"/model/packed_experts/ | grep -c '^layer_00_')
+		say "full: reusing $W/model, $N experts per layer; HBM $HBM GB/s, H2D $H2D GB/s"
+	else
+		FREE=$(df -Pk "$W" | awk 'NR==2 {print int($4/1048576)}')
+		N=$(awk -v f="$FREE" -v m="${EXPERTS:-32}" 'BEGIN {n=int(((f-6)/2-5.7)/0.425); n=n-n%4; if(n>m)n=m; print n}')
+		say "full: $FREE GB free -> $N experts per layer; HBM $HBM GB/s, H2D $H2D GB/s"
+		t0=$(date +%s)
+		"$F" synth -o "$W/hf" --preset 397b-shape --experts "$N" --quiet || exit 1
+		"$F" pack-experts "$W/hf" --bits 4 -o "$W/model/packed_experts" --quiet || exit 1
+		"$F" extract "$W/hf" -o "$W/model" --quiet || exit 1
+		rm -rf "$W/hf"
+		say "synth+pack+extract $(( $(date +%s) - t0 )) s"; du -sh "$W/model" "$W/model/packed_experts"
+	fi
 	# Disk read bandwidth of the expert files, cold (16 parallel O_DIRECT
 	# readers, one expert file each, 960 files = 6.8 GB).
 	sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null && DROP=yes || DROP=no
@@ -101,6 +108,6 @@ full)
 			done
 		done
 	fi
-	rm -rf "$W"
+	[ -n "${REUSE-}" ] || rm -rf "$W"
 	;;
 esac; done

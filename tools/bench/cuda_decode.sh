@@ -16,7 +16,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 date -u +%Y-%m-%dT%H:%MZ
 t0=$(date +%s)
 echo "== check"
-(cd cuda && FMOE_REQUIRE_CUDA=1 "$D/cuda.test" -test.run 'Conformance|MatMulKernels|SmallCacheChunks|MixersLarge' -test.count 1 -test.v 2>&1) >"$OUT/check.txt"
+(cd cuda && FMOE_REQUIRE_CUDA=1 "$D/cuda.test" -test.run 'Conformance|MatMulKernels|SmallCacheChunks|MixersLarge|MoELarge' -test.count 1 -test.v 2>&1) >"$OUT/check.txt"
 grep -E "^(--- FAIL|FAIL|ok|PASS)|graph replays|panic|error" "$OUT/check.txt" | head -20
 (cd runtime && FMOE_BACKEND=cuda "$D/runtime.test" -test.count 1 2>&1 | tail -4)
 echo "== check $(( $(date +%s) - t0 )) s"
@@ -31,17 +31,20 @@ fi
 echo "== model ready $(( $(date +%s) - t0 )) s; HBM $HBM GB/s"
 bench() { # label, env, flags
 	l=$1; e=$2; shift 2
-	r=$(env $e "$D/fmoe" bench --model "$W/model" --backend cuda --mode full --json --hbm-gbs "$HBM" "$@" 2>"$OUT/$l.err")
+	echo "== $l" >>"$OUT/decode.err"
+	r=$(env $e "$D/fmoe" bench --model "$W/model" --backend cuda --mode full --json --hbm-gbs "$HBM" "$@" 2>"$OUT/last.err")
+	cat "$OUT/last.err" >>"$OUT/decode.err"
 	if [ -n "$r" ]; then
 		echo "$r" | tr -d '\n' | sed "s/^{/{\"label\":\"$l\",/" >>"$OUT/decode.jsonl"; echo >>"$OUT/decode.jsonl"
 		echo "$r" | awk -v l="$l" '/"decode_tok_s"|"prefill_tok_s"|"decode_E"|"gpu_hit_rate"|"decode_floor_ms"/ {gsub(/[",]/,""); s=s" "$1$2} END {print l":"s}'
-	else echo "$l: FAILED: $(tail -3 "$OUT/$l.err")"; fi
+	else echo "$l: FAILED: $(tail -3 "$OUT/last.err")"; fi
+	rm -f "$OUT/last.err"
 }
 bench prof-K4 FMOE_CUDA_PROFILE=1 -k 4 --prefill 1 --tokens 16 --warmup 4 --routing uniform
-grep -A40 "cuda profile" "$OUT/prof-K4.err" | head -32
+grep -A40 "cuda profile" "$OUT/decode.err" | head -32
 if [ -n "${PROF_OLD-}" ]; then
 	bench prof-K4-olddelta "FMOE_CUDA_PROFILE=1 FMOE_CUDA_DELTA2=0" -k 4 --prefill 1 --tokens 16 --warmup 4 --routing uniform
-	grep -A12 "cuda profile" "$OUT/prof-K4-olddelta.err" | head -12
+	sed -n '/== prof-K4-olddelta/,$p' "$OUT/decode.err" | grep -A12 "cuda profile" | head -12
 fi
 P=${PREFILL:-128}; DT=${DECODE:-32}
 for k in 4 10; do
