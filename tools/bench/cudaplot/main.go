@@ -1,8 +1,9 @@
 // Command cudaplot draws decode tok/s against GPU expert-cache size from the
 // sweep runs of tools/bench/cuda.sh (full.jsonl, labels sweep-K4-<routing>-<fraction>)
-// as an SVG:
+// as an SVG. A second file, optional, is an earlier run drawn as thin "before"
+// lines:
 //
-//	go run ./tools/bench/cudaplot docs/bench/cuda-h200-2026-11-21.jsonl > docs/cuda-cache-sweep.svg
+//	go run ./tools/bench/cudaplot docs/bench/cuda-h200-2026-11-21b.jsonl docs/bench/cuda-h200-2026-11-21.jsonl > docs/cuda-cache-sweep.svg
 package main
 
 import (
@@ -27,29 +28,21 @@ type run struct {
 type pt struct{ f, tok, floor, hit float64 }
 
 func main() {
-	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: cudaplot full.jsonl > plot.svg")
+	if len(os.Args) != 2 && len(os.Args) != 3 {
+		fmt.Fprintln(os.Stderr, "usage: cudaplot full.jsonl [before.jsonl] > plot.svg")
 		os.Exit(2)
 	}
-	f, err := os.Open(os.Args[1])
+	series, err := read(os.Args[1])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	series := map[string][]pt{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var r run
-		if json.Unmarshal(sc.Bytes(), &r) != nil || !strings.HasPrefix(r.Label, "sweep-") {
-			continue
+	var before map[string][]pt
+	if len(os.Args) == 3 {
+		if before, err = read(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
 		}
-		parts := strings.Split(r.Label, "-") // sweep K4 routing fraction
-		fr, err := strconv.ParseFloat(parts[len(parts)-1], 64)
-		if err != nil {
-			continue
-		}
-		series[parts[2]] = append(series[parts[2]], pt{fr, r.Decode, 1e3 / r.Floor, r.Counters.Hit})
 	}
 	const W, H, L, B, T, R = 640, 400, 60, 50, 30, 150
 	maxY := 0.0
@@ -89,10 +82,47 @@ func main() {
 				x(p.f), y(p.tok), colors[n], x(p.f)+4, y(p.tok)-6, colors[n], 100*p.hit)
 		}
 		fmt.Printf(`<polyline points="%s" fill="none" stroke="%s" stroke-width="2"/>`+"\n", strings.Join(meas, " "), colors[n])
+		if b := before[n]; len(b) > 0 {
+			sort.Slice(b, func(i, j int) bool { return b[i].f < b[j].f })
+			var old []string
+			for _, p := range b {
+				old = append(old, fmt.Sprintf("%g,%g", x(p.f), y(p.tok)))
+			}
+			fmt.Printf(`<polyline points="%s" fill="none" stroke="%s" stroke-opacity="0.4"/>`+"\n", strings.Join(old, " "), colors[n])
+		}
 		fmt.Printf(`<polyline points="%s" fill="none" stroke="%s" stroke-dasharray="4 3"/>`+"\n", strings.Join(floor, " "), colors[n])
 		ly := float64(T + 20 + 36*i)
 		fmt.Printf(`<line x1="%d" y1="%g" x2="%d" y2="%g" stroke="%s" stroke-width="2"/><text x="%d" y="%g">%s measured</text>`+"\n", W-R+10, ly, W-R+30, ly, colors[n], W-R+34, ly+4, n)
 		fmt.Printf(`<line x1="%d" y1="%g" x2="%d" y2="%g" stroke="%s" stroke-dasharray="4 3"/><text x="%d" y="%g">%s floor</text>`+"\n", W-R+10, ly+16, W-R+30, ly+16, colors[n], W-R+34, ly+20, n)
 	}
+	if before != nil {
+		ly := float64(T + 20 + 36*len(names))
+		fmt.Printf(`<line x1="%d" y1="%g" x2="%d" y2="%g" stroke="gray" stroke-opacity="0.4"/><text x="%d" y="%g">before (thin)</text>`+"\n", W-R+10, ly, W-R+30, ly, W-R+34, ly+4)
+	}
 	fmt.Println("</svg>")
+}
+
+// read returns the sweep runs of a results file by routing.
+func read(name string) (map[string][]pt, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	series := map[string][]pt{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var r run
+		if json.Unmarshal(sc.Bytes(), &r) != nil || !strings.HasPrefix(r.Label, "sweep-") {
+			continue
+		}
+		parts := strings.Split(r.Label, "-") // sweep K4 routing fraction
+		fr, err := strconv.ParseFloat(parts[len(parts)-1], 64)
+		if err != nil {
+			continue
+		}
+		series[parts[2]] = append(series[parts[2]], pt{fr, r.Decode, 1e3 / r.Floor, r.Counters.Hit})
+	}
+	return series, sc.Err()
 }
