@@ -26,4 +26,11 @@
 // tier and per layer come from Backend.Stats (runtime.ExpertCounterer);
 // SetRouteOverride (runtime.RouteOverrider) is for benchmarks only. Device
 // calls run on the caller's goroutine, locked to its OS thread for the call.
+//
+// Kernels and async copies go to one created (blocking) compute stream.
+// graph.go replays repeated launch sequences (decode steps: every per-token
+// value such as the KV length lives in device memory) as CUDA graphs without
+// help from the engine (Options.NoGraphs, FMOE_CUDA_GRAPHS=0 turn it off);
+// profile.go times every kernel with GPU events (Options.Profile,
+// FMOE_CUDA_PROFILE=1; the table goes to stderr at Close).
 package cuda
