@@ -35,6 +35,9 @@ type Options struct {
 	// HostCacheBytes, when > 0, keeps up to this many bytes of experts in a
 	// pinned host-memory tier between the GPU cache and the ExpertSource.
 	HostCacheBytes int64
+	// LRUCache selects plain LRU replacement for the GPU expert cache instead
+	// of the segmented frequency policy (also FMOE_CUDA_CACHE=lru).
+	LRUCache bool
 	// NoBatchedMoE selects the older expert kernels (down projection walking
 	// the K experts per warp) instead of the batched ones.
 	NoBatchedMoE bool

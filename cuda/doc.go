@@ -17,7 +17,9 @@
 //     tiled prefill GEMM with split-K, batched MoE kernels).
 //   - backend.go, ops.go, mixer.go, moe.go: the runtime.Backend.
 //
-// Experts live in a GPU cache with a byte budget and LRU eviction; kernels
+// Experts live in a GPU cache with a byte budget (cachepolicy.go: LRU while a
+// token's experts fit, else a frequency-protected segment that does not
+// thrash, FMOE_CUDA_CACHE=lru for plain LRU); kernels
 // find them through a device-side table of pointers per layer, so a layer
 // whose experts are all resident needs no host round-trip. Misses come from
 // an optional pinned host tier (Options.HostCacheBytes) or are read from the

@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"context"
 	"fmt"
+	"os"
 	"time"
 	"unsafe"
 
@@ -44,7 +45,7 @@ func (b *Backend) Stats() ExpertStats {
 	for k, v := range c.stats.Layers {
 		s.Layers[k] = v
 	}
-	s.Slots, s.Resident, s.SlotBytes = c.gpu.n, len(c.gpu.where), c.stride
+	s.Slots, s.Resident, s.SlotBytes = c.gpu.size(), c.gpu.resident(), c.stride
 	if c.host != nil {
 		s.HostSlots = c.host.n
 	}
@@ -95,6 +96,31 @@ func newSlotLRU(n int) *slotLRU {
 
 func (s *slotLRU) touch(slot int) { s.lru.MoveToFront(s.elems[slot]) }
 
+// gpuPolicy is the GPU cache's slot replacement: LRU (FMOE_CUDA_CACHE=lru,
+// Options.LRUCache) or freqSlots (default).
+type gpuPolicy interface {
+	size() int
+	resident() int
+	freeSlots() int
+	lookup(k expertKey) (slot int, ok bool)
+	use(k expertKey)
+	advance(tokens float64)
+	touch(slot int)
+	take(protect func(expertKey) bool) (slot int, evicted expertKey, didEvict, ok bool)
+	put(slot int, k expertKey)
+}
+
+func (s *slotLRU) size() int                        { return s.n }
+func (s *slotLRU) resident() int                    { return len(s.where) }
+func (s *slotLRU) freeSlots() int                   { return len(s.free) }
+func (s *slotLRU) lookup(k expertKey) (int, bool)   { sl, ok := s.where[k]; return sl, ok }
+func (s *slotLRU) use(expertKey)                    {}
+func (s *slotLRU) advance(float64)                  {}
+func (s *freqSlots) size() int                      { return s.n }
+func (s *freqSlots) resident() int                  { return len(s.where) }
+func (s *freqSlots) freeSlots() int                 { return len(s.free) }
+func (s *freqSlots) lookup(k expertKey) (int, bool) { sl, ok := s.where[k]; return sl, ok }
+
 // take returns a never-used slot, or evicts the least recently used expert
 // that protect does not claim (ok false when every slot is protected).
 func (s *slotLRU) take(protect func(expertKey) bool) (slot int, evicted expertKey, didEvict, ok bool) {
@@ -128,7 +154,7 @@ type expertCache struct {
 	numExperts int
 	stride     int64
 	base       uintptr
-	gpu        *slotLRU
+	gpu        gpuPolicy
 	host       *slotLRU         // pinned host tier (nil: none)
 	hostBuf    []unsafe.Pointer // per host slot, allocated on first use
 	tables     map[int]uintptr  // layer -> device table [E]u64
@@ -198,7 +224,11 @@ func (b *Backend) cacheFor(src runtime.ExpertSource, p runtime.MoEParams) (*expe
 	if c.base, err = b.alloc(int(int64(slots) * c.stride)); err != nil {
 		return nil, fmt.Errorf("cuda: expert cache of %d slots: %w", slots, err)
 	}
-	c.gpu = newSlotLRU(slots)
+	if b.opts.LRUCache || os.Getenv("FMOE_CUDA_CACHE") == "lru" {
+		c.gpu = newSlotLRU(slots)
+	} else {
+		c.gpu = newFreqSlots(slots)
+	}
 	if hs := int(b.opts.HostCacheBytes / l.Size); hs > 0 {
 		c.host = newSlotLRU(hs)
 		c.hostBuf = make([]unsafe.Pointer, hs)
@@ -330,7 +360,7 @@ func (c *expertCache) overrideBuf(b *Backend, layer, n int) (unsafe.Pointer, err
 func (c *expertCache) gpuSlot(layer int, keep map[int]bool) (int, error) {
 	slot, k, evicted, ok := c.gpu.take(func(k expertKey) bool { return k.layer == layer && keep[k.expert] })
 	if !ok {
-		return 0, fmt.Errorf("cuda: expert cache of %d slots cannot hold the experts of one batch", c.gpu.n)
+		return 0, fmt.Errorf("cuda: expert cache of %d slots cannot hold the experts of one batch", c.gpu.size())
 	}
 	if evicted {
 		c.mirror[k.layer][k.expert] = 0
@@ -570,7 +600,8 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 	}
 	ls := c.stats.Layers[p.Layer]
 	// Fill a new layer completely while never-used slots remain.
-	if c.count[p.Layer] == 0 && !b.opts.NoLayerFill && len(c.gpu.free) >= E {
+	c.gpu.advance(float64(T) / float64(len(c.tables)))
+	if c.count[p.Layer] == 0 && !b.opts.NoLayerFill && c.gpu.freeSlots() >= E {
 		all := make([]int, E)
 		for e := range all {
 			all[e] = e
@@ -628,24 +659,24 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 					add++
 				}
 			}
-			if len(keep)+add > c.gpu.n {
+			if len(keep)+add > c.gpu.size() {
 				break
 			}
 			for _, e := range hid[t1*K : (t1+1)*K] {
 				k := expertKey{p.Layer, int(e)}
-				slot, resident := c.gpu.where[k]
+				slot, resident := c.gpu.lookup(k)
+				c.gpu.use(k)
 				if resident {
 					c.stats.Hits++
 					ls.Hits++
+					c.gpu.touch(slot)
 				} else {
 					c.stats.Misses++
 					ls.Misses++
 				}
 				if !keep[int(e)] {
 					keep[int(e)] = true
-					if resident {
-						c.gpu.touch(slot)
-					} else {
+					if !resident {
 						miss = append(miss, int(e))
 					}
 				}
