@@ -31,9 +31,9 @@ type freqSlots struct {
 	free  []int // never-used slots
 
 	protCap int
-	prot    slotHeap      // protected slots, lowest score first
-	inProt  []int         // slot -> index in prot, -1 when in probation
-	lru     *list.List    // probation slots, front = most recent
+	prot    slotHeap   // protected slots, lowest score first
+	inProt  []int      // slot -> index in prot, -1 when in probation
+	lru     *list.List // probation slots, front = most recent
 	elems   []*list.Element
 	score   map[expertKey]float64 // decayed use count, in units of growth^clock
 	clock   float64               // tokens seen (MoE calls / layers)
