@@ -108,6 +108,7 @@ func getPrep(m *Matrix, x []float32, kern int) *xprep {
 
 func putPrep(p *xprep) {
 	p.x = nil
+	p.clearAlias()
 	prepPool.Put(p)
 }
 

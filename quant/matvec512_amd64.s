@@ -407,3 +407,220 @@ dot8x4AVX512bias:
 	HSUM(Z8, Y8, X8, 0); HSUM(Z9, Y9, X9, 4); HSUM(Z10, Y10, X10, 8); HSUM(Z11, Y11, X11, 12)
 	VZEROUPPER
 	RET
+
+// x preparation (see permuteX): per 64-column block, output vector i lane l
+// takes x[src] with src = 8·(l mod 8) + 2i + l/8 (4-bit) or 16·(l mod 4) +
+// 4i + l/4 (2-bit): VPERMT2PS of the block's first and second halves by
+// src mod 32, blended by mask with the lanes whose src is in the second
+// half. The group sums add the block's four vectors lane-wise and reduce
+// once per group.
+
+DATA px4idx<>+0(SB)/4, $0
+DATA px4idx<>+4(SB)/4, $8
+DATA px4idx<>+8(SB)/4, $16
+DATA px4idx<>+12(SB)/4, $24
+DATA px4idx<>+16(SB)/4, $0
+DATA px4idx<>+20(SB)/4, $8
+DATA px4idx<>+24(SB)/4, $16
+DATA px4idx<>+28(SB)/4, $24
+DATA px4idx<>+32(SB)/4, $1
+DATA px4idx<>+36(SB)/4, $9
+DATA px4idx<>+40(SB)/4, $17
+DATA px4idx<>+44(SB)/4, $25
+DATA px4idx<>+48(SB)/4, $1
+DATA px4idx<>+52(SB)/4, $9
+DATA px4idx<>+56(SB)/4, $17
+DATA px4idx<>+60(SB)/4, $25
+DATA px4idx<>+64(SB)/4, $2
+DATA px4idx<>+68(SB)/4, $10
+DATA px4idx<>+72(SB)/4, $18
+DATA px4idx<>+76(SB)/4, $26
+DATA px4idx<>+80(SB)/4, $2
+DATA px4idx<>+84(SB)/4, $10
+DATA px4idx<>+88(SB)/4, $18
+DATA px4idx<>+92(SB)/4, $26
+DATA px4idx<>+96(SB)/4, $3
+DATA px4idx<>+100(SB)/4, $11
+DATA px4idx<>+104(SB)/4, $19
+DATA px4idx<>+108(SB)/4, $27
+DATA px4idx<>+112(SB)/4, $3
+DATA px4idx<>+116(SB)/4, $11
+DATA px4idx<>+120(SB)/4, $19
+DATA px4idx<>+124(SB)/4, $27
+DATA px4idx<>+128(SB)/4, $4
+DATA px4idx<>+132(SB)/4, $12
+DATA px4idx<>+136(SB)/4, $20
+DATA px4idx<>+140(SB)/4, $28
+DATA px4idx<>+144(SB)/4, $4
+DATA px4idx<>+148(SB)/4, $12
+DATA px4idx<>+152(SB)/4, $20
+DATA px4idx<>+156(SB)/4, $28
+DATA px4idx<>+160(SB)/4, $5
+DATA px4idx<>+164(SB)/4, $13
+DATA px4idx<>+168(SB)/4, $21
+DATA px4idx<>+172(SB)/4, $29
+DATA px4idx<>+176(SB)/4, $5
+DATA px4idx<>+180(SB)/4, $13
+DATA px4idx<>+184(SB)/4, $21
+DATA px4idx<>+188(SB)/4, $29
+DATA px4idx<>+192(SB)/4, $6
+DATA px4idx<>+196(SB)/4, $14
+DATA px4idx<>+200(SB)/4, $22
+DATA px4idx<>+204(SB)/4, $30
+DATA px4idx<>+208(SB)/4, $6
+DATA px4idx<>+212(SB)/4, $14
+DATA px4idx<>+216(SB)/4, $22
+DATA px4idx<>+220(SB)/4, $30
+DATA px4idx<>+224(SB)/4, $7
+DATA px4idx<>+228(SB)/4, $15
+DATA px4idx<>+232(SB)/4, $23
+DATA px4idx<>+236(SB)/4, $31
+DATA px4idx<>+240(SB)/4, $7
+DATA px4idx<>+244(SB)/4, $15
+DATA px4idx<>+248(SB)/4, $23
+DATA px4idx<>+252(SB)/4, $31
+GLOBL px4idx<>(SB), RODATA|NOPTR, $256
+
+DATA px2idx<>+0(SB)/4, $0
+DATA px2idx<>+4(SB)/4, $16
+DATA px2idx<>+8(SB)/4, $0
+DATA px2idx<>+12(SB)/4, $16
+DATA px2idx<>+16(SB)/4, $1
+DATA px2idx<>+20(SB)/4, $17
+DATA px2idx<>+24(SB)/4, $1
+DATA px2idx<>+28(SB)/4, $17
+DATA px2idx<>+32(SB)/4, $2
+DATA px2idx<>+36(SB)/4, $18
+DATA px2idx<>+40(SB)/4, $2
+DATA px2idx<>+44(SB)/4, $18
+DATA px2idx<>+48(SB)/4, $3
+DATA px2idx<>+52(SB)/4, $19
+DATA px2idx<>+56(SB)/4, $3
+DATA px2idx<>+60(SB)/4, $19
+DATA px2idx<>+64(SB)/4, $4
+DATA px2idx<>+68(SB)/4, $20
+DATA px2idx<>+72(SB)/4, $4
+DATA px2idx<>+76(SB)/4, $20
+DATA px2idx<>+80(SB)/4, $5
+DATA px2idx<>+84(SB)/4, $21
+DATA px2idx<>+88(SB)/4, $5
+DATA px2idx<>+92(SB)/4, $21
+DATA px2idx<>+96(SB)/4, $6
+DATA px2idx<>+100(SB)/4, $22
+DATA px2idx<>+104(SB)/4, $6
+DATA px2idx<>+108(SB)/4, $22
+DATA px2idx<>+112(SB)/4, $7
+DATA px2idx<>+116(SB)/4, $23
+DATA px2idx<>+120(SB)/4, $7
+DATA px2idx<>+124(SB)/4, $23
+DATA px2idx<>+128(SB)/4, $8
+DATA px2idx<>+132(SB)/4, $24
+DATA px2idx<>+136(SB)/4, $8
+DATA px2idx<>+140(SB)/4, $24
+DATA px2idx<>+144(SB)/4, $9
+DATA px2idx<>+148(SB)/4, $25
+DATA px2idx<>+152(SB)/4, $9
+DATA px2idx<>+156(SB)/4, $25
+DATA px2idx<>+160(SB)/4, $10
+DATA px2idx<>+164(SB)/4, $26
+DATA px2idx<>+168(SB)/4, $10
+DATA px2idx<>+172(SB)/4, $26
+DATA px2idx<>+176(SB)/4, $11
+DATA px2idx<>+180(SB)/4, $27
+DATA px2idx<>+184(SB)/4, $11
+DATA px2idx<>+188(SB)/4, $27
+DATA px2idx<>+192(SB)/4, $12
+DATA px2idx<>+196(SB)/4, $28
+DATA px2idx<>+200(SB)/4, $12
+DATA px2idx<>+204(SB)/4, $28
+DATA px2idx<>+208(SB)/4, $13
+DATA px2idx<>+212(SB)/4, $29
+DATA px2idx<>+216(SB)/4, $13
+DATA px2idx<>+220(SB)/4, $29
+DATA px2idx<>+224(SB)/4, $14
+DATA px2idx<>+228(SB)/4, $30
+DATA px2idx<>+232(SB)/4, $14
+DATA px2idx<>+236(SB)/4, $30
+DATA px2idx<>+240(SB)/4, $15
+DATA px2idx<>+244(SB)/4, $31
+DATA px2idx<>+248(SB)/4, $15
+DATA px2idx<>+252(SB)/4, $31
+GLOBL px2idx<>(SB), RODATA|NOPTR, $256
+
+// func prepX4AVX512(x, xp, sumx *float32, ngroups, bpg int)
+TEXT ·prepX4AVX512(SB), NOSPLIT, $0-40
+	MOVQ x+0(FP), SI
+	MOVQ xp+8(FP), DI
+	MOVQ sumx+16(FP), DX
+	MOVQ ngroups+24(FP), AX
+	MOVQ bpg+32(FP), R13
+	VMOVDQU32 px4idx<>+0(SB), Z16
+	VMOVDQU32 px4idx<>+64(SB), Z17
+	VMOVDQU32 px4idx<>+128(SB), Z18
+	VMOVDQU32 px4idx<>+192(SB), Z19
+	MOVL $0xF0F0, R8
+	KMOVW R8, K1
+prepX4AVX512group:
+	VPXORD Z8, Z8, Z8
+	MOVQ R13, CX
+prepX4AVX512block:
+	VMOVUPS (SI), Z0; VMOVUPS 64(SI), Z1; VMOVUPS 128(SI), Z2; VMOVUPS 192(SI), Z3
+	VADDPS Z0, Z8, Z8; VADDPS Z1, Z8, Z8; VADDPS Z2, Z8, Z8; VADDPS Z3, Z8, Z8
+	VMOVAPS Z0, Z4; VPERMT2PS Z1, Z16, Z4; VMOVAPS Z2, Z5; VPERMT2PS Z3, Z16, Z5
+	VBLENDMPS Z5, Z4, K1, Z4; VMOVUPS Z4, 0(DI)
+	VMOVAPS Z0, Z4; VPERMT2PS Z1, Z17, Z4; VMOVAPS Z2, Z5; VPERMT2PS Z3, Z17, Z5
+	VBLENDMPS Z5, Z4, K1, Z4; VMOVUPS Z4, 64(DI)
+	VMOVAPS Z0, Z4; VPERMT2PS Z1, Z18, Z4; VMOVAPS Z2, Z5; VPERMT2PS Z3, Z18, Z5
+	VBLENDMPS Z5, Z4, K1, Z4; VMOVUPS Z4, 128(DI)
+	VMOVAPS Z0, Z4; VPERMT2PS Z1, Z19, Z4; VMOVAPS Z2, Z5; VPERMT2PS Z3, Z19, Z5
+	VBLENDMPS Z5, Z4, K1, Z4; VMOVUPS Z4, 192(DI)
+	ADDQ $256, SI; ADDQ $256, DI
+	DECQ CX; JNZ prepX4AVX512block
+	VEXTRACTF64X4 $1, Z8, Y9; VADDPS Y9, Y8, Y8
+	VEXTRACTF128 $1, Y8, X9; VADDPS X9, X8, X8
+	VMOVHLPS X8, X8, X9; VADDPS X9, X8, X8
+	VPSHUFD $1, X8, X9; VADDSS X9, X8, X8
+	VMOVSS X8, (DX)
+	ADDQ $4, DX
+	DECQ AX; JNZ prepX4AVX512group
+	VZEROUPPER
+	RET
+
+// func prepX2AVX512(x, xp, sumx *float32, ngroups, bpg int)
+TEXT ·prepX2AVX512(SB), NOSPLIT, $0-40
+	MOVQ x+0(FP), SI
+	MOVQ xp+8(FP), DI
+	MOVQ sumx+16(FP), DX
+	MOVQ ngroups+24(FP), AX
+	MOVQ bpg+32(FP), R13
+	VMOVDQU32 px2idx<>+0(SB), Z16
+	VMOVDQU32 px2idx<>+64(SB), Z17
+	VMOVDQU32 px2idx<>+128(SB), Z18
+	VMOVDQU32 px2idx<>+192(SB), Z19
+	MOVL $0xCCCC, R8
+	KMOVW R8, K1
+prepX2AVX512group:
+	VPXORD Z8, Z8, Z8
+	MOVQ R13, CX
+prepX2AVX512block:
+	VMOVUPS (SI), Z0; VMOVUPS 64(SI), Z1; VMOVUPS 128(SI), Z2; VMOVUPS 192(SI), Z3
+	VADDPS Z0, Z8, Z8; VADDPS Z1, Z8, Z8; VADDPS Z2, Z8, Z8; VADDPS Z3, Z8, Z8
+	VMOVAPS Z0, Z4; VPERMT2PS Z1, Z16, Z4; VMOVAPS Z2, Z5; VPERMT2PS Z3, Z16, Z5
+	VBLENDMPS Z5, Z4, K1, Z4; VMOVUPS Z4, 0(DI)
+	VMOVAPS Z0, Z4; VPERMT2PS Z1, Z17, Z4; VMOVAPS Z2, Z5; VPERMT2PS Z3, Z17, Z5
+	VBLENDMPS Z5, Z4, K1, Z4; VMOVUPS Z4, 64(DI)
+	VMOVAPS Z0, Z4; VPERMT2PS Z1, Z18, Z4; VMOVAPS Z2, Z5; VPERMT2PS Z3, Z18, Z5
+	VBLENDMPS Z5, Z4, K1, Z4; VMOVUPS Z4, 128(DI)
+	VMOVAPS Z0, Z4; VPERMT2PS Z1, Z19, Z4; VMOVAPS Z2, Z5; VPERMT2PS Z3, Z19, Z5
+	VBLENDMPS Z5, Z4, K1, Z4; VMOVUPS Z4, 192(DI)
+	ADDQ $256, SI; ADDQ $256, DI
+	DECQ CX; JNZ prepX2AVX512block
+	VEXTRACTF64X4 $1, Z8, Y9; VADDPS Y9, Y8, Y8
+	VEXTRACTF128 $1, Y8, X9; VADDPS X9, X8, X8
+	VMOVHLPS X8, X8, X9; VADDPS X9, X8, X8
+	VPSHUFD $1, X8, X9; VADDSS X9, X8, X8
+	VMOVSS X8, (DX)
+	ADDQ $4, DX
+	DECQ AX; JNZ prepX2AVX512group
+	VZEROUPPER
+	RET

@@ -68,6 +68,12 @@ func dot4x4AVX2(w *uint32, wstride int, sc, bi *uint16, gstride int, xp, sumx8 *
 func dot2x4AVX2(w *uint32, wstride int, sc, bi *uint16, gstride int, xp, sumx8 *float32, ngroups, bpg int, out *[4]float32)
 
 //go:noescape
+func prepX4AVX512(x, xp, sumx *float32, ngroups, bpg int)
+
+//go:noescape
+func prepX2AVX512(x, xp, sumx *float32, ngroups, bpg int)
+
+//go:noescape
 func dotF32AVX2(a, b *float32, n int) float32
 
 //go:noescape
@@ -80,8 +86,9 @@ type xprep struct {
 	group   int
 	kern    int
 	bits    int       // permutation class: 4, 2 or 8 (x used as is)
-	xp      []float32 // x permuted for the SIMD kernels
+	xp      []float32 // x permuted for the SIMD kernels (x itself for 8-bit)
 	sumx8   []float32 // AVX2: per group, 8 lanes of Σx/8
+	own     []float32 // the buffer behind xp when it is not x
 }
 
 // fits reports whether p serves a product of m (kernel kern) with x.
@@ -108,16 +115,28 @@ func kernelFor(m *Matrix) int {
 // reusing p's buffers.
 func (p *xprep) fill(m *Matrix, x []float32, kern int) {
 	p.x, p.group, p.kern, p.bits = x, m.GroupSize, kern, m.Bits
-	p.sumx = groupSums(grow(p.sumx, len(x)/m.GroupSize), x, m.GroupSize)
-	if kern == kernGo {
-		return
-	}
-	if m.Bits == 8 {
+	p.sumx = grow(p.sumx, len(x)/m.GroupSize)
+	switch {
+	case kern == kernGo || m.Bits == 8:
+		groupSums(p.sumx, x, m.GroupSize)
 		p.xp = x // AVX-512 8-bit: codes are bytes in column order
 		return
+	case useAVX512:
+		// The SIMD kernels need groups of 64k columns: one pass permutes
+		// and sums (in its own order, used by every row of the call).
+		p.own = grow(p.own, len(x))
+		p.xp = p.own
+		prep := prepX4AVX512
+		if m.Bits == 2 {
+			prep = prepX2AVX512
+		}
+		prep(&x[0], &p.xp[0], &p.sumx[0], len(p.sumx), m.GroupSize/64)
+	default:
+		groupSums(p.sumx, x, m.GroupSize)
+		p.own = grow(p.own, len(x))
+		p.xp = p.own
+		permuteX(p.xp, x, m.Bits)
 	}
-	p.xp = grow(p.xp, len(x))
-	permuteX(p.xp, x, m.Bits)
 	if kern == kernAVX2 {
 		p.sumx8 = grow(p.sumx8, 8*len(p.sumx))
 		for g, s := range p.sumx {
@@ -206,3 +225,6 @@ func dotF32x4(out *[4]float32, a, x []float32, stride int) {
 		}
 	}
 }
+
+// clearAlias drops the reference to the caller's x held for 8-bit products.
+func (p *xprep) clearAlias() { p.xp = nil }

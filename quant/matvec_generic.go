@@ -46,3 +46,5 @@ func dotF32(a, b []float32) float32 { return dotF32Go(a, b) }
 
 // dotF32x4 sets out[t] = Σ_i a[i]·x[t*stride+i] for t = 0..3.
 func dotF32x4(out *[4]float32, a, x []float32, stride int) { dotF32x4Go(out, a, x, stride) }
+
+func (p *xprep) clearAlias() {}

@@ -209,3 +209,39 @@ func TestConcurrentCallers(t *testing.T) {
 		}
 	}
 }
+
+// TestInputsUntouched checks that products never write to x or the matrix,
+// also later, when pooled buffers pass from an 8-bit product (whose kernels
+// read x itself) to a 4- or 2-bit one (which permute x into a buffer of
+// their own).
+func TestInputsUntouched(t *testing.T) {
+	rng := rand.New(rand.NewPCG(17, 18))
+	type input struct {
+		bits  int
+		m     *Matrix
+		x, x0 []float32
+		w0    []uint32
+	}
+	var ins []input
+	for it := 0; it < 4; it++ {
+		for _, bits := range []int{8, 4, 8, 2, 8} {
+			m := randMatrix(rng, bits, 64, 8, 1024)
+			x := randVec(rng, m.Cols)
+			ins = append(ins, input{bits, m, x, append([]float32(nil), x...), append([]uint32(nil), m.W...)})
+			MatVec(make([]float32, m.Rows), m, x)
+			MatMul(make([]float32, 2*m.Rows), m, append(append([]float32(nil), x...), x...), 2)
+		}
+	}
+	for k, in := range ins {
+		for i := range in.x {
+			if math.Float32bits(in.x[i]) != math.Float32bits(in.x0[i]) {
+				t.Fatalf("product %d (%d-bit): x[%d] changed from %v to %v", k, in.bits, i, in.x0[i], in.x[i])
+			}
+		}
+		for i := range in.w0 {
+			if in.m.W[i] != in.w0[i] {
+				t.Fatalf("product %d (%d-bit): W[%d] changed", k, in.bits, i)
+			}
+		}
+	}
+}

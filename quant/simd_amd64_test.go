@@ -49,3 +49,40 @@ func TestDequantAVX512(t *testing.T) {
 		}
 	}
 }
+
+// TestPrepXAVX512 compares the AVX-512 x preparation with permuteX (exact)
+// and groupSums (up to the order of the additions).
+func TestPrepXAVX512(t *testing.T) {
+	if !useAVX512 {
+		t.Skip("no AVX-512")
+	}
+	rng := rand.New(rand.NewPCG(43, 44))
+	for _, bits := range []int{4, 2} {
+		for _, group := range []int{64, 128} {
+			x := randVec(rng, 8*group)
+			xp, want := make([]float32, len(x)), make([]float32, len(x))
+			sums, wantSums := make([]float32, 8), make([]float32, 8)
+			prep := prepX4AVX512
+			if bits == 2 {
+				prep = prepX2AVX512
+			}
+			prep(&x[0], &xp[0], &sums[0], len(sums), group/64)
+			permuteX(want, x, bits)
+			groupSums(wantSums, x, group)
+			for i := range xp {
+				if xp[i] != want[i] {
+					t.Fatalf("%d-bit g%d: xp[%d] = %v, permuteX %v", bits, group, i, xp[i], want[i])
+				}
+			}
+			for g := range sums {
+				var mag float64
+				for _, v := range x[g*group : (g+1)*group] {
+					mag += math.Abs(float64(v))
+				}
+				if d := math.Abs(float64(sums[g] - wantSums[g])); d > 1e-6*mag {
+					t.Fatalf("%d-bit g%d: sum %d = %v, groupSums %v", bits, group, g, sums[g], wantSums[g])
+				}
+			}
+		}
+	}
+}
