@@ -2,7 +2,10 @@
 
 package quant
 
-import "unsafe"
+import (
+	"sync"
+	"unsafe"
+)
 
 //go:generate python3 matmul512_gen.py
 
@@ -70,8 +73,11 @@ func matMulTiled(dst []float32, m *Matrix, x []float32, tokens int) bool {
 	wpr, gpr, bpg := m.WordsPerRow(), m.GroupsPerRow(), m.GroupSize/64
 	tiles := (tokens + mmTokens - 1) / mmTokens
 	parallelRows(rows, m.WordsPerRow()*4*tokens, func(lo, hi int) {
-		buf := make([]float32, mmRows*cols)
-		acc := make([]float32, mmRows*mmTokens*16*tiles)
+		sp := mmPool.Get().(*mmScratch)
+		defer mmPool.Put(sp)
+		sp.buf = grow(sp.buf, mmRows*cols)
+		sp.acc = grow(sp.acc, mmRows*mmTokens*16*tiles)
+		buf, acc := sp.buf, sp.acc
 		for r0 := lo; r0 < hi; r0 += mmRows {
 			nr := min(mmRows, hi-r0)
 			for r := 0; r < nr; r++ {
@@ -103,6 +109,11 @@ func matMulTiled(dst []float32, m *Matrix, x []float32, tokens int) bool {
 	})
 	return true
 }
+
+// mmScratch is a worker's dequantized rows and accumulators.
+type mmScratch struct{ buf, acc []float32 }
+
+var mmPool = sync.Pool{New: func() any { return new(mmScratch) }}
 
 // hsum16 returns the sum of 16 partial sums, in a fixed pairwise order.
 func hsum16(a *[16]float32) float32 {
