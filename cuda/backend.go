@@ -41,6 +41,9 @@ type Options struct {
 	// NoBatchedMoE selects the older expert kernels (down projection walking
 	// the K experts per warp) instead of the batched ones.
 	NoBatchedMoE bool
+	// NoFusion turns off the deferred decode fusions of fuse.go (also
+	// FMOE_CUDA_FUSE=0).
+	NoFusion bool
 	// NoGraphs turns off the replay of repeated launch sequences (decode
 	// steps) as CUDA graphs (also FMOE_CUDA_GRAPHS=0).
 	NoGraphs bool
@@ -60,6 +63,7 @@ type Backend struct {
 	hosts  []unsafe.Pointer // pinned host allocations
 	scr    map[string]*scratch
 	moe    *expertCache
+	fz     fuser // pending decode work (fuse.go)
 	closed bool
 	err    error // deferred error from Reset (no error return there)
 	// override replaces routed expert ids (benchmarks; runtime.RouteOverrider).
@@ -144,7 +148,7 @@ func kernelNames() []string {
 			names = append(names, "qgemm"+bits+"_"+v)
 		}
 	}
-	return append(names, "qgemm_sum", "moe_combine")
+	return append(names, "qgemm_sum", "moe_combine", "qmvb2", "qmvb4", "qmvb8", "moe_dnc2", "moe_dnc4", "moe_dnc8")
 }
 
 // Info returns the device's name and compute capability.
@@ -194,8 +198,19 @@ func (b *Backend) Close() error {
 	return errors.Join(errs...)
 }
 
-// run executes f on the worker, first reporting a deferred error.
+// run executes f on the worker after launching pending fused work (fuse.go),
+// first reporting a deferred error.
 func (b *Backend) run(f func() error) error {
+	return b.runRaw(func() error {
+		if err := b.flush(); err != nil {
+			return err
+		}
+		return f()
+	})
+}
+
+// runRaw is run without the flush (fusing entry points decide themselves).
+func (b *Backend) runRaw(f func() error) error {
 	if b.closed {
 		return ErrClosed
 	}

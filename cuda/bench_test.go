@@ -247,7 +247,7 @@ func BenchmarkMoE(b *testing.B) {
 					step := func() error {
 						layer++
 						return be.moe1(context.Background(), y.(*Tensor), x.(*Tensor), router.(*Weight), src,
-							runtime.MoEParams{Layer: layer % layers, NumExperts: E, TopK: K}, nil)
+							runtime.MoEParams{Layer: layer % layers, NumExperts: E, TopK: K}, nil, nil)
 					}
 					for l := 0; l < layers; l++ { // fill
 						if err := be.run(step); err != nil {

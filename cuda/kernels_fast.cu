@@ -22,10 +22,11 @@ __device__ __forceinline__ float codef(u32 w, int k) {
 // rowp (so MoE can mix gate and up rows of any expert).
 // The lane starts at chunk cstart and steps by cstride (32 for a warp that
 // owns whole rows; 32·warps when the warps of a block split the columns).
-template <int BITS, int R, int U>
+// NRM: x is replaced by its RMSNorm (x·rn)·nw, computed as rmsnorm4 does.
+template <int BITS, int R, int U, bool NRM = false>
 __device__ __forceinline__ void qmv_rows(const u32* const (&wr)[R], const u16* const (&sr)[R], const u16* const (&br)[R],
                                          int in, int group, const float* __restrict__ x, float (&acc)[R],
-                                         int cstart, int cstride) {
+                                         int cstart, int cstride, const float* __restrict__ nw = nullptr, float rn = 1.f) {
   constexpr int PER = 32 / BITS;
   constexpr float SC = (float)(1 << BITS);
   const int nchunks = in / (4 * PER);
@@ -54,7 +55,12 @@ __device__ __forceinline__ void qmv_rows(const u32* const (&wr)[R], const u16* c
 #pragma unroll
           for (int k = 0; k < PER; k += 4) {
             const float4 f = __ldg(reinterpret_cast<const float4*>(x + col0 + wi * PER + k));
-            xv[k] = f.x; xv[k + 1] = f.y; xv[k + 2] = f.z; xv[k + 3] = f.w;
+            if (NRM) {
+              const float4 g = __ldg(reinterpret_cast<const float4*>(nw + col0 + wi * PER + k));
+              xv[k] = f.x * rn * g.x; xv[k + 1] = f.y * rn * g.y; xv[k + 2] = f.z * rn * g.z; xv[k + 3] = f.w * rn * g.w;
+            } else {
+              xv[k] = f.x; xv[k + 1] = f.y; xv[k + 2] = f.z; xv[k + 3] = f.w;
+            }
           }
 #pragma unroll
           for (int k = 0; k < PER; k++) sx += xv[k];

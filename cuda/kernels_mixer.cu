@@ -331,10 +331,12 @@ DELTA2(32)
 
 // router_topk: one warp per token; logits [T, E] → top-K ids and weights
 // renormalised over the K (= softmax restricted to the chosen experts).
-extern "C" __global__ void router_topk(const float* logits, int E, int K, int* ids, float* wts) {
-  extern __shared__ float sl[];  // E
-  const int t = blockIdx.x, lane = threadIdx.x;
-  for (int e = lane; e < E; e += 32) sl[e] = logits[(size_t)t * E + e];
+// topk_warp (one warp): top-K ids and weights of one token's logits row,
+// renormalised over the K (= softmax restricted to the chosen experts). The
+// logits are read with __ldcg (other blocks of a fused kernel wrote them).
+__device__ __forceinline__ void topk_warp(const float* logits, int E, int K, int* ids, float* wts, float* sl) {
+  const int lane = threadIdx.x & 31;
+  for (int e = lane; e < E; e += 32) sl[e] = __ldcg(logits + e);
   __syncwarp();
   float top = 0.f, sum = 0.f;
   for (int k = 0; k < K; k++) {
@@ -353,10 +355,18 @@ extern "C" __global__ void router_topk(const float* logits, int E, int K, int* i
     if (k == 0) top = bv;
     const float p = expf(bv - top);
     sum += p;
-    if (lane == 0) { ids[t * K + k] = bi; wts[t * K + k] = p; sl[bi] = -FINF; }
+    if (lane == 0) { ids[k] = bi; wts[k] = p; sl[bi] = -FINF; }
     __syncwarp();
   }
-  if (lane < K) wts[t * K + lane] /= sum;
+  __syncwarp();
+  if (lane < K) wts[lane] /= sum;
+}
+
+// router_topk: one warp per token; logits [T, E] → top-K ids and weights.
+extern "C" __global__ void router_topk(const float* logits, int E, int K, int* ids, float* wts) {
+  extern __shared__ float sl[];  // E
+  const int t = blockIdx.x;
+  topk_warp(logits + (size_t)t * E, E, K, ids + t * K, wts + t * K, sl);
 }
 
 struct ProjOff { long long w, s, b; };

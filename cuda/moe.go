@@ -529,10 +529,27 @@ func (b *Backend) MoE(ctx context.Context, dst, x runtime.Tensor, router runtime
 	if l := src.Layout(); l.Hidden != xt.cols {
 		return fmt.Errorf("%w: experts of hidden size %d for x of width %d", ErrShape, l.Hidden, xt.cols)
 	}
-	return b.run(func() error { return b.moe1(ctx, d, xt, rw, src, p, routing) })
+	return b.runRaw(func() error {
+		if err := b.flushBatch(); err != nil {
+			return err
+		}
+		nrm, err := b.takeNorm(xt)
+		if err != nil {
+			return err
+		}
+		if nrm != nil && !(xt.rows == 1 && fusableMV(rw, xt)) {
+			if err := b.rmsnormLaunch(nrm.dst, nrm.x, nrm.w, nrm.x.cols, nrm.eps); err != nil {
+				return err
+			}
+			nrm = nil
+		}
+		return b.moe1(ctx, d, xt, rw, src, p, routing, nrm)
+	})
 }
 
-func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runtime.ExpertSource, p runtime.MoEParams, routing *runtime.Routing) error {
+// moe1 (worker only): nrm, when set, is the pending RMSNorm producing xt
+// (fused into the router launch).
+func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runtime.ExpertSource, p runtime.MoEParams, routing *runtime.Routing, nrm *pendNorm) error {
 	T, E, K := xt.rows, p.NumExperts, p.TopK
 	c, err := b.cacheFor(src, p)
 	if err != nil {
@@ -569,11 +586,19 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 			return err
 		}
 	}
-	if err := b.matmul(logits, rw, xt.p, T); err != nil {
-		return err
-	}
-	if err := b.d.launch(b.fn["router_topk"], grid1(T), [3]int{32, 1, 1}, E*4, logits, E, K, ids, wts); err != nil {
-		return err
+	if nrm != nil || (T == 1 && !b.fuseOff() && fusableMV(rw, xt) && E <= 12*1024) {
+		// router matvec (after the fused norm) and top-K in one launch
+		bt := &fBatch{x: xt, norm: nrm, items: []fItem{{w: rw, x: xt, y: &Tensor{p: logits, rows: 1, cols: E}}}}
+		if err := b.launchBatch(bt, &topk{E: E, K: K, ids: ids, wts: wts}); err != nil {
+			return err
+		}
+	} else {
+		if err := b.matmul(logits, rw, xt.p, T); err != nil {
+			return err
+		}
+		if err := b.d.launch(b.fn["router_topk"], grid1(T), [3]int{32, 1, 1}, E*4, logits, E, K, ids, wts); err != nil {
+			return err
+		}
 	}
 	if b.override != nil {
 		// The override's ids go through a pinned buffer per layer and an
@@ -740,6 +765,12 @@ func (b *Backend) runExperts(c *expertCache, table uintptr, xt, d *Tensor, ids, 
 			table, ids, xt.p, hbuf, l.Intermediate, l.Hidden, l.GroupSize, K, t0,
 			l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset); err != nil {
 			return err
+		}
+		if !b.fuseOff() {
+			// down projections with the routing weights applied (no combine)
+			return b.d.launch(b.fn[fmt.Sprintf("moe_dnc%d", l.Down.Bits)], [3]int{cdiv(l.Hidden, 4), n, 1}, [3]int{128, 1, 1}, 0,
+				table, ids, wts, hbuf, d.p, l.Hidden, l.Intermediate, l.GroupSize, K, t0,
+				l.Down.WOffset, l.Down.SOffset, l.Down.BOffset)
 		}
 		if err := b.d.launch(b.fn[c.dn], [3]int{cdiv(l.Hidden, 16), n * K, 1}, [3]int{128, 1, 1}, 0,
 			table, ids, hbuf, part, l.Hidden, l.Intermediate, l.GroupSize, K, t0,

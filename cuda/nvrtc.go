@@ -21,8 +21,11 @@ var kernelsMixer string
 //go:embed kernels_fast.cu
 var kernelsFast string
 
+//go:embed kernels_fuse.cu
+var kernelsFuse string
+
 // kernelSource is the whole CUDA C translation unit.
-func kernelSource() string { return kernelsCore + "\n" + kernelsMixer + "\n" + kernelsFast }
+func kernelSource() string { return kernelsCore + "\n" + kernelsMixer + "\n" + kernelsFast + "\n" + kernelsFuse }
 
 // ErrCompile reports that NVRTC rejected the kernel source; the error text
 // carries the compiler log.

@@ -69,7 +69,15 @@ func (b *Backend) MatMul(dst runtime.Tensor, wt runtime.Weight, x runtime.Tensor
 	if xt.cols != w.in || d.cols != w.out || d.rows != xt.rows {
 		return fmt.Errorf("%w: matmul %s [%d,%d] · x[%d,%d] → [%d,%d]", ErrShape, w.name, w.out, w.in, xt.rows, xt.cols, d.rows, d.cols)
 	}
-	return b.run(func() error { return b.matmul(d.p, w, xt.p, xt.rows) })
+	return b.runRaw(func() error {
+		if ok, err := b.fuseMatMul(d, w, xt); ok {
+			return err
+		}
+		if err := b.flush(); err != nil {
+			return err
+		}
+		return b.matmul(d.p, w, xt.p, xt.rows)
+	})
 }
 
 // qmvVariants are the decode matvec kernels: rRuU = one warp per R rows, U
@@ -181,14 +189,14 @@ func (b *Backend) RMSNorm(dst, x runtime.Tensor, wt runtime.Weight, eps float32)
 	if err != nil {
 		return err
 	}
-	threads := min(256, cdiv(glen, 32)*32)
-	f := b.fn["rmsnorm"]
-	if glen%4 == 0 && glen <= 16*1024 {
-		// one read of x, values in registers: 4 float4 per thread
-		f, threads = b.fn["rmsnorm4"], min(1024, max(32, cdiv(glen/4, 4*32)*32))
-	}
-	return b.run(func() error {
-		return b.d.launch(f, grid1(xt.rows*xt.cols/glen), [3]int{threads, 1, 1}, 0, d.p, xt.p, wp, glen, eps)
+	return b.runRaw(func() error {
+		if ok, err := b.fuseRMSNorm(d, xt, wp, glen, eps); ok {
+			return err
+		}
+		if err := b.flush(); err != nil {
+			return err
+		}
+		return b.rmsnormLaunch(d, xt, wp, glen, eps)
 	})
 }
 
@@ -211,7 +219,15 @@ func (b *Backend) Add(dst, x runtime.Tensor) error {
 		return err
 	}
 	n := ts[0].rows * ts[0].cols
-	return b.run(func() error { return b.d.launch(b.fn["add_f"], ewGrid(n), blk, 0, ts[0].p, ts[1].p, int64(n)) })
+	return b.runRaw(func() error {
+		if b.fuseAdd(ts[0], ts[1]) {
+			return nil
+		}
+		if err := b.flush(); err != nil {
+			return err
+		}
+		return b.d.launch(b.fn["add_f"], ewGrid(n), blk, 0, ts[0].p, ts[1].p, int64(n))
+	})
 }
 
 // SwiGLU implements runtime.Backend.
@@ -224,7 +240,13 @@ func (b *Backend) SwiGLU(dst, gate, up runtime.Tensor) error {
 		return err
 	}
 	n := ts[0].rows * ts[0].cols
-	return b.run(func() error {
+	return b.runRaw(func() error {
+		if b.fuseSwiGLU(ts[0], ts[1], ts[2]) {
+			return nil
+		}
+		if err := b.flush(); err != nil {
+			return err
+		}
 		return b.d.launch(b.fn["swiglu_f"], ewGrid(n), blk, 0, ts[0].p, ts[1].p, ts[2].p, int64(n))
 	})
 }
@@ -241,7 +263,13 @@ func (b *Backend) SigmoidGateAdd(dst, x, gate runtime.Tensor) error {
 	if ts[2].rows != ts[0].rows || ts[2].cols != 1 {
 		return fmt.Errorf("%w: gate [%d,%d] for [%d,%d]", ErrShape, ts[2].rows, ts[2].cols, ts[0].rows, ts[0].cols)
 	}
-	return b.run(func() error {
+	return b.runRaw(func() error {
+		if b.fuseGateAdd(ts[0], ts[1], ts[2]) {
+			return nil
+		}
+		if err := b.flush(); err != nil {
+			return err
+		}
 		n := ts[0].rows * ts[0].cols
 		return b.d.launch(b.fn["sigmoid_gate_add2"], ewGrid(n), blk, 0, ts[0].p, ts[1].p, ts[2].p, ts[0].cols, int64(n))
 	})

@@ -6,7 +6,9 @@
 # CUDA backend), then the 397B-shape synthetic model (EXPERTS per layer) and
 # whole-model decode: a per-kernel GPU-event profile of resident decode
 # (FMOE_CUDA_PROFILE=1) and the (a) resident runs with graphs on and off.
-# RUNS adds more `fmoe bench` runs: lines "label|flags".
+# RUNS adds more `fmoe bench` runs: lines "label|flags"; FIRST runs lines
+# "label|env|flags" before the profile (env e.g. FMOE_CUDA_FUSE=0); SKIPA=1
+# leaves out the default (a) runs.
 set -u
 D=${DEVBIN:-$PWD/.devbin}
 OUT=${OUT:-/tmp/fmoe-bench}
@@ -16,11 +18,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 date -u +%Y-%m-%dT%H:%MZ
 t0=$(date +%s)
 echo "== check"
-(cd cuda && FMOE_REQUIRE_CUDA=1 "$D/cuda.test" -test.run 'Conformance|MatMulKernels|SmallCacheChunks|MixersLarge|MoELarge' -test.count 1 -test.v 2>&1) >"$OUT/check.txt"
+(cd cuda && FMOE_REQUIRE_CUDA=1 "$D/cuda.test" -test.run 'Conformance|MatMulKernels|SmallCacheChunks|MixersLarge|MoELarge|FusedDecode|CachePolicy' -test.count 1 -test.v 2>&1) >"$OUT/check.txt"
 grep -E "^(--- FAIL|FAIL|ok|PASS)|graph replays|panic|error" "$OUT/check.txt" | head -20
 (cd runtime && FMOE_BACKEND=cuda "$D/runtime.test" -test.count 1 2>&1 | tail -4)
 echo "== check $(( $(date +%s) - t0 )) s"
-HBM=$(cd cuda && "$D/cuda.test" -test.run '^$' -test.bench 'CopyD2D' -test.benchtime 2x 2>&1 | awk '/CopyD2D/ {for(i=1;i<=NF;i++) if($(i)=="GB/s") print $(i-1)}' | tail -1)
+(cd cuda && "$D/cuda.test" -test.run '^$' -test.bench 'Copy' -test.benchtime 2x 2>&1) >"$OUT/copy.txt"
+HBM=$(awk '/CopyD2D/ {for(i=1;i<=NF;i++) if($(i)=="GB/s") print $(i-1)}' "$OUT/copy.txt" | tail -1)
+H2D=$(awk '/CopyH2D/ {for(i=1;i<=NF;i++) if($(i)=="GB/s") print $(i-1)}' "$OUT/copy.txt" | tail -1)
 if [ ! -f "$W/model/model_weights.json" ]; then
 	rm -rf "$W"; mkdir -p "$W"
 	"$D/fmoe" synth -o "$W/hf" --preset 397b-shape --experts "${EXPERTS:-32}" --quiet &&
@@ -28,11 +32,11 @@ if [ ! -f "$W/model/model_weights.json" ]; then
 	"$D/fmoe" extract "$W/hf" -o "$W/model" --quiet || exit 1
 	rm -rf "$W/hf"
 fi
-echo "== model ready $(( $(date +%s) - t0 )) s; HBM $HBM GB/s"
+echo "== model ready $(( $(date +%s) - t0 )) s; HBM $HBM GB/s, H2D $H2D GB/s"
 bench() { # label, env, flags
 	l=$1; e=$2; shift 2
 	echo "== $l" >>"$OUT/decode.err"
-	r=$(env $e "$D/fmoe" bench --model "$W/model" --backend cuda --mode full --json --hbm-gbs "$HBM" "$@" 2>"$OUT/last.err")
+	r=$(env $e "$D/fmoe" bench --model "$W/model" --backend cuda --mode full --json --hbm-gbs "$HBM" --h2d-gbs "${H2D:-50}" "$@" 2>"$OUT/last.err")
 	cat "$OUT/last.err" >>"$OUT/decode.err"
 	if [ -n "$r" ]; then
 		echo "$r" | tr -d '\n' | sed "s/^{/{\"label\":\"$l\",/" >>"$OUT/decode.jsonl"; echo >>"$OUT/decode.jsonl"
@@ -40,6 +44,10 @@ bench() { # label, env, flags
 	else echo "$l: FAILED: $(tail -3 "$OUT/last.err")"; fi
 	rm -f "$OUT/last.err"
 }
+# FIRST: runs named in FIRST ("label|env|flags" lines) before the profile.
+echo "${FIRST-}" | while IFS='|' read -r l e f; do
+	[ -n "$l" ] && bench "$l" "${e:-X=1}" $f
+done
 bench prof-K4 FMOE_CUDA_PROFILE=1 -k 4 --prefill 1 --tokens 16 --warmup 4 --routing uniform
 grep -A40 "cuda profile" "$OUT/decode.err" | head -32
 if [ -n "${PROF_OLD-}" ]; then
@@ -47,7 +55,7 @@ if [ -n "${PROF_OLD-}" ]; then
 	sed -n '/== prof-K4-olddelta/,$p' "$OUT/decode.err" | grep -A12 "cuda profile" | head -12
 fi
 P=${PREFILL:-128}; DT=${DECODE:-32}
-for k in 4 10; do
+[ -n "${SKIPA-}" ] || for k in 4 10; do
 	bench "a-resident-K$k-uniform" X=1 -k $k --prefill "$P" --tokens "$DT" --routing uniform
 	[ -n "${EAGER-}" ] && bench "a-resident-K$k-uniform-eager" FMOE_CUDA_GRAPHS=0 -k $k --prefill "$P" --tokens "$DT" --routing uniform
 done
