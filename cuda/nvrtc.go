@@ -25,7 +25,9 @@ var kernelsFast string
 var kernelsFuse string
 
 // kernelSource is the whole CUDA C translation unit.
-func kernelSource() string { return kernelsCore + "\n" + kernelsMixer + "\n" + kernelsFast + "\n" + kernelsFuse }
+func kernelSource() string {
+	return kernelsCore + "\n" + kernelsMixer + "\n" + kernelsFast + "\n" + kernelsFuse
+}
 
 // ErrCompile reports that NVRTC rejected the kernel source; the error text
 // carries the compiler log.
