@@ -14,8 +14,10 @@
 // scale*Σ q_i x_i + bias*Σ x_i, never materialising w.
 package quant
 
-// Products: MatVec (one token) and MatMul (a batch of tokens, weight rows
-// dequantized once per block of tokens) for 2-, 4- and 8-bit matrices, and
+// Products: MatVec (one token), MatVecBatch (several matrices in one
+// parallel region, e.g. the K experts of a decode step) and MatMul (a batch
+// of tokens, weight rows dequantized once per block of tokens) for 2-, 4-
+// and 8-bit matrices, and
 // MatVecF32/MatMulF32 for dense float32 weights. They split rows over a
 // package worker pool of GOMAXPROCS goroutines (small products run inline),
 // in chunks that start at multiples of 4 rows, so every row is computed by
