@@ -22,11 +22,12 @@ __device__ __forceinline__ float codef(u32 w, int k) {
 // rowp (so MoE can mix gate and up rows of any expert).
 // The lane starts at chunk cstart and steps by cstride (32 for a warp that
 // owns whole rows; 32·warps when the warps of a block split the columns).
-// NRM: x is replaced by its RMSNorm (x·rn)·nw, computed as rmsnorm4 does.
+// NRM: x is replaced by x⊙nw and ss accumulates x² over the chunks read (the
+// caller scales the sums by the RMSNorm factor once the block's ss is known).
 template <int BITS, int R, int U, bool NRM = false>
 __device__ __forceinline__ void qmv_rows(const u32* const (&wr)[R], const u16* const (&sr)[R], const u16* const (&br)[R],
                                          int in, int group, const float* __restrict__ x, float (&acc)[R],
-                                         int cstart, int cstride, const float* __restrict__ nw = nullptr, float rn = 1.f) {
+                                         int cstart, int cstride, const float* __restrict__ nw = nullptr, float* ss = nullptr) {
   constexpr int PER = 32 / BITS;
   constexpr float SC = (float)(1 << BITS);
   const int nchunks = in / (4 * PER);
@@ -57,7 +58,8 @@ __device__ __forceinline__ void qmv_rows(const u32* const (&wr)[R], const u16* c
             const float4 f = __ldg(reinterpret_cast<const float4*>(x + col0 + wi * PER + k));
             if (NRM) {
               const float4 g = __ldg(reinterpret_cast<const float4*>(nw + col0 + wi * PER + k));
-              xv[k] = f.x * rn * g.x; xv[k + 1] = f.y * rn * g.y; xv[k + 2] = f.z * rn * g.z; xv[k + 3] = f.w * rn * g.w;
+              xv[k] = f.x * g.x; xv[k + 1] = f.y * g.y; xv[k + 2] = f.z * g.z; xv[k + 3] = f.w * g.w;
+              *ss = fmaf(f.x, f.x, fmaf(f.y, f.y, fmaf(f.z, f.z, fmaf(f.w, f.w, *ss))));
             } else {
               xv[k] = f.x; xv[k + 1] = f.y; xv[k + 2] = f.z; xv[k + 3] = f.w;
             }

@@ -4,8 +4,10 @@
 // asks right before or after them folded in. The descriptor D (int64 words,
 // device memory, written once per distinct launch) holds:
 //   0 items  1 in  2 group  3 mode (1 norm, 2 swiglu, 4 gate, 8 top-k)  4 eps bits
-//   5 nx  6 nw  7 nt       norm: every item reads x = RMSNorm(nx)·nw (as
-//                           rmsnorm4 computes it); block 0 writes it to nt
+//   5 nx  6 nw  7 nt       norm: every item reads x = RMSNorm(nx)·nw, computed
+//                           as rn·W·(nx⊙nw) with Σnx² gathered while the block
+//                           reads nx for the dot products; block 0 writes the
+//                           normed row to nt
 //   8 gW 9 gS 10 gB 11 gx 12 gy 19 gin   gate: a 1-row matvec every block
 //                           computes (γ = σ(gW·gx)), block 0 writes gW·gx to gy
 //   13 sw                  swiglu: items 0 (gate) and 1 (up), 4 rows of each per
@@ -34,22 +36,7 @@ __device__ __forceinline__ void qmvb_body(const long long* __restrict__ D) {
   for (int i = 1; i < n; i++)
     if ((int)D[QB_ITEM + QB_STRIDE * i + 8] <= (int)blockIdx.x) it = i;
   const long long* I = D + QB_ITEM + QB_STRIDE * it;
-  float rn = 1.f;
-  const float* nw = nullptr;
-  if (mode & 1) {
-    const float* nx = (const float*)D[5];
-    nw = (const float*)D[6];
-    float ss = 0.f;
-    for (int c = tid * 4; c < in; c += 4 * blockDim.x) {
-      const float4 v = __ldg(reinterpret_cast<const float4*>(nx + c));
-      ss = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, ss))));
-    }
-    ss = block_sum(ss, sh);
-    rn = rsqrtf(ss / (float)in + eps);
-    float* nt = (float*)D[7];
-    if (blockIdx.x == 0 && nt != nullptr)
-      for (int c = tid; c < in; c += blockDim.x) nt[c] = nx[c] * rn * nw[c];
-  }
+  const float* nw = (mode & 1) ? (const float*)D[6] : nullptr;
   float gam = 0.f;
   if (mode & 4) {
     const int gin = (int)D[19];
@@ -83,8 +70,9 @@ __device__ __forceinline__ void qmvb_body(const long long* __restrict__ D) {
   float acc[8];
 #pragma unroll
   for (int r = 0; r < 8; r++) acc[r] = 0.f;
+  float ss = 0.f;
   if (mode & 1)
-    qmv_rows<BITS, 8, 1, true>(wr, sr, br, in, group, (const float*)I[3], acc, tid, 128, nw, rn);
+    qmv_rows<BITS, 8, 1, true>(wr, sr, br, in, group, (const float*)I[3], acc, tid, 128, nw, &ss);
   else
     qmv_rows<BITS, 8, 1>(wr, sr, br, in, group, (const float*)I[3], acc, tid, 128);
 #pragma unroll
@@ -92,19 +80,29 @@ __device__ __forceinline__ void qmvb_body(const long long* __restrict__ D) {
     const float v = warp_sum(acc[r]);
     if (lane == 0) red[w][r] = v;
   }
+  // norm: the block read every column once; W·(RMSNorm(x)·nw) = rn·W·(x⊙nw)
+  float rn = 1.f;
+  if (mode & 1) {
+    ss = block_sum(ss, sh);  // (its barriers also publish red)
+    rn = rsqrtf(ss / (float)in + eps);
+    const float* nx = (const float*)D[5];
+    float* nt = (float*)D[7];
+    if (blockIdx.x == 0 && nt != nullptr)
+      for (int c = tid; c < in; c += blockDim.x) nt[c] = nx[c] * rn * nw[c];
+  }
   __syncthreads();
   if (sw) {
     if (tid < 4 && r0 + tid < out) {
       const int row = r0 + tid;
-      const float g = (red[0][tid] + red[1][tid]) + (red[2][tid] + red[3][tid]);
-      const float u = (red[0][tid + 4] + red[1][tid + 4]) + (red[2][tid + 4] + red[3][tid + 4]);
+      const float g = rn * ((red[0][tid] + red[1][tid]) + (red[2][tid] + red[3][tid]));
+      const float u = rn * ((red[0][tid + 4] + red[1][tid + 4]) + (red[2][tid + 4] + red[3][tid + 4]));
       ((float*)I[4])[row] = g;
       ((float*)D[QB_ITEM + QB_STRIDE + 4])[row] = u;
       ((float*)D[13])[row] = silu(g) * u;
     }
   } else if (tid < 8 && r0 + tid < out) {
     const int row = r0 + tid;
-    const float v = (red[0][tid] + red[1][tid]) + (red[2][tid] + red[3][tid]);
+    const float v = rn * ((red[0][tid] + red[1][tid]) + (red[2][tid] + red[3][tid]));
     ((float*)I[4])[row] = v;
     float a = v;
     if (I[6]) {

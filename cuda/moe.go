@@ -766,8 +766,9 @@ func (b *Backend) runExperts(c *expertCache, table uintptr, xt, d *Tensor, ids, 
 			l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset); err != nil {
 			return err
 		}
-		if !b.fuseOff() {
-			// down projections with the routing weights applied (no combine)
+		if !b.fuseOff() && K <= 4 {
+			// down projections with the routing weights applied (no combine;
+			// a warp walks K/4 experts, so only for small K)
 			return b.d.launch(b.fn[fmt.Sprintf("moe_dnc%d", l.Down.Bits)], [3]int{cdiv(l.Hidden, 4), n, 1}, [3]int{128, 1, 1}, 0,
 				table, ids, wts, hbuf, d.p, l.Hidden, l.Intermediate, l.GroupSize, K, t0,
 				l.Down.WOffset, l.Down.SOffset, l.Down.BOffset)
