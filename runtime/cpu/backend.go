@@ -85,6 +85,34 @@ func wt(x runtime.Weight) (*weight, error) {
 	return w, nil
 }
 
+// tensorsWeight unwraps two tensors and a weight of this backend.
+func tensorsWeight(a, b runtime.Tensor, w runtime.Weight) (*tensor, *tensor, *weight, error) {
+	ta, err := tens(a)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	tb, err := tens(b)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ww, err := wt(w)
+	return ta, tb, ww, err
+}
+
+// tensors3 unwraps three tensors of this backend.
+func tensors3(a, b, c runtime.Tensor) (*tensor, *tensor, *tensor, error) {
+	ta, err := tens(a)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	tb, err := tens(b)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	tc, err := tens(c)
+	return ta, tb, tc, err
+}
+
 // NewTensor implements runtime.Backend.
 func (b *Backend) NewTensor(rows, cols int) (runtime.Tensor, error) {
 	if rows <= 0 || cols <= 0 {
@@ -168,15 +196,7 @@ func (b *Backend) Embed(dst runtime.Tensor, table runtime.Weight, ids []int32) e
 
 // MatMul implements runtime.Backend.
 func (b *Backend) MatMul(dst runtime.Tensor, wgt runtime.Weight, x runtime.Tensor) error {
-	d, err := tens(dst)
-	if err != nil {
-		return err
-	}
-	xt, err := tens(x)
-	if err != nil {
-		return err
-	}
-	w, err := wt(wgt)
+	d, xt, w, err := tensorsWeight(dst, x, wgt)
 	if err != nil {
 		return err
 	}
@@ -189,15 +209,7 @@ func (b *Backend) MatMul(dst runtime.Tensor, wgt runtime.Weight, x runtime.Tenso
 
 // RMSNorm implements runtime.Backend.
 func (b *Backend) RMSNorm(dst, x runtime.Tensor, wgt runtime.Weight, eps float32) error {
-	d, err := tens(dst)
-	if err != nil {
-		return err
-	}
-	xt, err := tens(x)
-	if err != nil {
-		return err
-	}
-	w, err := wt(wgt)
+	d, xt, w, err := tensorsWeight(dst, x, wgt)
 	if err != nil {
 		return err
 	}
@@ -257,15 +269,7 @@ func silu32(v float32) float32    { return v * sigmoid32(v) }
 
 // SwiGLU implements runtime.Backend.
 func (b *Backend) SwiGLU(dst, gate, up runtime.Tensor) error {
-	d, err := tens(dst)
-	if err != nil {
-		return err
-	}
-	g, err := tens(gate)
-	if err != nil {
-		return err
-	}
-	u, err := tens(up)
+	d, g, u, err := tensors3(dst, gate, up)
 	if err != nil {
 		return err
 	}
@@ -284,15 +288,7 @@ func swiglu(dst, g, u []float32) {
 
 // SigmoidGateAdd implements runtime.Backend.
 func (b *Backend) SigmoidGateAdd(dst, x, gate runtime.Tensor) error {
-	d, err := tens(dst)
-	if err != nil {
-		return err
-	}
-	xt, err := tens(x)
-	if err != nil {
-		return err
-	}
-	g, err := tens(gate)
+	d, xt, g, err := tensors3(dst, x, gate)
 	if err != nil {
 		return err
 	}

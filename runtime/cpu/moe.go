@@ -61,15 +61,7 @@ func (b *Backend) MoE(ctx context.Context, dst, x runtime.Tensor, router runtime
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	d, err := tens(dst)
-	if err != nil {
-		return err
-	}
-	xt, err := tens(x)
-	if err != nil {
-		return err
-	}
-	rw, err := wt(router)
+	d, xt, rw, err := tensorsWeight(dst, x, router)
 	if err != nil {
 		return err
 	}
