@@ -39,7 +39,7 @@ func extractCommand() *cli.Command {
 	}
 	return &cli.Command{
 		Name:      "extract",
-		Usage:     "write model_weights.bin/.json, vocab.bin and tokenizer.bin from an MLX checkpoint",
+		Usage:     "write model_weights.bin/.json, vocab.bin and tokenizer.bin from an MLX or original HF checkpoint",
 		ArgsUsage: "<hf-dir>",
 		Description: `Reads an MLX-quantized Qwen3.5-MoE checkpoint (config.json, model.safetensors or
 model.safetensors.index.json + shards, tokenizer.json) and writes into -o DIR:
