@@ -51,6 +51,12 @@ type Options struct {
 	// Profile() returns the table and Close prints it to stderr. It turns
 	// graphs off.
 	Profile bool
+	// MaskDequant builds the decode matvecs with the masked-subnormal
+	// dequantization (one LOP3 per code, kernels_fast.cu; also
+	// FMOE_CUDA_DQ=1) instead of the three-instruction form. Off by default:
+	// fewer instructions, within tolerance, but no faster whole-model decode
+	// on an H200 (docs/benchmarks.md, CUDA round 4).
+	MaskDequant bool
 }
 
 // Backend runs the runtime's operations on one NVIDIA GPU.
@@ -95,7 +101,7 @@ func Open(opts Options) (*Backend, error) {
 	}
 	b := &Backend{d: d, opts: opts, allocs: map[uintptr]int{}, scr: map[string]*scratch{}}
 	err = d.do(func() error {
-		bin, err := d.cubin(kernelSource(), opts.KernelCacheDir)
+		bin, err := d.cubin(kernelSourceDQ(opts.MaskDequant || os.Getenv("FMOE_CUDA_DQ") == "1"), opts.KernelCacheDir)
 		if err != nil {
 			return err
 		}
@@ -148,7 +154,7 @@ func kernelNames() []string {
 			names = append(names, "qgemm"+bits+"_"+v)
 		}
 	}
-	return append(names, "qgemm_sum", "moe_combine", "qmvb2", "qmvb4", "qmvb8", "moe_dnc2", "moe_dnc4", "moe_dnc8")
+	return append(names, "qgemm_sum", "moe_combine", "qmvb2", "qmvb4", "qmvb8", "qmvb2o", "qmvb4o", "qmvb8o", "moe_dnc2", "moe_dnc4", "moe_dnc8")
 }
 
 // Info returns the device's name and compute capability.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -271,7 +273,9 @@ func BenchmarkMoE(b *testing.B) {
 // BenchmarkDecodeShapes: the decode matvec variants on every matrix shape of
 // a 397B decode token (GatedDeltaNet qkv/z/b/out, attention q/k/o, shared
 // expert, router), 4-bit g64, enough copies rotated (≥ 256 MB) that L2 does
-// not hold them. Reports µs per matvec and weight GB/s.
+// not hold them; qmvb/qmvbo = the fused decode kernel (fuse.go) with one item.
+// FMOE_CUDA_DQ=1 measures the masked-subnormal dequantization. Reports µs per matvec
+// and weight GB/s.
 func BenchmarkDecodeShapes(b *testing.B) {
 	be := openOrSkip(b, Options{NoGraphs: true})
 	defer be.Close()
@@ -294,12 +298,38 @@ func BenchmarkDecodeShapes(b *testing.B) {
 		x, _ := be.NewTensor(1, cols)
 		y, _ := be.NewTensor(1, rows)
 		xt, yt := x.(*Tensor), y.(*Tensor)
-		for _, v := range []string{"r8u1", "k8", "k4"} {
+		for _, v := range []string{"r8u1", "k8", "k4", "qmvb", "qmvbo", "qmvbor"} {
 			b.Run(fmt.Sprintf("%dx%d/%s", rows, cols, v), func(b *testing.B) {
 				QMVVariant = v
+				step := func(w *Weight) error { return be.matmul(yt.p, w, xt.p, 1) }
+				if strings.HasPrefix(v, "qmvb") {
+					// the fused decode kernel (one item), as fuse.go launches it:
+					// qmvb = 128 registers, o = at most 96, r = warp rows where they apply
+					QMVVariant = saveV
+					os.Setenv("FMOE_CUDA_QMVB", strings.TrimSuffix(v[4:], "r"))
+					os.Setenv("FMOE_CUDA_QMVB_ROWS", map[bool]string{true: "1", false: "0"}[strings.HasSuffix(v, "r")])
+					defer os.Unsetenv("FMOE_CUDA_QMVB")
+					defer os.Unsetenv("FMOE_CUDA_QMVB_ROWS")
+					step = func(w *Weight) error {
+						if _, err := be.fuseMatMul(yt, w, xt); err != nil {
+							return err
+						}
+						return be.flush()
+					}
+				}
+				if err := be.run(func() error { // descriptors uploaded outside the timing
+					for _, w := range ws {
+						if err := step(w); err != nil {
+							return err
+						}
+					}
+					return nil
+				}); err != nil {
+					b.Fatal(err)
+				}
 				for b.Loop() {
 					i := 0
-					ms := gpuMillis(b, be, 8*n, func() error { i++; return be.matmul(yt.p, ws[i%n], xt.p, 1) })
+					ms := gpuMillis(b, be, 8*n, func() error { i++; return step(ws[i%n]) })
 					b.ReportMetric(ms*1e3, "µs")
 					b.ReportMetric(wbytes/ms/1e6, "GB/s")
 				}

@@ -253,6 +253,17 @@ func (b *Backend) launchBatch(bt *fBatch, tk *topk) error {
 		}
 		D[14], D[15], D[16], D[17], D[18] = uint64(tk.E), uint64(tk.K), uint64(tk.ids), uint64(tk.wts), uint64(ctr)
 	}
+	rowsPer := 8
+	if bt.swiglu == nil && tk == nil && qmvbWarpRows() {
+		total := 0
+		for _, it := range bt.items {
+			total += it.w.out
+		}
+		if w0.in/(4*32/w0.bits) <= 128 && total >= QMVBWarpRowsMin {
+			mode |= 16
+			rowsPer = 32
+		}
+	}
 	D[0], D[3] = uint64(len(bt.items)), uint64(mode)
 	for i, it := range bt.items {
 		o := qbItem + qbStride*i
@@ -272,7 +283,7 @@ func (b *Backend) launchBatch(bt *fBatch, tk *topk) error {
 			continue
 		}
 		D[o+8] = uint64(blocks)
-		blocks += cdiv(it.w.out, 8)
+		blocks += cdiv(it.w.out, rowsPer)
 	}
 	desc, err := b.descFor(&D)
 	if err != nil {
@@ -282,7 +293,41 @@ func (b *Backend) launchBatch(bt *fBatch, tk *topk) error {
 	if tk != nil {
 		smem = tk.E * 4
 	}
-	return b.d.launch(b.fn[fmt.Sprintf("qmvb%d", w0.bits)], grid1(blocks), [3]int{128, 1, 1}, smem, desc)
+	return b.d.launch(b.fn[fmt.Sprintf("qmvb%d%s", w0.bits, qmvbVariant())], grid1(blocks), [3]int{128, 1, 1}, smem, desc)
+}
+
+// QMVBWarpRows lets large fused batches of rows of at most 128 chunks (4096
+// 4-bit columns) run one warp per 8 rows (32 rows per block, lanes striding
+// the columns) instead of 4 warps splitting the columns of 8 rows: at least
+// QMVBWarpRowsMin rows in all, no SwiGLU or top-K epilogue. Off by default
+// (whole-model decode was slower with it on an H200); FMOE_CUDA_QMVB_ROWS=1
+// or 0 overrides it.
+var QMVBWarpRows = false
+
+// QMVBWarpRowsMin is the number of rows from which a batch runs in warp rows.
+var QMVBWarpRowsMin = 8192
+
+func qmvbWarpRows() bool {
+	switch os.Getenv("FMOE_CUDA_QMVB_ROWS") {
+	case "1":
+		return true
+	case "0":
+		return false
+	}
+	return QMVBWarpRows
+}
+
+// QMVBVariant is the suffix of the fused decode matvec kernel: "" (qmvb?,
+// 128 registers) or "o" (qmvb?o, capped at 96 registers for 5 blocks per SM;
+// NVRTC 13.0 spills there, ncu counted 109,568 local-memory requests in one
+// 16384×4096 launch, and it was not faster). FMOE_CUDA_QMVB overrides it.
+var QMVBVariant = ""
+
+func qmvbVariant() string {
+	if v, ok := os.LookupEnv("FMOE_CUDA_QMVB"); ok && (v == "" || v == "o") {
+		return v
+	}
+	return QMVBVariant
 }
 
 // descFor (worker only) returns the device copy of a descriptor (uploaded

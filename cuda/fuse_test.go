@@ -93,7 +93,16 @@ func TestFusedDecode(t *testing.T) {
 	want := run(cb)
 	cb.Close()
 	names := []string{"x", "t", "a", "b", "c", "mix", "moe", "sg", "su", "sd", "sgate"}
-	for _, opts := range []Options{{}, {NoFusion: true}, {NoGraphs: true}} {
+	defer func(v string, r bool, m int) { QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin = v, r, m }(QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin)
+	v0, r0, m0 := QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin
+	for i, opts := range []Options{{}, {NoFusion: true}, {NoGraphs: true}, {NoGraphs: true}, {MaskDequant: true}, {MaskDequant: true}} {
+		QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin = v0, r0, m0
+		switch i {
+		case 3:
+			QMVBVariant = "o" // the fused kernel capped at 96 registers
+		case 5:
+			QMVBWarpRows, QMVBWarpRowsMin = true, 1 // every batch that can runs one warp per 8 rows
+		}
 		g := openOrSkip(t, opts)
 		got := run(g)
 		g.Close()
@@ -104,7 +113,7 @@ func TestFusedDecode(t *testing.T) {
 				ref = math.Max(ref, math.Abs(float64(want[i][j])))
 			}
 			if !(e <= 1e-4*ref) || ref == 0 {
-				t.Fatalf("%+v: step %d %s: max error %g of max |ref| %g", opts, i/len(names), names[i%len(names)], e, ref)
+				t.Fatalf("%+v (qmvb variant %q, warp rows %v from %d): step %d %s: max error %g of max |ref| %g", opts, QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, i/len(names), names[i%len(names)], e, ref)
 			}
 		}
 	}

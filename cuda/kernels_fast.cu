@@ -15,6 +15,37 @@ __device__ __forceinline__ float codef(u32 w, int k) {
   return __uint_as_float((v & M) | 0x3F800000u);
 }
 
+// Code → float with one LOP per code (FMOE_DQ = 1, Options.MaskDequant): a BITS-bit
+// code q masked in place at bits p..p+BITS-1 (p + BITS ≤ 24) is, read as a
+// float, q·2^(p−149) exactly: a subnormal (or, for bits 20-23, the smallest
+// normals, whose encoding continues the subnormals' linearly). Codes in the
+// top byte are masked from w >> 8 (one shift per word). x is prescaled once
+// per chunk by 2^(149−p−DQ_E), shared by all rows, so each product is q·x·2^−DQ_E
+// and Σ q·x needs no cancellation (the 1 + q·2^−BITS form above subtracts Σx).
+// FMA handles subnormal operands at full rate; the kernels are built without
+// flush-to-zero (no --use_fast_math). FMOE_DQ = 0 (the default build) keeps
+// the three-instruction form: on an H200 the decode matvecs are bound by
+// memory latency and occupancy, not by issue (ncu: SM 32% busy, DRAM 40%),
+// and the whole-model decode was not faster with FMOE_DQ = 1.
+#ifndef FMOE_DQ
+#define FMOE_DQ 0
+#endif
+#define DQ_E 80
+template <int BITS>
+__device__ __forceinline__ constexpr bool dq_low(int k) { return k * BITS + BITS <= 24; }
+template <int BITS>
+__device__ __forceinline__ constexpr int dq_pos(int k) { return dq_low<BITS>(k) ? k * BITS : k * BITS - 8; }
+// dq_code: code k of w as q·2^(dq_pos−149); w8 = w >> 8.
+template <int BITS>
+__device__ __forceinline__ float dq_code(u32 w, u32 w8, int k) {
+  constexpr u32 M = (1u << BITS) - 1u;
+  return __uint_as_float((dq_low<BITS>(k) ? w : w8) & (M << dq_pos<BITS>(k)));
+}
+// dq_xs: the factor 2^(149 − dq_pos − DQ_E) for the x of code k.
+template <int BITS>
+__device__ __forceinline__ float dq_xs(int k) { return __int_as_float((127 + 149 - DQ_E - dq_pos<BITS>(k)) << 23); }
+#define DQ_UNSCALE (__int_as_float((127 + DQ_E) << 23))
+
 // qmv: decode matvec y[r] = W[r]·x for one token. One warp per R rows; each
 // lane takes U chunks of four words (128-bit loads) per iteration, so R·U
 // independent 16-byte loads are in flight per thread. Needs vecOK (the row is
@@ -33,19 +64,23 @@ __device__ __forceinline__ void qmv_rows(const u32* const (&wr)[R], const u16* c
   const int nchunks = in / (4 * PER);
   for (int c0 = cstart; c0 < nchunks; c0 += cstride * U) {
     uint4 q[U][R];
+    u16 sv[U][R], bv[U][R];  // the chunk's scale and bias, loaded with its codes (one memory latency per chunk)
 #pragma unroll
     for (int u = 0; u < U; u++) {
       const int c = c0 + cstride * u;
+      const int g = c * 4 * PER / group;
 #pragma unroll
-      for (int r = 0; r < R; r++)
+      for (int r = 0; r < R; r++) {
         q[u][r] = c < nchunks ? __ldg(reinterpret_cast<const uint4*>(wr[r]) + c) : make_uint4(0, 0, 0, 0);
+        sv[u][r] = c < nchunks ? __ldg(sr[r] + g) : (u16)0;
+        bv[u][r] = c < nchunks ? __ldg(br[r] + g) : (u16)0;
+      }
     }
 #pragma unroll
     for (int u = 0; u < U; u++) {
       const int c = c0 + cstride * u;
       if (c < nchunks) {
         const int col0 = c * 4 * PER;
-        const int g = col0 / group;
         float fx[R];
 #pragma unroll
         for (int r = 0; r < R; r++) fx[r] = 0.f;
@@ -66,20 +101,36 @@ __device__ __forceinline__ void qmv_rows(const u32* const (&wr)[R], const u16* c
           }
 #pragma unroll
           for (int k = 0; k < PER; k++) sx += xv[k];
+#if FMOE_DQ
+#pragma unroll
+          for (int k = 0; k < PER; k++) xv[k] *= dq_xs<BITS>(k);
+#endif
 #pragma unroll
           for (int r = 0; r < R; r++) {
             const u32 w = wi == 0 ? q[u][r].x : wi == 1 ? q[u][r].y : wi == 2 ? q[u][r].z : q[u][r].w;
             float a = fx[r];
+#if FMOE_DQ
+            const u32 w8 = w >> 8;
+#pragma unroll
+            for (int k = 0; k < PER; k++) a = fmaf(dq_code<BITS>(w, w8, k), xv[k], a);
+#else
 #pragma unroll
             for (int k = 0; k < PER; k++) a = fmaf(codef<BITS>(w, k), xv[k], a);
+#endif
             fx[r] = a;
           }
         }
 #pragma unroll
         for (int r = 0; r < R; r++) {
-          const float s = bf16f(__ldg(sr[r] + g)) * SC;
-          const float b = bf16f(__ldg(br[r] + g));
+#if FMOE_DQ
+          const float s = bf16f(sv[u][r]) * DQ_UNSCALE;
+          const float b = bf16f(bv[u][r]);
+          acc[r] = fmaf(s, fx[r], fmaf(b, sx, acc[r]));
+#else
+          const float s = bf16f(sv[u][r]) * SC;
+          const float b = bf16f(bv[u][r]);
           acc[r] = fmaf(s, fx[r], fmaf(b - s, sx, acc[r]));
+#endif
         }
       }
     }

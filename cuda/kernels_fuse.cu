@@ -3,7 +3,7 @@
 // qmvb: several decode matvecs (T = 1) in one launch, with what the engine
 // asks right before or after them folded in. The descriptor D (int64 words,
 // device memory, written once per distinct launch) holds:
-//   0 items  1 in  2 group  3 mode (1 norm, 2 swiglu, 4 gate, 8 top-k)  4 eps bits
+//   0 items  1 in  2 group  3 mode (1 norm, 2 swiglu, 4 gate, 8 top-k, 16 warp rows)  4 eps bits
 //   5 nx  6 nw  7 nt       norm: every item reads x = RMSNorm(nx)·nw, computed
 //                           as rn·W·(nx⊙nw) with Σnx² gathered while the block
 //                           reads nx for the dot products; block 0 writes the
@@ -18,7 +18,9 @@
 // An item's row r: v = W[r]·x; y[r] = v; gt (if set): gt[r] += γ·v, a = gt[r]
 // (else a = v); add (if set): add[r] += a. Items of one launch share the
 // number of bits, the group and the width (in). Blocks of 4 warps take 8 rows
-// and split the columns (as qmv?_k8).
+// and split the columns (as qmv?_k8); in mode warp rows (not with swiglu or
+// top-k) each warp takes 8 rows of its own, 32 per block, lanes striding the
+// columns (as qmv?_r8u1: for large batches of short rows).
 
 #define QB_ITEM 24
 #define QB_STRIDE 10
@@ -56,7 +58,9 @@ __device__ __forceinline__ void qmvb_body(const long long* __restrict__ D) {
   const int out = (int)I[7];
   const int wpr = in / (32 / BITS), gpr = in / group;
   const bool sw = (mode & 2) != 0;
-  const int r0 = sw ? (int)blockIdx.x * 4 : ((int)blockIdx.x - (int)I[8]) * 8;
+  const bool wrows = (mode & 16) != 0;  // warp rows: each warp its own 8 rows, lanes over the columns
+  const int rb = ((int)blockIdx.x - (int)I[8]) * (wrows ? 32 : 8);
+  const int r0 = sw ? (int)blockIdx.x * 4 : wrows ? rb + 8 * w : rb;
   const u32* wr[8];
   const u16 *sr[8], *br[8];
 #pragma unroll
@@ -71,10 +75,11 @@ __device__ __forceinline__ void qmvb_body(const long long* __restrict__ D) {
 #pragma unroll
   for (int r = 0; r < 8; r++) acc[r] = 0.f;
   float ss = 0.f;
+  const int cs = wrows ? lane : tid, cst = wrows ? 32 : 128;
   if (mode & 1)
-    qmv_rows<BITS, 8, 1, true>(wr, sr, br, in, group, (const float*)I[3], acc, tid, 128, nw, &ss);
+    qmv_rows<BITS, 8, 1, true>(wr, sr, br, in, group, (const float*)I[3], acc, cs, cst, nw, &ss);
   else
-    qmv_rows<BITS, 8, 1>(wr, sr, br, in, group, (const float*)I[3], acc, tid, 128);
+    qmv_rows<BITS, 8, 1>(wr, sr, br, in, group, (const float*)I[3], acc, cs, cst);
 #pragma unroll
   for (int r = 0; r < 8; r++) {
     const float v = warp_sum(acc[r]);
@@ -84,6 +89,7 @@ __device__ __forceinline__ void qmvb_body(const long long* __restrict__ D) {
   float rn = 1.f;
   if (mode & 1) {
     ss = block_sum(ss, sh);  // (its barriers also publish red)
+    if (wrows) ss *= 0.25f;  // each warp read every column: 4 equal sums, exactly 4·Σx²
     rn = rsqrtf(ss / (float)in + eps);
     const float* nx = (const float*)D[5];
     float* nt = (float*)D[7];
@@ -100,9 +106,9 @@ __device__ __forceinline__ void qmvb_body(const long long* __restrict__ D) {
       ((float*)D[QB_ITEM + QB_STRIDE + 4])[row] = u;
       ((float*)D[13])[row] = silu(g) * u;
     }
-  } else if (tid < 8 && r0 + tid < out) {
-    const int row = r0 + tid;
-    const float v = rn * ((red[0][tid] + red[1][tid]) + (red[2][tid] + red[3][tid]));
+  } else if (tid < (wrows ? 32 : 8) && rb + tid < out) {
+    const int row = rb + tid;
+    const float v = rn * (wrows ? red[tid >> 3][tid & 7] : (red[0][tid] + red[1][tid]) + (red[2][tid] + red[3][tid]));
     ((float*)I[4])[row] = v;
     float a = v;
     if (I[6]) {
@@ -131,6 +137,13 @@ __device__ __forceinline__ void qmvb_body(const long long* __restrict__ D) {
 extern "C" __global__ void __launch_bounds__(128) qmvb2(const long long* D) { qmvb_body<2>(D); }
 extern "C" __global__ void __launch_bounds__(128) qmvb4(const long long* D) { qmvb_body<4>(D); }
 extern "C" __global__ void __launch_bounds__(128) qmvb8(const long long* D) { qmvb_body<8>(D); }
+// qmvb?o: the same with 5 blocks per SM asked of the register allocator (96
+// registers instead of 128, for more warps' loads in flight; NVRTC 13.0 spills
+// there, so it is not the default; BenchmarkDecodeShapes compares them,
+// FMOE_CUDA_QMVB=o selects it).
+extern "C" __global__ void __launch_bounds__(128, 5) qmvb2o(const long long* D) { qmvb_body<2>(D); }
+extern "C" __global__ void __launch_bounds__(128, 5) qmvb4o(const long long* D) { qmvb_body<4>(D); }
+extern "C" __global__ void __launch_bounds__(128, 5) qmvb8o(const long long* D) { qmvb_body<8>(D); }
 
 // moe_dnc: the expert down projections with the combine folded in:
 // dst[t, r] = Σ_k w[t,k]·D_{e_k}[r]·h[t*K+k] for t = t0 + blockIdx.y. A block

@@ -24,9 +24,18 @@ var kernelsFast string
 //go:embed kernels_fuse.cu
 var kernelsFuse string
 
-// kernelSource is the whole CUDA C translation unit.
-func kernelSource() string {
-	return kernelsCore + "\n" + kernelsMixer + "\n" + kernelsFast + "\n" + kernelsFuse
+// kernelSource is the whole CUDA C translation unit (default build).
+func kernelSource() string { return kernelSourceDQ(false) }
+
+// kernelSourceDQ is kernelSource with the decode matvecs' dequantization
+// chosen: dq true builds the masked-subnormal form (FMOE_DQ 1), false the
+// three-instruction form (FMOE_DQ 0).
+func kernelSourceDQ(dq bool) string {
+	pre := "#define FMOE_DQ 0\n"
+	if dq {
+		pre = "#define FMOE_DQ 1\n"
+	}
+	return pre + kernelsCore + "\n" + kernelsMixer + "\n" + kernelsFast + "\n" + kernelsFuse
 }
 
 // ErrCompile reports that NVRTC rejected the kernel source; the error text
