@@ -7,10 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -113,7 +111,7 @@ func runRequant(ctx context.Context, o *requantOptions, stdout, stderr io.Writer
 		}
 		return err
 	}
-	stop := requantProgress(stderr, total, &done, o.quiet || o.json)
+	stop := startProgressLine(stderr, "requant", total, &done, o.quiet || o.json)
 	res, err := requant.Run(ctx, o.opts, &done)
 	stop()
 	if err != nil {
@@ -217,39 +215,3 @@ func parseLayerList(s string) ([]int, error) {
 	return out, nil
 }
 
-// requantProgress redraws a progress line on stderr while work runs, only
-// when stderr is a terminal and not silenced; it returns the stop function.
-func requantProgress(w io.Writer, total int64, done *progress.Sum, silent bool) func() {
-	f, ok := w.(*os.File)
-	if silent || !ok {
-		return func() {}
-	}
-	if st, err := f.Stat(); err != nil || st.Mode()&os.ModeCharDevice == 0 {
-		return func() {}
-	}
-	var stopped atomic.Bool
-	quit, finished := make(chan struct{}), make(chan struct{})
-	start := time.Now()
-	go func() {
-		defer close(finished)
-		t := time.NewTicker(500 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-quit:
-				fmt.Fprint(f, "\r\033[K")
-				return
-			case <-t.C:
-				n := done.Load()
-				fmt.Fprintf(f, "\r\033[Krequant: %.2f / %.2f GB (%.0f%%, %.2f GB/s)", float64(n)/1e9, float64(total)/1e9,
-					100*float64(n)/float64(max(total, 1)), float64(n)/1e9/time.Since(start).Seconds())
-			}
-		}
-	}()
-	return func() {
-		if stopped.CompareAndSwap(false, true) {
-			close(quit)
-			<-finished
-		}
-	}
-}
