@@ -214,4 +214,3 @@ func parseLayerList(s string) ([]int, error) {
 	}
 	return out, nil
 }
-
