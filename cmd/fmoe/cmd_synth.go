@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sync/atomic"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -190,44 +189,6 @@ func runSynth(ctx context.Context, o *synthOptions, stdout, stderr io.Writer) er
 	return nil
 }
 
-// startProgressLine redraws "stage: x / y GB (z GB/s)" on stderr twice a
-// second while work runs, only when stderr is a terminal and not silenced.
-// It returns a function that stops and clears the line.
-func startProgressLine(w io.Writer, stage string, total int64, done *progress.Sum, silent bool) func() {
-	f, ok := w.(*os.File)
-	if silent || !ok {
-		return func() {}
-	}
-	if st, err := f.Stat(); err != nil || st.Mode()&os.ModeCharDevice == 0 {
-		return func() {}
-	}
-	var stopped atomic.Bool
-	quit := make(chan struct{})
-	finished := make(chan struct{})
-	start := time.Now()
-	go func() {
-		defer close(finished)
-		t := time.NewTicker(500 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-quit:
-				fmt.Fprint(f, "\r\033[K")
-				return
-			case <-t.C:
-				n := done.Load()
-				fmt.Fprintf(f, "\r\033[K%s: %.2f / %.2f GB (%.0f%%, %.2f GB/s)", stage, float64(n)/1e9, float64(total)/1e9,
-					100*float64(n)/float64(max(total, 1)), float64(n)/1e9/time.Since(start).Seconds())
-			}
-		}
-	}()
-	return func() {
-		if stopped.CompareAndSwap(false, true) {
-			close(quit)
-			<-finished
-		}
-	}
-}
 
 // runSynthTwin synthesizes the MLX checkpoint in a temporary directory
 // beside the output and writes its original-HF-layout twin into o.out.
