@@ -189,7 +189,6 @@ func runSynth(ctx context.Context, o *synthOptions, stdout, stderr io.Writer) er
 	return nil
 }
 
-
 // runSynthTwin synthesizes the MLX checkpoint in a temporary directory
 // beside the output and writes its original-HF-layout twin into o.out.
 func runSynthTwin(ctx context.Context, o *synthOptions, plan *synth.Plan, stdout, stderr io.Writer) error {
