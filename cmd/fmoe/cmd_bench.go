@@ -58,6 +58,9 @@ expert (temporal correlation).
 			&cli.Float64Flag{Name: "disk-gbs", Usage: "disk read bandwidth in GB/s for the floor"},
 		),
 		Before: func(c *cli.Context) error {
+			if err := checkDir(c.String("model"), "model directory"); err != nil {
+				return err
+			}
 			if c.Int("tokens") <= 0 || c.Int("prefill") < 0 || c.Int("warmup") < 0 {
 				return usagef("--tokens must be positive, --prefill and --warmup not negative")
 			}

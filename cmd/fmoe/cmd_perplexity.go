@@ -25,6 +25,7 @@ perplexity = exp(mean NLL). --json adds the per-position NLL and top-1 ids.
 		Flags: append(modelFlags(),
 			&cli.StringFlag{Name: "text", Aliases: []string{"t"}, Usage: "text file to score", Required: true},
 		),
+		Before: func(c *cli.Context) error { return checkDir(c.String("model"), "model directory") },
 		Action: func(c *cli.Context) error {
 			data, err := os.ReadFile(c.String("text"))
 			if err != nil {
@@ -32,7 +33,7 @@ perplexity = exp(mean NLL). --json adds the per-position NLL and top-1 ids.
 			}
 			tok, err := tokenizer.LoadDir(c.String("model"))
 			if err != nil {
-				return fmt.Errorf("tokenizer: %w", err)
+				return err
 			}
 			m, done, err := openModel(c)
 			if err != nil {

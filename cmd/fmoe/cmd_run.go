@@ -50,7 +50,7 @@ func pickBackend(name string, reg []backendCtor, w io.Writer) (runtime.Backend, 
 		if name != "auto" {
 			return nil, fmt.Errorf("backend %s: %w", name, err)
 		}
-		fmt.Fprintf(w, "fmoe: backend %s skipped: %v\n", c.name, err)
+		fmt.Fprintf(w, "fmoe: backend %s skipped: %s\n", c.name, strings.ReplaceAll(err.Error(), "\n", "; "))
 	}
 	return nil, usagef("unknown --backend %q (want auto or one of %s)", name, strings.Join(names, ", "))
 }
@@ -126,7 +126,7 @@ end token (<|im_end|>, <|endoftext|>, the config's eos ids).
 			if (c.IsSet("system") || c.Bool("think")) && !c.Bool("chat") {
 				return usagef("--system and --think need --chat")
 			}
-			return nil
+			return checkDir(c.String("model"), "model directory")
 		},
 		Action: func(c *cli.Context) error { return runRun(c) },
 	}
@@ -153,7 +153,7 @@ func runRun(c *cli.Context) error {
 	ctx := c.Context
 	tok, err := tokenizer.LoadDir(c.String("model"))
 	if err != nil {
-		return fmt.Errorf("tokenizer: %w", err)
+		return err
 	}
 	m, done, err := openModel(c)
 	if err != nil {

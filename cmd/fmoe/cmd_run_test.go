@@ -107,7 +107,7 @@ func TestRunBadInput(t *testing.T) {
 		{"system without chat", []string{"--system", "s", "--prompt", "x"}, true, nil},
 		{"prompt over the context", []string{"--ctx", "4", "--prompt", "Hello world"}, false, runtime.ErrContext},
 		{"missing 2-bit experts", []string{"--2bit", "--prompt", "x"}, false, runtime.ErrExperts},
-		{"missing model", []string{"--prompt", "x", "--model", filepath.Join(dir, "nope")}, false, nil},
+		{"missing model", []string{"--prompt", "x", "--model", filepath.Join(dir, "nope")}, true, nil}, // like extract/verify: not a directory = usage
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
