@@ -38,13 +38,22 @@ func open(t *testing.T, dir string, o runtime.Options) *runtime.Model {
 }
 
 // relErr is max|a-b| / max|b| over one row.
+// relErr is max|a-b| / max|b|. It returns +Inf when the lengths differ or
+// the ratio is not finite (NaN logits, an all-zero reference), so that a
+// caller's "relErr(...) > tol" check cannot pass on NaN.
 func relErr(a, b []float32) float64 {
+	if len(a) != len(b) || len(b) == 0 {
+		return math.Inf(1)
+	}
 	var num, den float64
 	for i := range b {
 		num = math.Max(num, math.Abs(float64(a[i])-float64(b[i])))
 		den = math.Max(den, math.Abs(float64(b[i])))
 	}
-	return num / den
+	if r := num / den; !math.IsNaN(r) && !math.IsInf(r, 0) {
+		return r
+	}
+	return math.Inf(1)
 }
 
 func forwardAll(t *testing.T, m *runtime.Model, ids []int32) []float32 {

@@ -94,13 +94,21 @@ func convertModel(t *testing.T, ck string) string {
 }
 
 // relErr is max|got-want| / max|want| over one position's logits.
+// relErr is max|got-want| / max|want|; +Inf when the lengths differ or the
+// ratio is not finite (NaN logits), so "relErr(...) > tol" cannot pass on NaN.
 func relErr(got []float32, want []float64) float64 {
+	if len(got) != len(want) || len(want) == 0 {
+		return math.Inf(1)
+	}
 	var d, m float64
 	for i, w := range want {
 		d = math.Max(d, math.Abs(float64(got[i])-w))
 		m = math.Max(m, math.Abs(w))
 	}
-	return d / m
+	if r := d / m; !math.IsNaN(r) && !math.IsInf(r, 0) {
+		return r
+	}
+	return math.Inf(1)
 }
 
 func argmax(v []float32) int32 {
