@@ -33,7 +33,7 @@ func goldenDims(t *testing.T, fx string) (hidden, inter, layers, experts int) {
 func TestFlashMoEGoldens(t *testing.T) {
 	root := filepath.Join("..", "testdata", "flashmoe")
 	if _, err := os.Stat(root); err != nil {
-		t.Skipf("!!! flash-moe goldens missing (%v): run tools/reference/flashmoe_goldens.sh — the minmax method is NOT checked against flash-moe", err)
+		t.Fatalf("flash-moe goldens missing (%v): run tools/reference/flashmoe_goldens.sh — the minmax method is NOT checked against flash-moe", err)
 	}
 	for _, fx := range goldenFixtures {
 		t.Run(fx, func(t *testing.T) {

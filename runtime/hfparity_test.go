@@ -178,7 +178,7 @@ func convertFixture(t *testing.T, ckpt, out, experts2 string) *formats.Config {
 func TestHFParity(t *testing.T) {
 	entries, err := os.ReadDir(hfRoot)
 	if err != nil {
-		t.Skipf("no HF fixtures: %v", err)
+		t.Fatalf("no HF fixtures: %v", err)
 	}
 	ran := 0
 	for _, e := range entries {
@@ -191,7 +191,7 @@ func TestHFParity(t *testing.T) {
 			var pr hfPrompt
 			pj, err := os.ReadFile(filepath.Join(dir, "prompt.json"))
 			if err != nil {
-				t.Skipf("no prompt.json: %v", err)
+				t.Fatalf("no prompt.json: %v", err)
 			}
 			if err := json.Unmarshal(pj, &pr); err != nil {
 				t.Fatal(err)
@@ -225,7 +225,7 @@ func TestHFParity(t *testing.T) {
 		})
 	}
 	if ran == 0 {
-		t.Skip("no fixtures")
+		t.Fatal("no fixtures")
 	}
 }
 

@@ -62,7 +62,7 @@ func modelFlags() []cli.Flag {
 		&cli.StringFlag{Name: "experts", Usage: "expert directory (default MODEL/packed_experts, or packed_experts_2bit with --2bit)"},
 		&cli.BoolFlag{Name: "2bit", Usage: "use the 2-bit experts (MODEL/packed_experts_2bit)"},
 		&cli.IntFlag{Name: "experts-per-token", Aliases: []string{"k"}, Usage: "routed experts per token (default: the config's num_experts_per_tok)"},
-		&cli.StringFlag{Name: "backend", Value: "auto", Usage: "cpu, cuda, metal or auto (GPU when available, else CPU)"},
+		&cli.StringFlag{Name: "backend", Value: "auto", Usage: "cpu, cuda or auto (GPU when available, else CPU); metal is a placeholder that reports it is not implemented"},
 		&cli.IntFlag{Name: "ctx", Usage: "context limit in tokens (default 4096)"},
 		&cli.IntFlag{Name: "batch", Usage: "prefill tokens per forward step (default 32)"},
 		&cli.BoolFlag{Name: "direct-io", Usage: "read experts with O_DIRECT (bypass the page cache; linux, for cold-read measurements)"},
