@@ -57,6 +57,13 @@ type Options struct {
 	// fewer instructions, within tolerance, but no faster whole-model decode
 	// on an H200 (docs/benchmarks.md, CUDA round 4).
 	MaskDequant bool
+	// NoPDL launches kernels without programmatic dependent launch (also
+	// FMOE_CUDA_PDL=0). With it (compute capability 9.0 and later) the
+	// launches captured into CUDA graphs (decode steps) may start while the
+	// previous kernel drains: every kernel waits (griddepcontrol.wait) before
+	// it reads what earlier kernels wrote, and the persistent decode matvec
+	// loads its first weights before that wait.
+	NoPDL bool
 }
 
 // Backend runs the runtime's operations on one NVIDIA GPU.
@@ -111,6 +118,7 @@ func Open(opts Options) (*Backend, error) {
 		if d.stream, err = d.streamCreateFlags(0); err != nil {
 			return err
 		}
+		d.pdl = d.ccMajor >= 9 && !opts.NoPDL && os.Getenv("FMOE_CUDA_PDL") != "0"
 		if os.Getenv("FMOE_CUDA_DELTA2") == "0" {
 			disableDelta2 = true // benchmarks: the shared-memory delta kernel
 		}
@@ -154,7 +162,8 @@ func kernelNames() []string {
 			names = append(names, "qgemm"+bits+"_"+v)
 		}
 	}
-	return append(names, "qgemm_sum", "moe_combine", "qmvb2", "qmvb4", "qmvb8", "qmvb2o", "qmvb4o", "qmvb8o", "moe_dnc2", "moe_dnc4", "moe_dnc8")
+	names = append(names, "qgemm_sum", "moe_combine", "qmvb2", "qmvb4", "qmvb8", "qmvb2o", "qmvb4o", "qmvb8o", "moe_dnc2", "moe_dnc4", "moe_dnc8")
+	return append(names, qmxKernelNames()...)
 }
 
 // Info returns the device's name and compute capability.

@@ -270,6 +270,14 @@ func BenchmarkMoE(b *testing.B) {
 	}
 }
 
+// decodeShapeVariants: FMOE_BENCH_VARIANTS (comma-separated) or the default set.
+func decodeShapeVariants() []string {
+	if v := os.Getenv("FMOE_BENCH_VARIANTS"); v != "" {
+		return strings.Split(v, ",")
+	}
+	return []string{"r8u1", "k8", "qmvb", "qmx8p", "qmx8n", "qmx4p", "qmx4n"}
+}
+
 // BenchmarkDecodeShapes: the decode matvec variants on every matrix shape of
 // a 397B decode token (GatedDeltaNet qkv/z/b/out, attention q/k/o, shared
 // expert, router), 4-bit g64, enough copies rotated (≥ 256 MB) that L2 does
@@ -298,14 +306,24 @@ func BenchmarkDecodeShapes(b *testing.B) {
 		x, _ := be.NewTensor(1, cols)
 		y, _ := be.NewTensor(1, rows)
 		xt, yt := x.(*Tensor), y.(*Tensor)
-		for _, v := range []string{"r8u1", "k8", "k4", "qmvb", "qmvbo", "qmvbor"} {
+		for _, v := range decodeShapeVariants() {
 			b.Run(fmt.Sprintf("%dx%d/%s", rows, cols, v), func(b *testing.B) {
 				QMVVariant = v
 				step := func(w *Weight) error { return be.matmul(yt.p, w, xt.p, 1) }
+				if strings.HasPrefix(v, "qmx") {
+					// the persistent fused kernel (qmx.go), tile and prefetch after the name
+					os.Setenv("FMOE_CUDA_QMX", v[3:])
+					defer os.Unsetenv("FMOE_CUDA_QMX")
+					v = "qmvb"
+				}
 				if strings.HasPrefix(v, "qmvb") {
 					// the fused decode kernel (one item), as fuse.go launches it:
 					// qmvb = 128 registers, o = at most 96, r = warp rows where they apply
 					QMVVariant = saveV
+					if os.Getenv("FMOE_CUDA_QMX") == "" {
+						os.Setenv("FMOE_CUDA_QMX", "0")
+						defer os.Unsetenv("FMOE_CUDA_QMX")
+					}
 					os.Setenv("FMOE_CUDA_QMVB", strings.TrimSuffix(v[4:], "r"))
 					os.Setenv("FMOE_CUDA_QMVB_ROWS", map[bool]string{true: "1", false: "0"}[strings.HasSuffix(v, "r")])
 					defer os.Unsetenv("FMOE_CUDA_QMVB")

@@ -3,14 +3,15 @@ package cuda
 import (
 	"context"
 	"errors"
-	"github.com/fmoe/fmoe/runtime/cpu"
 	"math"
 	"math/rand/v2"
 	"os"
 	"testing"
+	"unsafe"
 
 	"github.com/fmoe/fmoe/runtime"
 	"github.com/fmoe/fmoe/runtime/backendtest"
+	"github.com/fmoe/fmoe/runtime/cpu"
 )
 
 // openOrSkip opens a backend or skips the test when no GPU is usable here,
@@ -270,6 +271,88 @@ func TestMoELarge(t *testing.T) {
 			}
 			if !(maxErr <= 1e-4*maxRef) || maxRef == 0 {
 				t.Fatalf("T=%d split %v: cuda vs cpu max error %g (max |ref| %g)", T, split, maxErr, maxRef)
+			}
+		}
+	}
+}
+
+// TestLaunchStructs pins the Go mirrors of cuda.h's CUlaunchConfig and
+// CUlaunchAttribute to the C layout (64-bit): sizes and field offsets.
+func TestLaunchStructs(t *testing.T) {
+	var c launchConfig
+	if s, st, at, n := unsafe.Sizeof(c), unsafe.Offsetof(c.stream), unsafe.Offsetof(c.attrs), unsafe.Offsetof(c.nattrs); s != 56 || st != 32 || at != 40 || n != 48 {
+		t.Fatalf("launchConfig: size %d, stream at %d, attrs at %d, nattrs at %d; want 56, 32, 40, 48", s, st, at, n)
+	}
+	var a launchAttr
+	if s, v := unsafe.Sizeof(a), unsafe.Offsetof(a.val); s != 72 || v != 8 {
+		t.Fatalf("launchAttr: size %d, value at %d; want 72, 8", s, v)
+	}
+}
+
+// TestQMXExperts checks the one-token expert kernels (qmxe gate/up, qmxd
+// down with the routing weights) against the CPU backend on the shapes they
+// take (4-, 8- and 2-bit; 32, 64 and 128 threads per row; K up to 10; every
+// down-projection tile), and the fallback path with them off.
+func TestQMXExperts(t *testing.T) {
+	openOrSkip(t, Options{}).Close()
+	defer func(x string) { QMX = x }(QMX)
+	QMX = "8p"
+	r := rand.New(rand.NewPCG(51, 52))
+	for _, c := range []struct{ E, K, H, I, bits int }{
+		{8, 4, 4096, 1024, 4}, {12, 10, 1024, 1024, 4}, {6, 4, 2048, 2048, 8}, {6, 3, 2048, 2048, 2}, {8, 2, 4096, 2048, 4},
+	} {
+		if g, _, _ := qmxMoEKernel("qmxe", c.bits, 64, c.H, 8); g == "" {
+			t.Fatalf("%+v: no qmxe kernel", c)
+		}
+		if d, _, _ := qmxMoEKernel("qmxd", c.bits, 64, c.I, 4); d == "" {
+			t.Fatalf("%+v: no qmxd kernel", c)
+		}
+		src := newMemSourceDims(t, r, c.E, c.H, c.I, c.bits, 64)
+		rv := make([]float32, c.E*c.H)
+		for i := range rv {
+			rv[i] = r.Float32() - 0.5
+		}
+		xv := make([]float32, c.H)
+		for i := range xv {
+			xv[i] = 2*r.Float32() - 1
+		}
+		run := func(be runtime.Backend) []float32 {
+			router, err := be.LoadWeight(&runtime.WeightData{Name: "router", Out: c.E, In: c.H, F: rv})
+			if err != nil {
+				t.Fatal(err)
+			}
+			x, _ := be.NewTensor(1, c.H)
+			y, _ := be.NewTensor(1, c.H)
+			if err := be.Upload(x, xv); err != nil {
+				t.Fatal(err)
+			}
+			for step := 0; step < 2; step++ { // the second step runs from the GPU cache
+				if err := be.MoE(context.Background(), y, x, router, src, runtime.MoEParams{Layer: 0, NumExperts: c.E, TopK: c.K}, nil); err != nil {
+					t.Fatalf("%s: MoE: %v", be.Name(), err)
+				}
+			}
+			out := make([]float32, c.H)
+			if err := be.Download(y, out); err != nil {
+				t.Fatal(err)
+			}
+			return out
+		}
+		cb := cpu.New()
+		want := run(cb)
+		cb.Close()
+		for _, v := range []struct{ qmxe, du string }{{"1", "4"}, {"1", "2"}, {"1", "8"}, {"0", "4"}} {
+			t.Setenv("FMOE_CUDA_QMXE", v.qmxe)
+			t.Setenv("FMOE_CUDA_QMXD_U", v.du)
+			g := openOrSkip(t, Options{})
+			got := run(g)
+			g.Close()
+			var maxErr, maxRef float64
+			for i := range want {
+				maxErr = math.Max(maxErr, math.Abs(float64(got[i]-want[i])))
+				maxRef = math.Max(maxRef, math.Abs(float64(want[i])))
+			}
+			if !(maxErr <= 2e-5*maxRef) || maxRef == 0 {
+				t.Fatalf("%+v qmxe %s down tile %s: cuda vs cpu max error %g (max |ref| %g)", c, v.qmxe, v.du, maxErr, maxRef)
 			}
 		}
 	}

@@ -253,16 +253,9 @@ func (b *Backend) launchBatch(bt *fBatch, tk *topk) error {
 		}
 		D[14], D[15], D[16], D[17], D[18] = uint64(tk.E), uint64(tk.K), uint64(tk.ids), uint64(tk.wts), uint64(ctr)
 	}
-	rowsPer := 8
-	if bt.swiglu == nil && tk == nil && qmvbWarpRows() {
-		total := 0
-		for _, it := range bt.items {
-			total += it.w.out
-		}
-		if w0.in/(4*32/w0.bits) <= 128 && total >= QMVBWarpRowsMin {
-			mode |= 16
-			rowsPer = 32
-		}
+	smem := 0
+	if tk != nil {
+		smem = tk.E * 4
 	}
 	D[0], D[3] = uint64(len(bt.items)), uint64(mode)
 	for i, it := range bt.items {
@@ -278,6 +271,24 @@ func (b *Backend) launchBatch(bt *fBatch, tk *topk) error {
 			D[o+6] = uint64(it.gt.p)
 		}
 		D[o+7] = uint64(it.w.out)
+	}
+	if ok, err := b.qmxLaunch(bt, &D, smem); ok || err != nil {
+		return err
+	}
+	rowsPer := 8
+	if bt.swiglu == nil && tk == nil && qmvbWarpRows() {
+		total := 0
+		for _, it := range bt.items {
+			total += it.w.out
+		}
+		if w0.in/(4*32/w0.bits) <= 128 && total >= QMVBWarpRowsMin {
+			mode |= 16
+			rowsPer = 32
+		}
+	}
+	D[3] = uint64(mode)
+	for i, it := range bt.items {
+		o := qbItem + qbStride*i
 		if bt.swiglu != nil {
 			D[o+8] = 1 << 30 // every block belongs to item 0
 			continue
@@ -288,10 +299,6 @@ func (b *Backend) launchBatch(bt *fBatch, tk *topk) error {
 	desc, err := b.descFor(&D)
 	if err != nil {
 		return err
-	}
-	smem := 0
-	if tk != nil {
-		smem = tk.E * 4
 	}
 	return b.d.launch(b.fn[fmt.Sprintf("qmvb%d%s", w0.bits, qmvbVariant())], grid1(blocks), [3]int{128, 1, 1}, smem, desc)
 }

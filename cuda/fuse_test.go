@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"math/rand/v2"
+	"os"
 	"testing"
 
 	"github.com/fmoe/fmoe/runtime"
@@ -93,15 +94,24 @@ func TestFusedDecode(t *testing.T) {
 	want := run(cb)
 	cb.Close()
 	names := []string{"x", "t", "a", "b", "c", "mix", "moe", "sg", "su", "sd", "sgate"}
-	defer func(v string, r bool, m int) { QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin = v, r, m }(QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin)
+	defer func(v string, r bool, m int, x string) { QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX = v, r, m, x }(QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX)
 	v0, r0, m0 := QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin
-	for i, opts := range []Options{{}, {NoFusion: true}, {NoGraphs: true}, {NoGraphs: true}, {MaskDequant: true}, {MaskDequant: true}} {
-		QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin = v0, r0, m0
+	t.Setenv("FMOE_CUDA_QMX", "") // QMX below decides
+	os.Unsetenv("FMOE_CUDA_QMX")
+	for i, opts := range []Options{{}, {NoFusion: true}, {NoGraphs: true}, {NoGraphs: true}, {MaskDequant: true}, {MaskDequant: true},
+		{}, {NoGraphs: true}, {}, {}} {
+		QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX = v0, r0, m0, ""
 		switch i {
 		case 3:
 			QMVBVariant = "o" // the fused kernel capped at 96 registers
 		case 5:
 			QMVBWarpRows, QMVBWarpRowsMin = true, 1 // every batch that can runs one warp per 8 rows
+		case 6, 7:
+			QMX = "8p" // the persistent kernel (rows of 1024 columns: 32 threads per row)
+		case 8:
+			QMX = "4n"
+		case 9:
+			QMX = "4p"
 		}
 		g := openOrSkip(t, opts)
 		got := run(g)
@@ -113,7 +123,99 @@ func TestFusedDecode(t *testing.T) {
 				ref = math.Max(ref, math.Abs(float64(want[i][j])))
 			}
 			if !(e <= 1e-4*ref) || ref == 0 {
-				t.Fatalf("%+v (qmvb variant %q, warp rows %v from %d): step %d %s: max error %g of max |ref| %g", opts, QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, i/len(names), names[i%len(names)], e, ref)
+				t.Fatalf("%+v (qmvb variant %q, warp rows %v from %d, qmx %q): step %d %s: max error %g of max |ref| %g", opts, QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX, i/len(names), names[i%len(names)], e, ref)
+			}
+		}
+	}
+}
+
+// TestQMXShapes checks the persistent fused decode matvec (qmx) on every
+// row width it takes (32, 64, 128·CPT threads per row) and bit width,
+// against the CPU backend: an RMSNorm folded into two matvecs sharing its
+// output (norm mode, two items), and one matvec with a residual add.
+func TestQMXShapes(t *testing.T) {
+	openOrSkip(t, Options{}).Close()
+	defer func(x string) { QMX = x }(QMX)
+	t.Setenv("FMOE_CUDA_QMX", "")
+	os.Unsetenv("FMOE_CUDA_QMX")
+	r := rand.New(rand.NewPCG(41, 42))
+	type shape struct{ bits, in int }
+	var shapes []shape
+	for _, bits := range []int{2, 4, 8} {
+		for _, in := range []int{1024, 2048, 4096, 8192, 16384} {
+			if _, _, ok := qmxPlan(bits, 64, in); ok {
+				shapes = append(shapes, shape{bits, in})
+			}
+		}
+	}
+	if len(shapes) < 10 {
+		t.Fatalf("only %d qmx shapes: %v", len(shapes), shapes)
+	}
+	vec := func(n int, s float32) []float32 {
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = s * (2*r.Float32() - 1)
+		}
+		return v
+	}
+	for _, sh := range shapes {
+		const o1, o2 = 333, 70
+		w1 := &runtime.WeightData{Name: "w1", Out: o1, In: sh.in, Q: randQuant(r, sh.bits, 64, o1, sh.in)}
+		w2 := &runtime.WeightData{Name: "w2", Out: o2, In: sh.in, Q: randQuant(r, sh.bits, 64, o2, sh.in)}
+		w3 := &runtime.WeightData{Name: "w3", Out: o1, In: sh.in, Q: randQuant(r, sh.bits, 64, o1, sh.in)}
+		nw, x0, res := vec(sh.in, 1.5), vec(sh.in, 2), vec(o1, 1)
+		run := func(be runtime.Backend) [][]float32 {
+			must := func(err error) {
+				t.Helper()
+				if err != nil {
+					t.Fatalf("%s %+v: %v", be.Name(), sh, err)
+				}
+			}
+			ld := func(d *runtime.WeightData) runtime.Weight {
+				w, err := be.LoadWeight(d)
+				must(err)
+				return w
+			}
+			ten := func(cols int) runtime.Tensor {
+				x, err := be.NewTensor(1, cols)
+				must(err)
+				return x
+			}
+			W1, W2, W3 := ld(w1), ld(w2), ld(w3)
+			N := ld(&runtime.WeightData{Name: "n", Out: 1, In: sh.in, F: nw})
+			x, tn, y1, y2, y3, acc := ten(sh.in), ten(sh.in), ten(o1), ten(o2), ten(o1), ten(o1)
+			must(be.Upload(x, x0))
+			must(be.Upload(acc, res))
+			must(be.RMSNorm(tn, x, N, 1e-6))
+			must(be.MatMul(y1, W1, tn))
+			must(be.MatMul(y2, W2, tn))
+			must(be.MatMul(y3, W3, x))
+			must(be.Add(acc, y3))
+			var outs [][]float32
+			for _, v := range []runtime.Tensor{tn, y1, y2, y3, acc} {
+				o := make([]float32, v.Rows()*v.Cols())
+				must(be.Download(v, o))
+				outs = append(outs, o)
+			}
+			return outs
+		}
+		cb := cpu.New()
+		want := run(cb)
+		cb.Close()
+		for _, v := range []string{"8p", "8n", "4p", "4n"} {
+			QMX = v
+			g := openOrSkip(t, Options{NoGraphs: true})
+			got := run(g)
+			g.Close()
+			for i := range want {
+				var e, ref float64
+				for j := range want[i] {
+					e = math.Max(e, math.Abs(float64(got[i][j]-want[i][j])))
+					ref = math.Max(ref, math.Abs(float64(want[i][j])))
+				}
+				if !(e <= 2e-5*ref) || ref == 0 {
+					t.Fatalf("%+v qmx %s: output %d: max error %g of max |ref| %g", sh, v, i, e, ref)
+				}
 			}
 		}
 	}

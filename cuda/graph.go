@@ -127,9 +127,11 @@ func (g *grapher) replay(d *device, k int) error {
 			return err
 		}
 		var err error
+		d.capturing = true
 		for i := lo; i < hi && err == nil; i++ {
 			err = d.issueOp(&g.cur[i])
 		}
+		d.capturing = false
 		var graph uintptr
 		if e := check(call(d.l.drv.cuStreamEndCapture, d.stream, uintptr(unsafe.Pointer(&graph))), "cuStreamEndCapture"); err == nil {
 			err = e

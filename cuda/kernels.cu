@@ -13,6 +13,21 @@ __device__ __forceinline__ float bf16f(u16 h) { return __uint_as_float(((u32)h) 
 __device__ __forceinline__ float sigm(float x) { return 1.f / (1.f + expf(-x)); }
 __device__ __forceinline__ float silu(float x) { return x / (1.f + expf(-x)); }
 
+// pdl_wait: with programmatic dependent launch (Hopper on; the backend
+// launches every kernel with programmatic stream serialization) a kernel may
+// start while the previous one in the stream still runs. Every kernel calls
+// this before it reads anything an earlier kernel wrote: it waits until the
+// previous grid completed and its writes are visible, then lets the next
+// grid be scheduled as this one's blocks retire (a no-op without PDL, and
+// before sm_90). Since every kernel waits, completion is transitive: a kernel
+// past its wait sees the writes of all earlier kernels.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -125,16 +140,16 @@ __device__ __forceinline__ void qmm_body(const u32* W, const u16* S, const u16* 
 
 #define QMM_ARGS const u32 *W, const u16 *S, const u16 *B, const float *x, float *y, int out, int in, int T, int group
 #define QMM(BITS)                                                                                          \
-  extern "C" __global__ void __launch_bounds__(128) qmm##BITS##_1v(QMM_ARGS) { qmm_body<BITS, 4, 1, true>(W, S, B, x, y, out, in, T, group); }  \
-  extern "C" __global__ void __launch_bounds__(128) qmm##BITS##_8v(QMM_ARGS) { qmm_body<BITS, 2, 8, true>(W, S, B, x, y, out, in, T, group); }  \
-  extern "C" __global__ void __launch_bounds__(128) qmm##BITS##_1s(QMM_ARGS) { qmm_body<BITS, 4, 1, false>(W, S, B, x, y, out, in, T, group); } \
-  extern "C" __global__ void __launch_bounds__(128) qmm##BITS##_8s(QMM_ARGS) { qmm_body<BITS, 2, 8, false>(W, S, B, x, y, out, in, T, group); }
+  extern "C" __global__ void __launch_bounds__(128) qmm##BITS##_1v(QMM_ARGS) { pdl_wait(); qmm_body<BITS, 4, 1, true>(W, S, B, x, y, out, in, T, group); }  \
+  extern "C" __global__ void __launch_bounds__(128) qmm##BITS##_8v(QMM_ARGS) { pdl_wait(); qmm_body<BITS, 2, 8, true>(W, S, B, x, y, out, in, T, group); }  \
+  extern "C" __global__ void __launch_bounds__(128) qmm##BITS##_1s(QMM_ARGS) { pdl_wait(); qmm_body<BITS, 4, 1, false>(W, S, B, x, y, out, in, T, group); } \
+  extern "C" __global__ void __launch_bounds__(128) qmm##BITS##_8s(QMM_ARGS) { pdl_wait(); qmm_body<BITS, 2, 8, false>(W, S, B, x, y, out, in, T, group); }
 QMM(2)
 QMM(4)
 QMM(8)
 
 // fmm: dense float32 y[t, r] = W[r]·x[t]; one warp per (row, token).
-extern "C" __global__ void fmm(const float* __restrict__ W, const float* __restrict__ x, float* y, int out, int in, int T) {
+extern "C" __global__ void fmm(const float* __restrict__ W, const float* __restrict__ x, float* y, int out, int in, int T) { pdl_wait();
   const int r = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int t = blockIdx.y;
   if (r >= out) return;
@@ -159,16 +174,16 @@ __device__ __forceinline__ void embedq_body(const u32* W, const u16* S, const u1
     dst[(size_t)blockIdx.x * in + c] = (float)q * bf16f(S[g]) + bf16f(B[g]);
   }
 }
-extern "C" __global__ void embedq2(const u32* W, const u16* S, const u16* B, const int* ids, float* dst, int in, int group) { embedq_body<2>(W, S, B, ids, dst, in, group); }
-extern "C" __global__ void embedq4(const u32* W, const u16* S, const u16* B, const int* ids, float* dst, int in, int group) { embedq_body<4>(W, S, B, ids, dst, in, group); }
-extern "C" __global__ void embedq8(const u32* W, const u16* S, const u16* B, const int* ids, float* dst, int in, int group) { embedq_body<8>(W, S, B, ids, dst, in, group); }
-extern "C" __global__ void embedf(const float* W, const int* ids, float* dst, int in) {
+extern "C" __global__ void embedq2(const u32* W, const u16* S, const u16* B, const int* ids, float* dst, int in, int group) { pdl_wait(); embedq_body<2>(W, S, B, ids, dst, in, group); }
+extern "C" __global__ void embedq4(const u32* W, const u16* S, const u16* B, const int* ids, float* dst, int in, int group) { pdl_wait(); embedq_body<4>(W, S, B, ids, dst, in, group); }
+extern "C" __global__ void embedq8(const u32* W, const u16* S, const u16* B, const int* ids, float* dst, int in, int group) { pdl_wait(); embedq_body<8>(W, S, B, ids, dst, in, group); }
+extern "C" __global__ void embedf(const float* W, const int* ids, float* dst, int in) { pdl_wait();
   const size_t row = (size_t)ids[blockIdx.x];
   for (int c = threadIdx.x; c < in; c += blockDim.x) dst[(size_t)blockIdx.x * in + c] = W[row * in + c];
 }
 
 // rmsnorm over consecutive groups of glen values; one block per group.
-extern "C" __global__ void rmsnorm(float* dst, const float* x, const float* w, int glen, float eps) {
+extern "C" __global__ void rmsnorm(float* dst, const float* x, const float* w, int glen, float eps) { pdl_wait();
   __shared__ float sh[32];
   const size_t base = (size_t)blockIdx.x * glen;
   float ss = 0.f;
@@ -180,7 +195,7 @@ extern "C" __global__ void rmsnorm(float* dst, const float* x, const float* w, i
 
 // rmsnorm4: one block per group, the group held in registers (up to 4
 // float4 per thread: one read of x); glen % 4 == 0, glen ≤ 16·blockDim.
-extern "C" __global__ void rmsnorm4(float* dst, const float* x, const float* w, int glen, float eps) {
+extern "C" __global__ void rmsnorm4(float* dst, const float* x, const float* w, int glen, float eps) { pdl_wait();
   __shared__ float sh[32];
   const float4* xp = reinterpret_cast<const float4*>(x + (size_t)blockIdx.x * glen);
   float4* dp = reinterpret_cast<float4*>(dst + (size_t)blockIdx.x * glen);
@@ -207,18 +222,18 @@ extern "C" __global__ void rmsnorm4(float* dst, const float* x, const float* w, 
 }
 
 // sigmoid_gate_add2: dst[t, c] += σ(gate[t])·x[t, c], grid-stride over all elements.
-extern "C" __global__ void sigmoid_gate_add2(float* dst, const float* x, const float* gate, int cols, long long n) {
+extern "C" __global__ void sigmoid_gate_add2(float* dst, const float* x, const float* gate, int cols, long long n) { pdl_wait();
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
     dst[i] += sigm(gate[i / cols]) * x[i];
 }
 
-extern "C" __global__ void add_f(float* dst, const float* x, long long n) {
+extern "C" __global__ void add_f(float* dst, const float* x, long long n) { pdl_wait();
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) dst[i] += x[i];
 }
-extern "C" __global__ void swiglu_f(float* dst, const float* g, const float* u, long long n) {
+extern "C" __global__ void swiglu_f(float* dst, const float* g, const float* u, long long n) { pdl_wait();
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) dst[i] = silu(g[i]) * u[i];
 }
-extern "C" __global__ void sigmoid_gate_add(float* dst, const float* x, const float* gate, int cols) {
+extern "C" __global__ void sigmoid_gate_add(float* dst, const float* x, const float* gate, int cols) { pdl_wait();
   const float s = sigm(gate[blockIdx.x]);
   const size_t base = (size_t)blockIdx.x * cols;
   for (int c = threadIdx.x; c < cols; c += blockDim.x) dst[base + c] += s * x[base + c];

@@ -197,12 +197,12 @@ __device__ __forceinline__ void qmvk_body(const u32* W, const u16* S, const u16*
 
 #define QMV_ARGS const u32 *W, const u16 *S, const u16 *B, const float *x, float *y, int out, int in, int group
 #define QMV(BITS)                                                                                                                  \
-  extern "C" __global__ void __launch_bounds__(128) qmv##BITS##_r4u2(QMV_ARGS) { qmv_body<BITS, 4, 2>(W, S, B, x, y, out, in, group); } \
-  extern "C" __global__ void __launch_bounds__(128) qmv##BITS##_r2u4(QMV_ARGS) { qmv_body<BITS, 2, 4>(W, S, B, x, y, out, in, group); } \
-  extern "C" __global__ void __launch_bounds__(128) qmv##BITS##_r8u1(QMV_ARGS) { qmv_body<BITS, 8, 1>(W, S, B, x, y, out, in, group); } \
-  extern "C" __global__ void __launch_bounds__(128) qmv##BITS##_r4u1(QMV_ARGS) { qmv_body<BITS, 4, 1>(W, S, B, x, y, out, in, group); } \
-  extern "C" __global__ void __launch_bounds__(128) qmv##BITS##_k8(QMV_ARGS) { qmvk_body<BITS, 8>(W, S, B, x, y, out, in, group); } \
-  extern "C" __global__ void __launch_bounds__(128) qmv##BITS##_k4(QMV_ARGS) { qmvk_body<BITS, 4>(W, S, B, x, y, out, in, group); }
+  extern "C" __global__ void __launch_bounds__(128) qmv##BITS##_r4u2(QMV_ARGS) { pdl_wait(); qmv_body<BITS, 4, 2>(W, S, B, x, y, out, in, group); } \
+  extern "C" __global__ void __launch_bounds__(128) qmv##BITS##_r2u4(QMV_ARGS) { pdl_wait(); qmv_body<BITS, 2, 4>(W, S, B, x, y, out, in, group); } \
+  extern "C" __global__ void __launch_bounds__(128) qmv##BITS##_r8u1(QMV_ARGS) { pdl_wait(); qmv_body<BITS, 8, 1>(W, S, B, x, y, out, in, group); } \
+  extern "C" __global__ void __launch_bounds__(128) qmv##BITS##_r4u1(QMV_ARGS) { pdl_wait(); qmv_body<BITS, 4, 1>(W, S, B, x, y, out, in, group); } \
+  extern "C" __global__ void __launch_bounds__(128) qmv##BITS##_k8(QMV_ARGS) { pdl_wait(); qmvk_body<BITS, 8>(W, S, B, x, y, out, in, group); } \
+  extern "C" __global__ void __launch_bounds__(128) qmv##BITS##_k4(QMV_ARGS) { pdl_wait(); qmvk_body<BITS, 4>(W, S, B, x, y, out, in, group); }
 QMV(2)
 QMV(4)
 QMV(8)
@@ -287,15 +287,15 @@ __device__ __forceinline__ void qgemm_body(const u32* __restrict__ W, const u16*
 
 #define QG_ARGS const u32 *W, const u16 *S, const u16 *B, const float *x, float *y, int out, int in, int T, int group, int kchunk
 #define QG(BITS)                                                                                                                                  \
-  extern "C" __global__ void __launch_bounds__(128) qgemm##BITS##_1(QG_ARGS) { qgemm_body<BITS, 1>(W, S, B, x, y, out, in, T, group, kchunk); } \
-  extern "C" __global__ void __launch_bounds__(128) qgemm##BITS##_2(QG_ARGS) { qgemm_body<BITS, 2>(W, S, B, x, y, out, in, T, group, kchunk); } \
-  extern "C" __global__ void __launch_bounds__(128) qgemm##BITS##_4(QG_ARGS) { qgemm_body<BITS, 4>(W, S, B, x, y, out, in, T, group, kchunk); }
+  extern "C" __global__ void __launch_bounds__(128) qgemm##BITS##_1(QG_ARGS) { pdl_wait(); qgemm_body<BITS, 1>(W, S, B, x, y, out, in, T, group, kchunk); } \
+  extern "C" __global__ void __launch_bounds__(128) qgemm##BITS##_2(QG_ARGS) { pdl_wait(); qgemm_body<BITS, 2>(W, S, B, x, y, out, in, T, group, kchunk); } \
+  extern "C" __global__ void __launch_bounds__(128) qgemm##BITS##_4(QG_ARGS) { pdl_wait(); qgemm_body<BITS, 4>(W, S, B, x, y, out, in, T, group, kchunk); }
 QG(2)
 QG(4)
 QG(8)
 
 // qgemm_sum: y[i] = Σ_z part[z][i] over nz splits (fixed order: deterministic).
-extern "C" __global__ void qgemm_sum(const float* part, float* y, long long n, int nz) {
+extern "C" __global__ void qgemm_sum(const float* part, float* y, long long n, int nz) { pdl_wait();
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
     float s = 0.f;
     for (int z = 0; z < nz; z++) s += part[(size_t)z * n + i];
@@ -403,7 +403,7 @@ __device__ __forceinline__ void moe_dn_fast(const u64* table, const int* ids, co
 }
 
 // moe_combine: dst[t, c] = Σ_k w[t,k]·part[t*K+k, c] for tokens t0..t0+gridDim.y-1.
-extern "C" __global__ void moe_combine(const float* part, const float* wts, float* dst, int Hd, int K, int t0) {
+extern "C" __global__ void moe_combine(const float* part, const float* wts, float* dst, int Hd, int K, int t0) { pdl_wait();
   const int t = t0 + blockIdx.y;
   for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < Hd; c += gridDim.x * blockDim.x) {
     float s = 0.f;
@@ -414,9 +414,9 @@ extern "C" __global__ void moe_combine(const float* part, const float* wts, floa
 
 #define MOE_DN2_ARGS const u64 *table, const int *ids, const float *hbuf, float *part, int Hd, int I, int group, int K, int t0, long long dw, long long ds, long long db
 #define MOEF(BITS)                                                                                                                                     \
-  extern "C" __global__ void __launch_bounds__(128) moe_gu##BITS##f(MOE_GU_ARGS) { moe_gu_fast<BITS>(table, ids, x, hbuf, I, Hd, group, K, t0, ProjOff{gw, gs, gb}, ProjOff{uw, us, ub}); } \
-  extern "C" __global__ void __launch_bounds__(128) moe_gu##BITS##k(MOE_GU_ARGS) { moe_gu_k<BITS>(table, ids, x, hbuf, I, Hd, group, K, t0, ProjOff{gw, gs, gb}, ProjOff{uw, us, ub}); } \
-  extern "C" __global__ void __launch_bounds__(128) moe_dn##BITS##f(MOE_DN2_ARGS) { moe_dn_fast<BITS>(table, ids, hbuf, part, Hd, I, group, K, t0, ProjOff{dw, ds, db}); }
+  extern "C" __global__ void __launch_bounds__(128) moe_gu##BITS##f(MOE_GU_ARGS) { pdl_wait(); moe_gu_fast<BITS>(table, ids, x, hbuf, I, Hd, group, K, t0, ProjOff{gw, gs, gb}, ProjOff{uw, us, ub}); } \
+  extern "C" __global__ void __launch_bounds__(128) moe_gu##BITS##k(MOE_GU_ARGS) { pdl_wait(); moe_gu_k<BITS>(table, ids, x, hbuf, I, Hd, group, K, t0, ProjOff{gw, gs, gb}, ProjOff{uw, us, ub}); } \
+  extern "C" __global__ void __launch_bounds__(128) moe_dn##BITS##f(MOE_DN2_ARGS) { pdl_wait(); moe_dn_fast<BITS>(table, ids, hbuf, part, Hd, I, group, K, t0, ProjOff{dw, ds, db}); }
 MOEF(2)
 MOEF(4)
 MOEF(8)

@@ -7,7 +7,7 @@
 // so that a decode step's launches do not change from token to token.
 extern "C" __global__ void attn_prep(const float* qg, const float* k, const float* v, float* kc, float* vc,
                                      float* qout, const float* qn, const float* kn, int H, int KVH, int HD,
-                                     int RD, const int* plen, float theta, float eps) {
+                                     int RD, const int* plen, float theta, float eps) { pdl_wait();
   const int pos0 = *plen;
   extern __shared__ float sm[];
   float* y = sm;         // HD
@@ -51,7 +51,7 @@ extern "C" __global__ void attn_prep(const float* qg, const float* k, const floa
 // *plen), ATT_WARPS-wide online softmax per warp, merged in the block, and
 // writes the unnormalised partial (acc[HD], max, sum) to part[(t*H+h)*NS+y].
 extern "C" __global__ void __launch_bounds__(128) attn_split(const float* q, const float* kc, const float* vc, float* part,
-                                                             const int* plen, int H, int KVH, int HD, float scale) {
+                                                             const int* plen, int H, int KVH, int HD, float scale) { pdl_wait();
   extern __shared__ float sm[];  // ATT_WARPS*(HD+2)
   const int NS = gridDim.y, y = blockIdx.y;
   const int t = blockIdx.x / H, h = blockIdx.x % H;
@@ -121,7 +121,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_split(const float* q, con
 // attn_combine: one block per (token, head): merges the NS partials of
 // attn_split, multiplies by σ(gate) and writes dst [T, H*HD]. Block 0 then
 // advances the cache length *plen by T (every reader of it has finished).
-extern "C" __global__ void attn_combine(const float* part, const float* qg, float* dst, int* plen, int H, int HD, int NS) {
+extern "C" __global__ void attn_combine(const float* part, const float* qg, float* dst, int* plen, int H, int HD, int NS) { pdl_wait();
   const int t = blockIdx.x / H, h = blockIdx.x % H;
   const float* pp = part + (size_t)blockIdx.x * NS * (HD + 2);
   float M = -FINF;
@@ -148,7 +148,7 @@ extern "C" __global__ void attn_combine(const float* part, const float* qg, floa
 
 // delta_conv: causal depthwise conv + SiLU, one thread per channel, tokens in
 // order. state is [(K-1), C], oldest first; W[c*K + k], tap K-1 = current.
-extern "C" __global__ void delta_conv(const float* qkv, const float* W, float* state, float* out, int T, int C, int K) {
+extern "C" __global__ void delta_conv(const float* qkv, const float* W, float* state, float* out, int T, int C, int K) { pdl_wait();
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
   float hist[8];
@@ -187,7 +187,7 @@ __device__ __forceinline__ float softplus_f(float x) { return x > 20.f ? x : log
 // decay, retrieve, delta, update, read, gated RMSNorm with silu(z).
 extern "C" __global__ void delta_rule(const float* conv, const float* z, const float* b, const float* a,
                                       float* state, const float* dtBias, const float* aLog, const float* normW,
-                                      float* dst, int T, int KH, int VH, int KD, int VD, float eps) {
+                                      float* dst, int T, int KH, int VH, int KD, int VD, float eps) { pdl_wait();
   extern __shared__ float sm[];
   float* S = sm;                     // KD*VD
   float* qs = S + (size_t)KD * VD;   // KD
@@ -319,7 +319,7 @@ __device__ __forceinline__ void delta2_body(const float* conv, const float* z, c
 
 #define DELTA2_ARGS const float *conv, const float *z, const float *b, const float *a, float *state, const float *dtBias, const float *aLog, const float *normW, float *dst, int T, int KH, int VH, int KD, int VD, float eps
 #define DELTA2(R) \
-  extern "C" __global__ void __launch_bounds__(512) delta_rule2_##R(DELTA2_ARGS) { delta2_body<R>(conv, z, b, a, state, dtBias, aLog, normW, dst, T, KH, VH, KD, VD, eps); }
+  extern "C" __global__ void __launch_bounds__(512) delta_rule2_##R(DELTA2_ARGS) { pdl_wait(); delta2_body<R>(conv, z, b, a, state, dtBias, aLog, normW, dst, T, KH, VH, KD, VD, eps); }
 DELTA2(1)
 DELTA2(2)
 DELTA2(4)
@@ -363,7 +363,7 @@ __device__ __forceinline__ void topk_warp(const float* logits, int E, int K, int
 }
 
 // router_topk: one warp per token; logits [T, E] → top-K ids and weights.
-extern "C" __global__ void router_topk(const float* logits, int E, int K, int* ids, float* wts) {
+extern "C" __global__ void router_topk(const float* logits, int E, int K, int* ids, float* wts) { pdl_wait();
   extern __shared__ float sl[];  // E
   const int t = blockIdx.x;
   topk_warp(logits + (size_t)t * E, E, K, ids + t * K, wts + t * K, sl);
@@ -423,10 +423,10 @@ __device__ __forceinline__ void moe_dn_body(const u64* table, const int* ids, co
 #define MOE_GU_ARGS const u64 *table, const int *ids, const float *x, float *hbuf, int I, int Hd, int group, int K, int t0, long long gw, long long gs, long long gb, long long uw, long long us, long long ub
 #define MOE_DN_ARGS const u64 *table, const int *ids, const float *wts, const float *hbuf, float *dst, int Hd, int I, int group, int K, int t0, long long dw, long long ds, long long db
 #define MOE(BITS)                                                                                                                              \
-  extern "C" __global__ void __launch_bounds__(128) moe_gu##BITS##v(MOE_GU_ARGS) { moe_gu_body<BITS, true>(table, ids, x, hbuf, I, Hd, group, K, t0, ProjOff{gw, gs, gb}, ProjOff{uw, us, ub}); }   \
-  extern "C" __global__ void __launch_bounds__(128) moe_gu##BITS##s(MOE_GU_ARGS) { moe_gu_body<BITS, false>(table, ids, x, hbuf, I, Hd, group, K, t0, ProjOff{gw, gs, gb}, ProjOff{uw, us, ub}); }  \
-  extern "C" __global__ void __launch_bounds__(128) moe_dn##BITS##v(MOE_DN_ARGS) { moe_dn_body<BITS, true>(table, ids, wts, hbuf, dst, Hd, I, group, K, t0, ProjOff{dw, ds, db}); } \
-  extern "C" __global__ void __launch_bounds__(128) moe_dn##BITS##s(MOE_DN_ARGS) { moe_dn_body<BITS, false>(table, ids, wts, hbuf, dst, Hd, I, group, K, t0, ProjOff{dw, ds, db}); }
+  extern "C" __global__ void __launch_bounds__(128) moe_gu##BITS##v(MOE_GU_ARGS) { pdl_wait(); moe_gu_body<BITS, true>(table, ids, x, hbuf, I, Hd, group, K, t0, ProjOff{gw, gs, gb}, ProjOff{uw, us, ub}); }   \
+  extern "C" __global__ void __launch_bounds__(128) moe_gu##BITS##s(MOE_GU_ARGS) { pdl_wait(); moe_gu_body<BITS, false>(table, ids, x, hbuf, I, Hd, group, K, t0, ProjOff{gw, gs, gb}, ProjOff{uw, us, ub}); }  \
+  extern "C" __global__ void __launch_bounds__(128) moe_dn##BITS##v(MOE_DN_ARGS) { pdl_wait(); moe_dn_body<BITS, true>(table, ids, wts, hbuf, dst, Hd, I, group, K, t0, ProjOff{dw, ds, db}); } \
+  extern "C" __global__ void __launch_bounds__(128) moe_dn##BITS##s(MOE_DN_ARGS) { pdl_wait(); moe_dn_body<BITS, false>(table, ids, wts, hbuf, dst, Hd, I, group, K, t0, ProjOff{dw, ds, db}); }
 MOE(2)
 MOE(4)
 MOE(8)

@@ -78,6 +78,7 @@ type driverAPI struct {
 	cuEventCreate, cuEventRecord, cuEventSynchronize, cuEventElapsedTime, cuEventDestroy      uintptr
 	cuStreamBeginCapture, cuStreamEndCapture, cuGraphInstantiateWithFlags, cuGraphLaunch      uintptr
 	cuGraphDestroy, cuGraphExecDestroy                                                        uintptr
+	cuOccupancyMaxActiveBlocksPerMultiprocessor, cuLaunchKernelEx                             uintptr
 }
 
 func (d *driverAPI) table() []symbol {
@@ -122,6 +123,8 @@ func (d *driverAPI) table() []symbol {
 		{&d.cuGraphLaunch, []string{"cuGraphLaunch"}},
 		{&d.cuGraphDestroy, []string{"cuGraphDestroy"}},
 		{&d.cuGraphExecDestroy, []string{"cuGraphExecDestroy"}},
+		{&d.cuOccupancyMaxActiveBlocksPerMultiprocessor, []string{"cuOccupancyMaxActiveBlocksPerMultiprocessor"}},
+		{&d.cuLaunchKernelEx, []string{"cuLaunchKernelEx"}},
 	}
 }
 

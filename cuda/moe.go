@@ -618,6 +618,11 @@ var MoEGateSplit = true
 // runExperts (worker only) launches the expert kernels for tokens t0..t0+n-1.
 func (b *Backend) runExperts(c *expertCache, table uintptr, xt, d *Tensor, ids, wts, hbuf, part uintptr, t0, n, K int) error {
 	l := c.layout
+	if n == 1 {
+		if ok, err := b.qmxRunExperts(c, table, xt, d, ids, wts, hbuf, part, t0, K); ok || err != nil {
+			return err
+		}
+	}
 	if c.fast {
 		gu, gx := c.gu, cdiv(l.Intermediate, 8)
 		if MoEGateSplit && l.Hidden/(4*32/l.Gate.Bits) >= 128 {

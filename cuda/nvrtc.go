@@ -24,6 +24,9 @@ var kernelsFast string
 //go:embed kernels_fuse.cu
 var kernelsFuse string
 
+//go:embed kernels_mx.cu
+var kernelsMX string
+
 // kernelSource is the whole CUDA C translation unit (default build).
 func kernelSource() string { return kernelSourceDQ(false) }
 
@@ -35,7 +38,7 @@ func kernelSourceDQ(dq bool) string {
 	if dq {
 		pre = "#define FMOE_DQ 1\n"
 	}
-	return pre + kernelsCore + "\n" + kernelsMixer + "\n" + kernelsFast + "\n" + kernelsFuse
+	return pre + kernelsCore + "\n" + kernelsMixer + "\n" + kernelsFast + "\n" + kernelsFuse + "\n" + kernelsMX
 }
 
 // ErrCompile reports that NVRTC rejected the kernel source; the error text
@@ -213,7 +216,21 @@ func (d *device) launch(f uintptr, grid, block [3]int, smem int, args ...karg) e
 // rawLaunch (worker only) launches f on the compute stream with the
 // arguments already in d.params.
 func (d *device) rawLaunch(f uintptr, grid, block [3]int, smem int) error {
+	// PDL only for launches captured into graphs (repeated decode steps):
+	// eager launches with it made prefill slower on an H200 (313 → 242
+	// tok/s, also with it limited to one-wave grids).
+	pdl := d.pdl && d.capturing
 	l := func() uintptr {
+		if pdl {
+			c := &d.lcfg
+			c.gridX, c.gridY, c.gridZ = uint32(grid[0]), uint32(grid[1]), uint32(grid[2])
+			c.blockX, c.blockY, c.blockZ = uint32(block[0]), uint32(block[1]), uint32(block[2])
+			c.smem, c.stream = uint32(smem), d.stream
+			d.lattr.id = attrProgrammaticStreamSerialization
+			d.lattr.val[0] = 1 // programmaticStreamSerializationAllowed
+			c.attrs, c.nattrs = uintptr(unsafe.Pointer(&d.lattr)), 1
+			return call(d.l.drv.cuLaunchKernelEx, uintptr(unsafe.Pointer(c)), f, uintptr(unsafe.Pointer(&d.params[0])), 0)
+		}
 		return call(d.l.drv.cuLaunchKernel, f, uintptr(grid[0]), uintptr(grid[1]), uintptr(grid[2]),
 			uintptr(block[0]), uintptr(block[1]), uintptr(block[2]), uintptr(smem), d.stream,
 			uintptr(unsafe.Pointer(&d.params[0])), 0)

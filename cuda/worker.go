@@ -40,7 +40,36 @@ type device struct {
 	stream uintptr
 	prof   *profiler // per-kernel GPU-event timing (nil: off)
 	graphs *grapher  // CUDA graph capture and replay of repeated launch sequences (nil: off)
+
+	occ map[[3]uintptr]int // blocks per SM by (function, threads, shared memory)
+
+	pdl       bool // launch with programmatic stream serialization (cuLaunchKernelEx) ...
+	capturing bool // ... while launches are captured into a graph
+	lcfg  launchConfig
+	lattr launchAttr
 }
+
+// launchConfig is CUlaunchConfig (cuda.h).
+type launchConfig struct {
+	gridX, gridY, gridZ    uint32
+	blockX, blockY, blockZ uint32
+	smem                   uint32
+	_                      uint32
+	stream                 uintptr
+	attrs                  uintptr // *launchAttr
+	nattrs                 uint32
+	_                      uint32
+}
+
+// launchAttr is CUlaunchAttribute: an id, padding, a 64-byte value union.
+type launchAttr struct {
+	id  uint32
+	_   uint32
+	val [64]byte
+}
+
+// attrProgrammaticStreamSerialization is CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION.
+const attrProgrammaticStreamSerialization = 6
 
 // openDevice loads the libraries, starts the worker and makes the primary
 // context of GPU ordinal current on it.

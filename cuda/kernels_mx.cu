@@ -1,0 +1,509 @@
+// ---- qmx: persistent fused decode matvec, x held in registers ----
+//
+// Same descriptor and semantics as qmvb (kernels_fuse.cu), other shape of
+// work. The columns of a row are split over TPR threads (a "row group"), each
+// owning CPT chunks of 16 bytes at fixed column positions, so a thread loads
+// its slice of x (normed, prescaled for the masked dequantization, its Σx per
+// chunk) once, in the prologue, and keeps it in registers for every row. A
+// block of 128 threads is 128/TPR row groups; a tile is U rows per row group.
+// The grid is persistent (Go sizes it from the occupancy): block b takes tiles
+// b, b + grid, …, and with PF the next tile's codes, scales and biases are
+// loaded before the current tile is computed, so each warp has two tiles of
+// loads in flight and no block starts or ends between tiles. Per tile the
+// warps' sums meet in shared memory (double buffered: one barrier per tile) and
+// are added in a fixed order (deterministic). Codes are read with the masked
+// dequantization (FMOE_DQ's form: one LOP per code; x prescaled per code
+// position once for the whole kernel).
+//
+// Extra descriptor word: 20 = number of tiles. An item's word 8 is its first
+// tile; with swiglu a tile holds U/2 rows of gate (item 0) and the same U/2
+// rows of up (item 1) per row group.
+
+template <int BITS, int TPR, int CPT, int U>
+struct QmxTile {
+  uint4 q[U][CPT];
+  u16 s[U][CPT], b[U][CPT];
+};
+
+// qmx_load issues the loads of tile t (rows clamped to the item: a tile past
+// an item's end reads its last row again, results dropped).
+template <int BITS, int TPR, int CPT, int U>
+__device__ __forceinline__ void qmx_load(const long long* __restrict__ D, int n, int t, int sub, int ct, int wpr, int gpr, int group,
+                                         QmxTile<BITS, TPR, CPT, U>& T) {
+  constexpr int PER = 32 / BITS, CW = 4 * PER, RPB = 128 / TPR;
+  const int mode = (int)D[3];
+  if (mode & 2) {  // swiglu: gate rows in slots 0..U/2-1, the same rows of up in U/2..U-1
+    const int out = (int)D[QB_ITEM + 7];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const long long* I = D + QB_ITEM + (u >= U / 2 ? QB_STRIDE : 0);
+      const size_t row = (size_t)min(t * RPB * (U / 2) + sub * (U / 2) + (u % (U / 2)), out - 1);
+      const uint4* W = reinterpret_cast<const uint4*>((const u32*)I[0] + row * wpr);
+      const u16 *S = (const u16*)I[1] + row * gpr, *B = (const u16*)I[2] + row * gpr;
+#pragma unroll
+      for (int cc = 0; cc < CPT; cc++) {
+        const int c = ct + cc * TPR;
+        T.q[u][cc] = __ldg(W + c);
+        T.s[u][cc] = __ldg(S + c * CW / group);
+        T.b[u][cc] = __ldg(B + c * CW / group);
+      }
+    }
+    return;
+  }
+  int it = 0;
+  for (int i = 1; i < n; i++)
+    if ((int)D[QB_ITEM + QB_STRIDE * i + 8] <= t) it = i;
+  const long long* I = D + QB_ITEM + QB_STRIDE * it;
+  const int out = (int)I[7];
+  const int r0 = (t - (int)I[8]) * RPB * U + sub * U;
+  const u32* W0 = (const u32*)I[0];
+  const u16 *S0 = (const u16*)I[1], *B0 = (const u16*)I[2];
+#pragma unroll
+  for (int u = 0; u < U; u++) {
+    const size_t row = (size_t)min(r0 + u, out - 1);
+    const uint4* W = reinterpret_cast<const uint4*>(W0 + row * wpr);
+    const u16 *S = S0 + row * gpr, *B = B0 + row * gpr;
+#pragma unroll
+    for (int cc = 0; cc < CPT; cc++) {
+      const int c = ct + cc * TPR;
+      T.q[u][cc] = __ldg(W + c);
+      T.s[u][cc] = __ldg(S + c * CW / group);
+      T.b[u][cc] = __ldg(B + c * CW / group);
+    }
+  }
+}
+
+// qmx_prep turns a thread's slice of x into the dot form: sx[cc] = Σ of the
+// chunk's x, then each x prescaled for the masked dequantization of its code
+// position.
+template <int BITS, int CPT>
+__device__ __forceinline__ void qmx_prep(float (&xv)[CPT][4 * (32 / BITS)], float (&sx)[CPT]) {
+  constexpr int PER = 32 / BITS, CW = 4 * PER;
+#pragma unroll
+  for (int cc = 0; cc < CPT; cc++) {
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < CW; k++) s += xv[cc][k];
+    sx[cc] = s;
+#pragma unroll
+    for (int k = 0; k < CW; k++) xv[cc][k] *= dq_xs<BITS>(k % PER);
+  }
+}
+
+// qmx_dot: acc[u] = this thread's part of row u's dot product with x.
+template <int BITS, int TPR, int CPT, int U>
+__device__ __forceinline__ void qmx_dot(const QmxTile<BITS, TPR, CPT, U>& A, const float (&xv)[CPT][4 * (32 / BITS)], const float (&sx)[CPT],
+                                        float (&acc)[U]) {
+  constexpr int PER = 32 / BITS;
+#pragma unroll
+  for (int u = 0; u < U; u++) {
+    float a = 0.f;
+#pragma unroll
+    for (int cc = 0; cc < CPT; cc++) {
+      float fx = 0.f;
+#pragma unroll
+      for (int wi = 0; wi < 4; wi++) {
+        const u32 wd = wi == 0 ? A.q[u][cc].x : wi == 1 ? A.q[u][cc].y : wi == 2 ? A.q[u][cc].z : A.q[u][cc].w;
+        const u32 w8 = wd >> 8;
+#pragma unroll
+        for (int k = 0; k < PER; k++) fx = fmaf(dq_code<BITS>(wd, w8, k), xv[cc][wi * PER + k], fx);
+      }
+      a = fmaf(bf16f(A.s[u][cc]) * DQ_UNSCALE, fx, fmaf(bf16f(A.b[u][cc]), sx[cc], a));
+    }
+    acc[u] = a;
+  }
+}
+
+template <int BITS, int TPR, int CPT, int U, bool PF>
+__device__ __forceinline__ void qmx_body(const long long* __restrict__ D) {
+  constexpr int PER = 32 / BITS, CW = 4 * PER, RPB = 128 / TPR, NW = TPR / 32;
+  extern __shared__ float qsm[];  // top-k: E floats
+  __shared__ float red[2][4][U];
+  __shared__ float sh[32];
+  __shared__ int last;
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  const int sub = tid / TPR, ct = tid % TPR;
+  const int n = (int)D[0], in = (int)D[1], group = (int)D[2], mode = (int)D[3];
+  const int ntiles = (int)D[20];
+  const int wpr = in / PER, gpr = in / group;
+  const bool sw = (mode & 2) != 0;
+
+  QmxTile<BITS, TPR, CPT, U> A;
+  int t = blockIdx.x;
+  if (t < ntiles) qmx_load<BITS, TPR, CPT, U>(D, n, t, sub, ct, wpr, gpr, group, A);
+  pdl_wait();  // weights and descriptor are static: loaded before the previous kernel ends
+
+  // prologue (while the first tile's loads are in flight): x, its norm, Σx.
+  float xv[CPT][CW], sx[CPT];
+  const float* x = (const float*)D[QB_ITEM + 3];
+  const float* nw = (mode & 1) ? (const float*)D[6] : nullptr;
+  float ss = 0.f;
+#pragma unroll
+  for (int cc = 0; cc < CPT; cc++) {
+    const int col0 = (ct + cc * TPR) * CW;
+#pragma unroll
+    for (int k = 0; k < CW; k += 4) {
+      const float4 f = __ldg(reinterpret_cast<const float4*>(x + col0 + k));
+      xv[cc][k] = f.x; xv[cc][k + 1] = f.y; xv[cc][k + 2] = f.z; xv[cc][k + 3] = f.w;
+    }
+  }
+  if (mode & 1) {
+#pragma unroll
+    for (int cc = 0; cc < CPT; cc++) {
+      const int col0 = (ct + cc * TPR) * CW;
+#pragma unroll
+      for (int k = 0; k < CW; k += 4) {
+        const float4 g = __ldg(reinterpret_cast<const float4*>(nw + col0 + k));
+        ss = fmaf(xv[cc][k], xv[cc][k], fmaf(xv[cc][k + 1], xv[cc][k + 1], fmaf(xv[cc][k + 2], xv[cc][k + 2], fmaf(xv[cc][k + 3], xv[cc][k + 3], ss))));
+        xv[cc][k] *= g.x; xv[cc][k + 1] *= g.y; xv[cc][k + 2] *= g.z; xv[cc][k + 3] *= g.w;
+      }
+    }
+    // every row group read the whole row: RPB equal sums
+    ss = block_sum(ss, sh) * (1.f / (float)RPB);
+    const float rn = rsqrtf(ss / (float)in + __int_as_float((int)D[4]));
+    float* nt = (float*)D[7];
+#pragma unroll
+    for (int cc = 0; cc < CPT; cc++) {
+      const int col0 = (ct + cc * TPR) * CW;
+#pragma unroll
+      for (int k = 0; k < CW; k++) {
+        xv[cc][k] *= rn;
+        if (blockIdx.x == 0 && sub == 0 && nt != nullptr) nt[col0 + k] = xv[cc][k];
+      }
+    }
+  }
+  qmx_prep<BITS, CPT>(xv, sx);
+  float gam = 0.f;
+  if (mode & 4) {  // the shared expert's gate: γ = σ(gW·gx), every block
+    const int gin = (int)D[19];
+    const u32* const gw[1] = {(const u32*)D[8]};
+    const u16* const gs[1] = {(const u16*)D[9]};
+    const u16* const gb[1] = {(const u16*)D[10]};
+    float a[1] = {0.f};
+    qmv_rows<BITS, 1, 1>(gw, gs, gb, gin, group, (const float*)D[11], a, tid, 128);
+    const float g = block_sum(a[0], sh);
+    gam = sigm(g);
+    if (blockIdx.x == 0 && tid == 0) ((float*)D[12])[0] = g;
+  }
+
+  for (int buf = 0; t < ntiles; t += gridDim.x, buf ^= 1) {
+    QmxTile<BITS, TPR, CPT, U> Bt;
+    const int tn = t + gridDim.x;
+    if (PF && tn < ntiles) qmx_load<BITS, TPR, CPT, U>(D, n, tn, sub, ct, wpr, gpr, group, Bt);
+    float acc[U];
+    qmx_dot<BITS, TPR, CPT, U>(A, xv, sx, acc);
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const float v = warp_sum(acc[u]);
+      if (lane == 0) red[buf][w][u] = v;
+    }
+    __syncthreads();
+    if (sw) {
+      if (tid < RPB * (U / 2)) {
+        const int g0 = tid / (U / 2), j = tid % (U / 2);
+        float g = 0.f, up = 0.f;
+#pragma unroll
+        for (int k = 0; k < NW; k++) {
+          g += red[buf][g0 * NW + k][j];
+          up += red[buf][g0 * NW + k][j + U / 2];
+        }
+        const int row = t * RPB * (U / 2) + g0 * (U / 2) + j;
+        if (row < (int)D[QB_ITEM + 7]) {
+          ((float*)D[QB_ITEM + 4])[row] = g;
+          ((float*)D[QB_ITEM + QB_STRIDE + 4])[row] = up;
+          ((float*)D[13])[row] = silu(g) * up;
+        }
+      }
+    } else if (tid < RPB * U) {
+      const int g0 = tid / U, u = tid % U;
+      float v = 0.f;
+#pragma unroll
+      for (int k = 0; k < NW; k++) v += red[buf][g0 * NW + k][u];
+      int it = 0;
+      for (int i = 1; i < n; i++)
+        if ((int)D[QB_ITEM + QB_STRIDE * i + 8] <= t) it = i;
+      const long long* I = D + QB_ITEM + QB_STRIDE * it;
+      const int row = (t - (int)I[8]) * RPB * U + g0 * U + u;
+      if (row < (int)I[7]) {
+        ((float*)I[4])[row] = v;
+        float a = v;
+        if (I[6]) {
+          float* gt = (float*)I[6];
+          a = gt[row] + gam * v;
+          gt[row] = a;
+        }
+        if (I[5]) {
+          float* ad = (float*)I[5];
+          ad[row] += a;
+        }
+      }
+    }
+    if (PF) {
+      A = Bt;
+    } else if (tn < ntiles) {
+      qmx_load<BITS, TPR, CPT, U>(D, n, tn, sub, ct, wpr, gpr, group, A);
+    }
+  }
+  if (mode & 8) {
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) last = atomicAdd((unsigned*)D[18], 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (last) {
+      __threadfence();
+      if (w == 0) topk_warp((const float*)D[QB_ITEM + 4], (int)D[14], (int)D[15], (int*)D[16], (float*)D[17], qsm);
+      if (tid == 0) *(unsigned*)D[18] = 0u;
+    }
+  }
+}
+
+// ---- qmxe / qmxd: the decode expert projections in the same form ----
+//
+// qmxe: gate and up projections of the K routed experts of one token (pairs
+// p = t0·K + k, expert bytes at table[ids[p]] plus the offsets), h[p] =
+// silu(G x)·(U x) into hbuf[p·I..]. x (the token's normed hidden row) is
+// shared by all experts: in registers once. A tile is U/2 rows of gate and
+// the same rows of up of one expert per row group; tiles run expert by
+// expert, the next one prefetched.
+struct QmxMoE {
+  const u64* table;
+  const int* ids;
+  long long w0, s0, b0, w1, s1, b1;  // offsets of the two projections in an expert
+};
+
+template <int BITS, int TPR, int CPT, int U>
+__device__ __forceinline__ void qmxe_load(const char* const* base, const QmxMoE& m, int t, int tpe, int rows, int sub, int ct, int wpr, int gpr,
+                                          int group, QmxTile<BITS, TPR, CPT, U>& T) {
+  constexpr int CW = 4 * (32 / BITS), RPB = 128 / TPR;
+  const int k = t / tpe, tt = t - k * tpe;
+  const char* e = base[k];
+#pragma unroll
+  for (int u = 0; u < U; u++) {
+    const bool up = u >= U / 2;
+    const size_t row = (size_t)min(tt * RPB * (U / 2) + sub * (U / 2) + (u % (U / 2)), rows - 1);
+    const uint4* W = reinterpret_cast<const uint4*>((const u32*)(e + (up ? m.w1 : m.w0)) + row * wpr);
+    const u16* S = (const u16*)(e + (up ? m.s1 : m.s0)) + row * gpr;
+    const u16* B = (const u16*)(e + (up ? m.b1 : m.b0)) + row * gpr;
+#pragma unroll
+    for (int cc = 0; cc < CPT; cc++) {
+      const int c = ct + cc * TPR;
+      T.q[u][cc] = __ldg(W + c);
+      T.s[u][cc] = __ldg(S + c * CW / group);
+      T.b[u][cc] = __ldg(B + c * CW / group);
+    }
+  }
+}
+
+#define QMX_MAXK 32
+
+template <int BITS, int TPR, int CPT, int U>
+__device__ __forceinline__ void qmxe_body(QmxMoE m, const float* __restrict__ x, float* hbuf, int I, int Hd, int group, int K, int t0) {
+  constexpr int CW = 4 * (32 / BITS), RPB = 128 / TPR, NW = TPR / 32;
+  __shared__ const char* base[QMX_MAXK];
+  __shared__ float red[2][4][U];
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  const int sub = tid / TPR, ct = tid % TPR;
+  const int wpr = Hd / (32 / BITS), gpr = Hd / group;
+  const int tpe = (I + RPB * (U / 2) - 1) / (RPB * (U / 2)), ntiles = K * tpe;
+  pdl_wait();  // the ids come from the router
+  if (tid < K) base[tid] = reinterpret_cast<const char*>(m.table[m.ids[t0 * K + tid]]);
+  __syncthreads();
+  QmxTile<BITS, TPR, CPT, U> A;
+  int t = blockIdx.x;
+  if (t < ntiles) qmxe_load<BITS, TPR, CPT, U>(base, m, t, tpe, I, sub, ct, wpr, gpr, group, A);
+  float xv[CPT][CW], sx[CPT];
+#pragma unroll
+  for (int cc = 0; cc < CPT; cc++) {
+    const int col0 = (ct + cc * TPR) * CW;
+#pragma unroll
+    for (int k = 0; k < CW; k += 4) {
+      const float4 f = __ldg(reinterpret_cast<const float4*>(x + (size_t)t0 * Hd + col0 + k));
+      xv[cc][k] = f.x; xv[cc][k + 1] = f.y; xv[cc][k + 2] = f.z; xv[cc][k + 3] = f.w;
+    }
+  }
+  qmx_prep<BITS, CPT>(xv, sx);
+  for (int buf = 0; t < ntiles; t += gridDim.x, buf ^= 1) {
+    QmxTile<BITS, TPR, CPT, U> Bt;
+    const int tn = t + gridDim.x;
+    if (tn < ntiles) qmxe_load<BITS, TPR, CPT, U>(base, m, tn, tpe, I, sub, ct, wpr, gpr, group, Bt);
+    float acc[U];
+    qmx_dot<BITS, TPR, CPT, U>(A, xv, sx, acc);
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const float v = warp_sum(acc[u]);
+      if (lane == 0) red[buf][w][u] = v;
+    }
+    __syncthreads();
+    if (tid < RPB * (U / 2)) {
+      const int g0 = tid / (U / 2), j = tid % (U / 2);
+      float g = 0.f, up = 0.f;
+#pragma unroll
+      for (int k = 0; k < NW; k++) {
+        g += red[buf][g0 * NW + k][j];
+        up += red[buf][g0 * NW + k][j + U / 2];
+      }
+      const int k = t / tpe;
+      const int row = (t - k * tpe) * RPB * (U / 2) + g0 * (U / 2) + j;
+      if (row < I) hbuf[(size_t)(t0 * K + k) * I + row] = silu(g) * up;
+    }
+    A = Bt;
+  }
+}
+
+// qmxd: the down projections of the K experts with the routing weights:
+// dst[t0, r] = Σ_k wts[p]·D_{e_k}[r]·h[p] (p = t0·K + k, k ascending: the
+// same order everywhere, deterministic). The K rows h[p] (prescaled) and their
+// chunk sums are staged in shared memory by the block; a tile is U rows per
+// row group, walked expert by expert, the next (tile, expert) step's weights
+// loaded before the current one is computed.
+template <int BITS, int TPR, int CPT, int U>
+__device__ __forceinline__ void qmxd_load(const char* const* base, const QmxMoE& m, int tile, int k, int rows, int sub, int ct, int wpr, int gpr,
+                                          int group, QmxTile<BITS, TPR, CPT, U>& T) {
+  constexpr int CW = 4 * (32 / BITS), RPB = 128 / TPR;
+  const char* e = base[k];
+  const u32* W0 = (const u32*)(e + m.w0);
+  const u16 *S0 = (const u16*)(e + m.s0), *B0 = (const u16*)(e + m.b0);
+#pragma unroll
+  for (int u = 0; u < U; u++) {
+    const size_t row = (size_t)min(tile * RPB * U + sub * U + u, rows - 1);
+    const uint4* W = reinterpret_cast<const uint4*>(W0 + row * wpr);
+#pragma unroll
+    for (int cc = 0; cc < CPT; cc++) {
+      const int c = ct + cc * TPR;
+      T.q[u][cc] = __ldg(W + c);
+      T.s[u][cc] = __ldg(S0 + row * gpr + c * CW / group);
+      T.b[u][cc] = __ldg(B0 + row * gpr + c * CW / group);
+    }
+  }
+}
+
+template <int BITS, int TPR, int CPT, int U>
+__device__ __forceinline__ void qmxd_body(QmxMoE m, const float* wts, const float* hbuf, float* dst, int Hd, int I, int group, int K, int t0) {
+  constexpr int PER = 32 / BITS, CW = 4 * PER, RPB = 128 / TPR, NW = TPR / 32;
+  extern __shared__ float hs[];  // K·I prescaled h, then K·(I/CW) chunk sums
+  __shared__ const char* base[QMX_MAXK];
+  __shared__ float wk[QMX_MAXK];
+  __shared__ float red[2][4][U];
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  const int sub = tid / TPR, ct = tid % TPR;
+  const int wpr = I / PER, gpr = I / group, nch = I / CW;
+  const int ntiles = (Hd + RPB * U - 1) / (RPB * U);
+  float* hsum = hs + K * I;
+  pdl_wait();  // ids, weights and h come from the kernels before
+  if (tid < K) {
+    base[tid] = reinterpret_cast<const char*>(m.table[m.ids[t0 * K + tid]]);
+    wk[tid] = wts[t0 * K + tid];
+  }
+  __syncthreads();
+  int t = blockIdx.x, k = 0;
+  QmxTile<BITS, TPR, CPT, U> A;
+  if (t < ntiles) qmxd_load<BITS, TPR, CPT, U>(base, m, t, 0, Hd, sub, ct, wpr, gpr, group, A);
+  // stage h: one chunk (CW values) per thread and step
+  for (int c = tid; c < K * nch; c += blockDim.x) {
+    const float* src = hbuf + (size_t)t0 * K * I + (size_t)c * CW;
+    float* d = hs + (size_t)c * CW;
+    float s = 0.f;
+#pragma unroll
+    for (int j = 0; j < CW; j += 4) {
+      const float4 f = *reinterpret_cast<const float4*>(src + j);
+      s += (f.x + f.y) + (f.z + f.w);
+      d[j] = f.x * dq_xs<BITS>(j % PER);
+      d[j + 1] = f.y * dq_xs<BITS>((j + 1) % PER);
+      d[j + 2] = f.z * dq_xs<BITS>((j + 2) % PER);
+      d[j + 3] = f.w * dq_xs<BITS>((j + 3) % PER);
+    }
+    hsum[c] = s;
+  }
+  __syncthreads();
+  float tot[U];
+#pragma unroll
+  for (int u = 0; u < U; u++) tot[u] = 0.f;
+  for (int buf = 0; t < ntiles;) {
+    // next step: the same tile's next expert, or the next tile's first
+    QmxTile<BITS, TPR, CPT, U> Bt;
+    const int kn = k + 1 < K ? k + 1 : 0, tn = k + 1 < K ? t : t + gridDim.x;
+    if (tn < ntiles) qmxd_load<BITS, TPR, CPT, U>(base, m, tn, kn, Hd, sub, ct, wpr, gpr, group, Bt);
+    float xv[CPT][CW], sx[CPT];
+#pragma unroll
+    for (int cc = 0; cc < CPT; cc++) {
+      const int c = ct + cc * TPR;
+      const float4* hp = reinterpret_cast<const float4*>(hs + (size_t)k * I + c * CW);
+#pragma unroll
+      for (int j = 0; j < CW / 4; j++) {
+        const float4 f = hp[j];
+        xv[cc][4 * j] = f.x; xv[cc][4 * j + 1] = f.y; xv[cc][4 * j + 2] = f.z; xv[cc][4 * j + 3] = f.w;
+      }
+      sx[cc] = hsum[k * nch + c];
+    }
+    float acc[U];
+    qmx_dot<BITS, TPR, CPT, U>(A, xv, sx, acc);
+#pragma unroll
+    for (int u = 0; u < U; u++) tot[u] = fmaf(wk[k], acc[u], tot[u]);
+    if (k + 1 == K) {
+#pragma unroll
+      for (int u = 0; u < U; u++) {
+        const float v = warp_sum(tot[u]);
+        if (lane == 0) red[buf][w][u] = v;
+      }
+      __syncthreads();
+      if (tid < RPB * U) {
+        const int g0 = tid / U, u = tid % U;
+        float v = 0.f;
+#pragma unroll
+        for (int j = 0; j < NW; j++) v += red[buf][g0 * NW + j][u];
+        const int row = t * RPB * U + g0 * U + u;
+        if (row < Hd) dst[(size_t)t0 * Hd + row] = v;
+      }
+#pragma unroll
+      for (int u = 0; u < U; u++) tot[u] = 0.f;
+      buf ^= 1;
+    }
+    A = Bt;
+    k = kn;
+    t = tn;
+  }
+}
+
+#define QMXE_ARGS const u64 *table, const int *ids, const float *x, float *hbuf, int I, int Hd, int group, int K, int t0, long long gw, long long gs, long long gb, long long uw, long long us, long long ub
+#define QMXD_ARGS const u64 *table, const int *ids, const float *wts, const float *hbuf, float *dst, int Hd, int I, int group, int K, int t0, long long dw, long long ds, long long db
+#define QMXM(BITS, TPR, CPT, U)                                                                                                       \
+  extern "C" __global__ void __launch_bounds__(128) qmxe##BITS##_##TPR##_##CPT##_##U(QMXE_ARGS) {                                     \
+    qmxe_body<BITS, TPR, CPT, U>(QmxMoE{(const u64*)table, ids, gw, gs, gb, uw, us, ub}, x, hbuf, I, Hd, group, K, t0);               \
+  }                                                                                                                                    \
+  extern "C" __global__ void __launch_bounds__(128) qmxd##BITS##_##TPR##_##CPT##_##U(QMXD_ARGS) {                                     \
+    qmxd_body<BITS, TPR, CPT, U>(QmxMoE{(const u64*)table, ids, dw, ds, db, 0, 0, 0}, wts, hbuf, dst, Hd, I, group, K, t0);          \
+  }
+QMXM(4, 128, 1, 8)
+QMXM(4, 128, 1, 4)
+QMXM(4, 32, 1, 8)
+QMXM(4, 32, 1, 4)
+QMXM(4, 32, 1, 2)
+QMXM(4, 64, 1, 4)
+QMXM(4, 128, 2, 4)
+QMXM(8, 128, 2, 4)
+QMXM(8, 64, 1, 4)
+QMXM(8, 128, 1, 4)
+QMXM(2, 128, 1, 4)
+QMXM(2, 64, 1, 4)
+QMXM(2, 32, 1, 4)
+
+// qmx<BITS>_<TPR>_<CPT>_<U><p|n>: p = next tile prefetched.
+#define QMX(BITS, TPR, CPT, U)                                                                                                         \
+  extern "C" __global__ void __launch_bounds__(128) qmx##BITS##_##TPR##_##CPT##_##U##p(const long long* D) { qmx_body<BITS, TPR, CPT, U, true>(D); } \
+  extern "C" __global__ void __launch_bounds__(128) qmx##BITS##_##TPR##_##CPT##_##U##n(const long long* D) { qmx_body<BITS, TPR, CPT, U, false>(D); }
+QMX(4, 128, 1, 8)
+QMX(4, 128, 1, 4)
+QMX(4, 128, 2, 8)
+QMX(4, 128, 2, 4)
+QMX(4, 64, 1, 8)
+QMX(4, 64, 1, 4)
+QMX(4, 32, 1, 8)
+QMX(4, 32, 1, 4)
+QMX(8, 128, 1, 4)
+QMX(8, 128, 2, 4)
+QMX(8, 128, 4, 4)
+QMX(8, 64, 1, 4)
+QMX(8, 32, 1, 4)
+QMX(2, 128, 1, 4)
+QMX(2, 64, 1, 4)
+QMX(2, 32, 1, 4)

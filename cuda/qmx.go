@@ -1,0 +1,253 @@
+package cuda
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"unsafe"
+)
+
+// qmx (kernels_mx.cu) is the persistent form of the fused decode matvec:
+// same descriptor as qmvb, x in registers, a grid of as many blocks as fit
+// on the GPU at once walking tiles of rows, the next tile's loads issued
+// before the current one is computed.
+
+// qmxShapes are the kernels built: bits → (threads per row, chunks per
+// thread) → tile sizes U.
+var qmxShapes = []struct{ bits, tpr, cpt int }{
+	{4, 128, 1}, {4, 128, 2}, {4, 64, 1}, {4, 32, 1},
+	{8, 128, 1}, {8, 128, 2}, {8, 128, 4}, {8, 64, 1}, {8, 32, 1},
+	{2, 128, 1}, {2, 64, 1}, {2, 32, 1},
+}
+
+func qmxTiles(bits int) []int {
+	if bits == 4 {
+		return []int{8, 4}
+	}
+	return []int{4}
+}
+
+// qmxMoEShapes are the expert kernels built (qmxe gate/up, qmxd down):
+// bits, threads per row, chunks per thread, tile U.
+var qmxMoEShapes = [][4]int{
+	{4, 128, 1, 8}, {4, 128, 1, 4}, {4, 32, 1, 8}, {4, 32, 1, 4}, {4, 32, 1, 2}, {4, 64, 1, 4}, {4, 128, 2, 4},
+	{8, 128, 2, 4}, {8, 64, 1, 4}, {8, 128, 1, 4},
+	{2, 128, 1, 4}, {2, 64, 1, 4}, {2, 32, 1, 4},
+}
+
+// qmxMoEKernel returns the qmxe/qmxd kernel for a projection of in columns
+// (prefix "qmxe" or "qmxd"), preferring tile u; "" when none is built.
+func qmxMoEKernel(prefix string, bits, group, in, u int) (name string, tpr, tile int) {
+	tp, cpt, ok := qmxPlan(bits, group, in)
+	if !ok {
+		return "", 0, 0
+	}
+	for _, pass := range []bool{true, false} {
+		for _, s := range qmxMoEShapes {
+			if s[0] == bits && s[1] == tp && s[2] == cpt && (!pass || s[3] == u) {
+				return fmt.Sprintf("%s%d_%d_%d_%d", prefix, bits, tp, cpt, s[3]), tp, s[3]
+			}
+		}
+	}
+	return "", 0, 0
+}
+
+// QMXExperts runs the decode (one token) expert projections as qmxe (gate
+// and up) and, for K ≤ QMXDownMaxK, qmxd (down with the routing weights)
+// when QMX is on; FMOE_CUDA_QMXE=0 turns it off, FMOE_CUDA_QMXD_U picks the
+// down projection's tile (2, 4, 8; default 8). On an H200 (397B shapes,
+// K=4): qmxe 14.6 µs against moe_gu4k's 20.0, qmxd 14.9 µs (tile 4) against
+// moe_dnc4's 13.9 and whole-model decode 140.8 → 144.8 tok/s with tile 8;
+// at K=10 qmxd walks 10 experts per tile in sequence and decode was slower
+// (116.5 → 104.9 tok/s), so larger K keep moe_dn + moe_combine.
+var QMXExperts = true
+
+// QMXDownMaxK is the largest K whose down projections run as qmxd.
+var QMXDownMaxK = 4
+
+func qmxExperts() bool {
+	if u, _ := qmxVariant(); u == 0 {
+		return false
+	}
+	if v, ok := os.LookupEnv("FMOE_CUDA_QMXE"); ok {
+		return v != "0"
+	}
+	return QMXExperts
+}
+
+// qmxRunExperts (worker only) launches qmxe and qmxd for one token; false:
+// not applicable (nothing launched).
+func (b *Backend) qmxRunExperts(c *expertCache, table uintptr, xt, d *Tensor, ids, wts, hbuf, part uintptr, t0, K int) (bool, error) {
+	l := c.layout
+	if !c.fast || !qmxExperts() || K > 32 {
+		return false, nil
+	}
+	gu, gtpr, gtile := qmxMoEKernel("qmxe", l.Gate.Bits, l.GroupSize, l.Hidden, 8)
+	du := 8
+	if v := os.Getenv("FMOE_CUDA_QMXD_U"); v != "" {
+		fmt.Sscan(v, &du)
+	}
+	dn, dtpr, dtile := qmxMoEKernel("qmxd", l.Down.Bits, l.GroupSize, l.Intermediate, du)
+	dsm := K*l.Intermediate*4 + K*(l.Intermediate/(4*32/l.Down.Bits))*4
+	if gu == "" || l.Up.Bits != l.Gate.Bits {
+		return false, nil
+	}
+	if K > QMXDownMaxK || dsm > 48<<10 {
+		dn = ""
+	}
+	fg, fd := b.fn[gu], b.fn[dn]
+	gtiles := K * cdiv(l.Intermediate, (128/gtpr)*(gtile/2))
+	occ, err := b.d.occupancy(fg, 128, 0)
+	if err != nil {
+		return true, err
+	}
+	if err := b.d.launch(fg, grid1(min(gtiles, occ*b.d.sms)), [3]int{128, 1, 1}, 0,
+		table, ids, xt.p, hbuf, l.Intermediate, l.Hidden, l.GroupSize, K, t0,
+		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset); err != nil {
+		return true, err
+	}
+	if dn == "" {
+		// down projections of every pair at once, then the weighted sum
+		if err := b.d.launch(b.fn[c.dn], [3]int{cdiv(l.Hidden, 16), K, 1}, [3]int{128, 1, 1}, 0,
+			table, ids, hbuf, part, l.Hidden, l.Intermediate, l.GroupSize, K, t0,
+			l.Down.WOffset, l.Down.SOffset, l.Down.BOffset); err != nil {
+			return true, err
+		}
+		return true, b.d.launch(b.fn["moe_combine"], [3]int{cdiv(l.Hidden, 256), 1, 1}, [3]int{256, 1, 1}, 0,
+			part, wts, d.p, l.Hidden, K, t0)
+	}
+	dtiles := cdiv(l.Hidden, (128/dtpr)*dtile)
+	if occ, err = b.d.occupancy(fd, 128, dsm); err != nil {
+		return true, err
+	}
+	return true, b.d.launch(fd, grid1(min(dtiles, occ*b.d.sms)), [3]int{128, 1, 1}, dsm,
+		table, ids, wts, hbuf, d.p, l.Hidden, l.Intermediate, l.GroupSize, K, t0,
+		l.Down.WOffset, l.Down.SOffset, l.Down.BOffset)
+}
+
+func qmxKernelNames() []string {
+	var names []string
+	for _, s := range qmxMoEShapes {
+		names = append(names, fmt.Sprintf("qmxe%d_%d_%d_%d", s[0], s[1], s[2], s[3]), fmt.Sprintf("qmxd%d_%d_%d_%d", s[0], s[1], s[2], s[3]))
+	}
+	for _, s := range qmxShapes {
+		for _, u := range qmxTiles(s.bits) {
+			for _, pf := range []string{"p", "n"} {
+				names = append(names, fmt.Sprintf("qmx%d_%d_%d_%d%s", s.bits, s.tpr, s.cpt, u, pf))
+			}
+		}
+	}
+	return names
+}
+
+// qmxPlan returns the threads per row and chunks per thread of a row of in
+// columns, false when no qmx kernel takes it.
+func qmxPlan(bits, group, in int) (tpr, cpt int, ok bool) {
+	if !vecOK(bits, group, in) {
+		return 0, 0, false
+	}
+	nchunks := in / (4 * 32 / bits)
+	for _, s := range qmxShapes {
+		if s.bits == bits && s.tpr*s.cpt == nchunks {
+			return s.tpr, s.cpt, true
+		}
+	}
+	return 0, 0, false
+}
+
+// QMX selects the persistent fused decode matvec: "" off (qmvb), or the tile
+// and prefetch, e.g. "8p" (8 rows per row group, next tile prefetched), "4n".
+// Sizes a bit width lacks fall back to 4. FMOE_CUDA_QMX overrides it ("0" off).
+// Default "8p": on an H200 it beat qmvb on every large decode shape (1783 vs
+// 1527 GB/s on 12288×4096) and whole-model decode went 121 → 129 tok/s (K=4).
+var QMX = "8p"
+
+func qmxVariant() (u int, pf bool) {
+	v := QMX
+	if e, ok := os.LookupEnv("FMOE_CUDA_QMX"); ok {
+		v = e
+	}
+	if v == "" || v == "0" || v == "off" {
+		return 0, false
+	}
+	u = 8
+	if strings.HasPrefix(v, "4") {
+		u = 4
+	}
+	return u, !strings.HasSuffix(v, "n")
+}
+
+// qmxLaunch (worker only) fills the tile words of D and launches qmx when it
+// applies to the batch; false: not applicable (D untouched).
+func (b *Backend) qmxLaunch(bt *fBatch, D *[qbWords]uint64, smem int) (bool, error) {
+	u, pf := qmxVariant()
+	if u == 0 {
+		return false, nil
+	}
+	w0 := bt.items[0].w
+	tpr, cpt, ok := qmxPlan(w0.bits, w0.group, w0.in)
+	if !ok {
+		return false, nil
+	}
+	if !contains(qmxTiles(w0.bits), u) {
+		u = 4
+	}
+	rpb := 128 / tpr
+	tiles := 0
+	if bt.swiglu != nil {
+		tiles = cdiv(w0.out, rpb*u/2)
+		for i := range bt.items {
+			D[qbItem+qbStride*i+8] = 1 << 30
+		}
+	} else {
+		for i, it := range bt.items {
+			D[qbItem+qbStride*i+8] = uint64(tiles)
+			tiles += cdiv(it.w.out, rpb*u)
+		}
+	}
+	D[3] &^= 16
+	D[20] = uint64(tiles)
+	desc, err := b.descFor(D)
+	if err != nil {
+		return true, err
+	}
+	pfs := "n"
+	if pf {
+		pfs = "p"
+	}
+	name := fmt.Sprintf("qmx%d_%d_%d_%d%s", w0.bits, tpr, cpt, u, pfs)
+	f := b.fn[name]
+	occ, err := b.d.occupancy(f, 128, smem)
+	if err != nil {
+		return true, err
+	}
+	return true, b.d.launch(f, grid1(min(tiles, occ*b.d.sms)), [3]int{128, 1, 1}, smem, desc)
+}
+
+func contains(s []int, v int) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// occupancy (worker only) returns how many blocks of f fit on one SM
+// (at least 1), cached per function and shared-memory size.
+func (d *device) occupancy(f uintptr, threads, smem int) (int, error) {
+	key := [3]uintptr{f, uintptr(threads), uintptr(smem)}
+	if n, ok := d.occ[key]; ok {
+		return n, nil
+	}
+	var n int32
+	if err := check(call(d.l.drv.cuOccupancyMaxActiveBlocksPerMultiprocessor, uintptr(unsafe.Pointer(&n)), f, uintptr(threads), uintptr(smem)),
+		"cuOccupancyMaxActiveBlocksPerMultiprocessor"); err != nil {
+		return 0, err
+	}
+	if d.occ == nil {
+		d.occ = map[[3]uintptr]int{}
+	}
+	d.occ[key] = max(1, int(n))
+	return d.occ[key], nil
+}
