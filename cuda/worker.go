@@ -45,8 +45,8 @@ type device struct {
 
 	pdl       bool // launch with programmatic stream serialization (cuLaunchKernelEx) ...
 	capturing bool // ... while launches are captured into a graph
-	lcfg  launchConfig
-	lattr launchAttr
+	lcfg      launchConfig
+	lattr     launchAttr
 }
 
 // launchConfig is CUlaunchConfig (cuda.h).
