@@ -1,6 +1,7 @@
 package cuda
 
 import (
+	"context"
 	"crypto/sha256"
 	_ "embed"
 	"encoding/hex"
@@ -10,6 +11,8 @@ import (
 	"path/filepath"
 	goruntime "runtime"
 	"unsafe"
+
+	"github.com/fmoe/fmoe/internal/atomicfile"
 )
 
 //go:embed kernels.cu
@@ -88,20 +91,12 @@ func writeCache(dir, name string, data []byte) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, name+".tmp*")
-	if err != nil {
+	// atomic (temporary file, fsync, rename, directory sync): a crash leaves
+	// the old cache or none, never a torn cubin under the final name
+	return atomicfile.Write(context.Background(), filepath.Join(dir, name), 0o644, func(f *os.File) error {
+		_, err := f.Write(data)
 		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return err
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	return os.Rename(f.Name(), filepath.Join(dir, name))
+	})
 }
 
 // compile runs NVRTC for this device's architecture and returns the cubin.

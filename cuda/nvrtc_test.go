@@ -50,3 +50,26 @@ func TestCompileOnly(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteCache: the kernel cache file appears whole under its name (the
+// directory created), is replaced on a second write, and no temporary file
+// is left behind.
+func TestWriteCache(t *testing.T) {
+	dir := t.TempDir() + "/sub/cuda"
+	for _, data := range []string{"first cubin", "second"} {
+		if err := writeCache(dir, "k.cubin", []byte(data)); err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(dir + "/k.cubin")
+		if err != nil || string(got) != data {
+			t.Fatalf("read back %q, %v; want %q", got, err, data)
+		}
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ents) != 1 {
+		t.Fatalf("cache directory holds %d entries, want 1: %v", len(ents), ents)
+	}
+}
