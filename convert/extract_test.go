@@ -118,8 +118,12 @@ func TestTokenizerAndChecksums(t *testing.T) {
 	if err != nil {
 		t.Fatal("tokenizer test data not available:", err)
 	}
-	os.WriteFile(filepath.Join(src, convert.TokenizerJSONFile), tok, 0o644)
-	os.WriteFile(filepath.Join(src, convert.TokenizerConfigFile), []byte(`{"x":1}`), 0o644)
+	if err := os.WriteFile(filepath.Join(src, convert.TokenizerJSONFile), tok, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, convert.TokenizerConfigFile), []byte(`{"x":1}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	out := filepath.Join(t.TempDir(), "model")
 	s, err := extract(t, context.Background(), src, out, convert.Options{})
 	if err != nil {
@@ -167,9 +171,14 @@ func TestResume(t *testing.T) {
 	}
 	// Damage the file: the next run rewrites it.
 	path := filepath.Join(out, convert.WeightsFile)
-	b, _ := os.ReadFile(path)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
 	b[100] ^= 1
-	os.WriteFile(path, b, 0o644)
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	s, err = extract(t, context.Background(), tiny, out, convert.Options{})
 	if err != nil || s.Reused {
 		t.Fatalf("damaged file reused: %+v %v", s, err)
@@ -216,7 +225,10 @@ func header(t *testing.T, path string, edit func(h map[string]any)) {
 		t.Fatal(err)
 	}
 	edit(h)
-	hb, _ := json.Marshal(h)
+	hb, err := json.Marshal(h)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for len(hb) < int(n) {
 		hb = append(hb, ' ')
 	}
@@ -224,7 +236,9 @@ func header(t *testing.T, path string, edit func(h map[string]any)) {
 		t.Fatalf("edited header grew from %d to %d bytes", n, len(hb))
 	}
 	copy(b[8:], hb)
-	os.WriteFile(path, b, 0o644)
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
 
 const shard1 = "model-00001-of-00002.safetensors"
@@ -241,15 +255,25 @@ func TestBadInput(t *testing.T) {
 	}{
 		{"header length past EOF", func(t *testing.T, dir string) {
 			p := filepath.Join(dir, shard1)
-			b, _ := os.ReadFile(p)
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
 			binary.LittleEndian.PutUint64(b, uint64(len(b)))
-			os.WriteFile(p, b, 0o644)
+			if err := os.WriteFile(p, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
 		}, formats.ErrHeader, []string{shard1}},
 		{"non-JSON header", func(t *testing.T, dir string) {
 			p := filepath.Join(dir, shard1)
-			b, _ := os.ReadFile(p)
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
 			copy(b[8:], "not json")
-			os.WriteFile(p, b, 0o644)
+			if err := os.WriteFile(p, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
 		}, formats.ErrHeader, []string{shard1}},
 		{"unknown dtype", func(t *testing.T, dir string) {
 			header(t, filepath.Join(dir, shard1), func(h map[string]any) { tensor(h)["dtype"] = "Q4" })
@@ -273,21 +297,37 @@ func TestBadInput(t *testing.T) {
 			header(t, filepath.Join(dir, shard1), func(h map[string]any) { tensor(h)["shape"] = []int{64, 2} })
 		}, formats.ErrOffsets, []string{shard1, tname}},
 		{"shard in index but missing", func(t *testing.T, dir string) {
-			os.Remove(filepath.Join(dir, shard1))
+			if err := os.Remove(filepath.Join(dir, shard1)); err != nil {
+				t.Fatal(err)
+			}
 		}, checkpoint.ErrMissingShard, []string{shard1}},
 		{"tensor missing from its shard", func(t *testing.T, dir string) {
 			p := filepath.Join(dir, "model.safetensors.index.json")
-			b, _ := os.ReadFile(p)
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
 			var idx map[string]any
-			json.Unmarshal(b, &idx)
+			if err := json.Unmarshal(b, &idx); err != nil {
+				t.Fatal(err)
+			}
 			idx["weight_map"].(map[string]any)["language_model.model.extra.weight"] = shard1
-			b, _ = json.Marshal(idx)
-			os.WriteFile(p, b, 0o644)
+			if b, err = json.Marshal(idx); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
 		}, checkpoint.ErrMissingTensor, []string{shard1, "language_model.model.extra.weight"}},
 		{"shard truncated", func(t *testing.T, dir string) {
 			p := filepath.Join(dir, shard1)
-			b, _ := os.ReadFile(p)
-			os.WriteFile(p, b[:len(b)-100], 0o644)
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, b[:len(b)-100], 0o644); err != nil {
+				t.Fatal(err)
+			}
 		}, formats.ErrOffsets, []string{shard1}},
 	}
 	for _, tc := range cases {
@@ -319,7 +359,9 @@ func TestBadInput(t *testing.T) {
 func TestUnwritableOutput(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "file")
-	os.WriteFile(file, nil, 0o644)
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := extract(t, context.Background(), tiny, filepath.Join(file, "out"), convert.Options{}); err == nil {
 		t.Fatal("extract into a path under a regular file succeeded")
 	}

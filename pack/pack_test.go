@@ -96,9 +96,14 @@ func TestResumeAndForce(t *testing.T) {
 	}
 	// Damage one file: only it is redone.
 	p := filepath.Join(out, "layer_01_expert_0002.bin")
-	b, _ := os.ReadFile(p)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
 	b[5] ^= 0xff
-	os.WriteFile(p, b, 0o644)
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	s, err = run(t, context.Background(), out, opt, pack.RunOptions{}, nil)
 	if err != nil || s.Skipped != 7 || s.Written != 1 {
 		t.Fatalf("after damage: %+v %v", s, err)
@@ -163,19 +168,34 @@ func TestVerifyFindings(t *testing.T) {
 	if _, err := run(t, context.Background(), out, pack.Options{Bits: 4, Layers: []int{0, 10}}, pack.RunOptions{}, nil); err != nil {
 		t.Fatal(err)
 	}
-	rm := func(name string) { os.Remove(filepath.Join(out, name)) }
+	rm := func(name string) {
+		if err := os.Remove(filepath.Join(out, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	edit := func(name string, f func([]byte) []byte) {
 		p := filepath.Join(out, name)
-		b, _ := os.ReadFile(p)
-		os.WriteFile(p, f(b), 0o644)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, f(b), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	rm("layer_00_expert_0001.bin")
 	edit("layer_00_expert_0002.bin", func(b []byte) []byte { return b[:100] })
 	// Byte 530 of an expert is in gate_proj.scales (offset 512, 64 bytes).
 	edit("layer_10_expert_0003.bin", func(b []byte) []byte { b[530] ^= 1; return b })
-	os.WriteFile(filepath.Join(out, "stray.bin"), []byte("x"), 0o644)
-	os.WriteFile(filepath.Join(out, ".layer_00_expert_0000.bin.fmoe-tmp-123"), []byte("x"), 0o644)
-	os.Mkdir(filepath.Join(out, "subdir"), 0o755) // directories are not findings
+	if err := os.WriteFile(filepath.Join(out, "stray.bin"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(out, ".layer_00_expert_0000.bin.fmoe-tmp-123"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(out, "subdir"), 0o755); err != nil { // directories are not findings
+		t.Fatal(err)
+	}
 
 	findings, err := pack.Verify(context.Background(), out, pack.VerifyOptions{Against: tiny, Jobs: 3}, nil)
 	if err != nil {
@@ -245,7 +265,9 @@ func TestPackDiskFull(t *testing.T) {
 
 func TestUnwritableOutput(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "file")
-	os.WriteFile(file, nil, 0o644)
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := run(t, context.Background(), filepath.Join(file, "out"), pack.Options{Bits: 4}, pack.RunOptions{}, nil); err == nil {
 		t.Fatal("pack into a path under a regular file succeeded")
 	}

@@ -50,8 +50,12 @@ func TestExtractPackVerifyCLI(t *testing.T) {
 		t.Fatalf("verify --against: exit %d", code)
 	}
 	// Damage: exit 3, one line per finding.
-	os.Remove(filepath.Join(packed, "layer_01.bin"))
-	os.WriteFile(filepath.Join(packed, "junk"), nil, 0o644)
+	if err := os.Remove(filepath.Join(packed, "layer_01.bin")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(packed, "junk"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	out, _, code := convertApp(t, ctx, "verify", packed, "-q")
 	if code != exitFindings {
 		t.Fatalf("verify with damage: exit %d, want %d", code, exitFindings)

@@ -45,10 +45,17 @@ func requantInput(t *testing.T) string {
 		if err != nil {
 			t.Fatalf("flash-moe goldens missing: %v", err)
 		}
-		os.WriteFile(filepath.Join(dir, name), b, 0o644)
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
-	data, _ := json.Marshal(p)
-	os.WriteFile(filepath.Join(dir, "layout.json"), data, 0o644)
+	data, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "layout.json"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	return dir
 }
 
