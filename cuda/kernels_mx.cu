@@ -19,6 +19,10 @@
 // tile; with swiglu a tile holds U/2 rows of gate (item 0) and the same U/2
 // rows of up (item 1) per row group.
 
+// qnt: threads per block of a qmx kernel whose rows take TPR threads (128,
+// or TPR when a row takes more: 256 threads for one chunk each of 256).
+__device__ __forceinline__ constexpr int qnt(int tpr) { return tpr > 128 ? tpr : 128; }
+
 template <int BITS, int TPR, int CPT, int U>
 struct QmxTile {
   uint4 q[U][CPT];
@@ -30,7 +34,7 @@ struct QmxTile {
 template <int BITS, int TPR, int CPT, int U>
 __device__ __forceinline__ void qmx_load(const long long* __restrict__ D, int n, int t, int sub, int ct, int wpr, int gpr, int group,
                                          QmxTile<BITS, TPR, CPT, U>& T) {
-  constexpr int PER = 32 / BITS, CW = 4 * PER, RPB = 128 / TPR;
+  constexpr int PER = 32 / BITS, CW = 4 * PER, RPB = qnt(TPR) / TPR;
   const int mode = (int)D[3];
   if (mode & 2) {  // swiglu: gate rows in slots 0..U/2-1, the same rows of up in U/2..U-1
     const int out = (int)D[QB_ITEM + 7];
@@ -116,9 +120,9 @@ __device__ __forceinline__ void qmx_dot(const QmxTile<BITS, TPR, CPT, U>& A, con
 
 template <int BITS, int TPR, int CPT, int U, bool PF>
 __device__ __forceinline__ void qmx_body(const long long* __restrict__ D) {
-  constexpr int PER = 32 / BITS, CW = 4 * PER, RPB = 128 / TPR, NW = TPR / 32;
+  constexpr int PER = 32 / BITS, CW = 4 * PER, NT = qnt(TPR), RPB = NT / TPR, NW = TPR / 32;
   extern __shared__ float qsm[];  // top-k: E floats
-  __shared__ float red[2][4][U];
+  __shared__ float red[2][NT / 32][U];
   __shared__ float sh[32];
   __shared__ int last;
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
@@ -180,7 +184,7 @@ __device__ __forceinline__ void qmx_body(const long long* __restrict__ D) {
     const u16* const gs[1] = {(const u16*)D[9]};
     const u16* const gb[1] = {(const u16*)D[10]};
     float a[1] = {0.f};
-    qmv_rows<BITS, 1, 1>(gw, gs, gb, gin, group, (const float*)D[11], a, tid, 128);
+    qmv_rows<BITS, 1, 1>(gw, gs, gb, gin, group, (const float*)D[11], a, tid, NT);
     const float g = block_sum(a[0], sh);
     gam = sigm(g);
     if (blockIdx.x == 0 && tid == 0) ((float*)D[12])[0] = g;
@@ -489,8 +493,11 @@ QMXM(2, 32, 1, 4)
 
 // qmx<BITS>_<TPR>_<CPT>_<U><p|n>: p = next tile prefetched.
 #define QMX(BITS, TPR, CPT, U)                                                                                                         \
-  extern "C" __global__ void __launch_bounds__(128) qmx##BITS##_##TPR##_##CPT##_##U##p(const long long* D) { qmx_body<BITS, TPR, CPT, U, true>(D); } \
-  extern "C" __global__ void __launch_bounds__(128) qmx##BITS##_##TPR##_##CPT##_##U##n(const long long* D) { qmx_body<BITS, TPR, CPT, U, false>(D); }
+  extern "C" __global__ void __launch_bounds__(TPR > 128 ? TPR : 128) qmx##BITS##_##TPR##_##CPT##_##U##p(const long long* D) { qmx_body<BITS, TPR, CPT, U, true>(D); } \
+  extern "C" __global__ void __launch_bounds__(TPR > 128 ? TPR : 128) qmx##BITS##_##TPR##_##CPT##_##U##n(const long long* D) { qmx_body<BITS, TPR, CPT, U, false>(D); }
+QMX(4, 256, 1, 8)
+QMX(4, 256, 1, 4)
+QMX(8, 256, 1, 4)
 QMX(4, 128, 1, 8)
 QMX(4, 128, 1, 4)
 QMX(4, 128, 2, 8)

@@ -12,9 +12,14 @@ import (
 // on the GPU at once walking tiles of rows, the next tile's loads issued
 // before the current one is computed.
 
-// qmxShapes are the kernels built: bits → (threads per row, chunks per
-// thread) → tile sizes U.
+// qmxShapes are the kernels built: bits, threads per row, chunks per thread
+// (tile sizes U: qmxTiles; threads per block: max(128, threads per row)).
+// The first match wins (qmxPlan): rows of 256 chunks take 256 threads of one
+// chunk each (H200, 4096×8192: 1369 GB/s) before 128 threads of two (1257
+// GB/s; their 64-register x slice leaves room for 2 blocks per SM);
+// FMOE_CUDA_QMX256=0 picks the latter.
 var qmxShapes = []struct{ bits, tpr, cpt int }{
+	{4, 256, 1}, {8, 256, 1},
 	{4, 128, 1}, {4, 128, 2}, {4, 64, 1}, {4, 32, 1},
 	{8, 128, 1}, {8, 128, 2}, {8, 128, 4}, {8, 64, 1}, {8, 32, 1},
 	{2, 128, 1}, {2, 64, 1}, {2, 32, 1},
@@ -147,8 +152,9 @@ func qmxPlan(bits, group, in int) (tpr, cpt int, ok bool) {
 		return 0, 0, false
 	}
 	nchunks := in / (4 * 32 / bits)
+	no256 := os.Getenv("FMOE_CUDA_QMX256") == "0" // benchmarks: 128 threads of 2 chunks instead
 	for _, s := range qmxShapes {
-		if s.bits == bits && s.tpr*s.cpt == nchunks {
+		if s.bits == bits && s.tpr*s.cpt == nchunks && !(no256 && s.tpr > 128) {
 			return s.tpr, s.cpt, true
 		}
 	}
@@ -189,10 +195,11 @@ func (b *Backend) qmxLaunch(bt *fBatch, D *[qbWords]uint64, smem int) (bool, err
 	if !ok {
 		return false, nil
 	}
-	if !contains(qmxTiles(w0.bits), u) {
-		u = 4
+	if !contains(qmxTiles(w0.bits), u) || (tpr > 128 && os.Getenv("FMOE_CUDA_QMX256_U") != "8") {
+		u = 4 // 256-thread blocks of 8-row tiles: 184 registers, one block per SM
 	}
-	rpb := 128 / tpr
+	nt := max(128, tpr)
+	rpb := nt / tpr
 	tiles := 0
 	if bt.swiglu != nil {
 		tiles = cdiv(w0.out, rpb*u/2)
@@ -217,11 +224,11 @@ func (b *Backend) qmxLaunch(bt *fBatch, D *[qbWords]uint64, smem int) (bool, err
 	}
 	name := fmt.Sprintf("qmx%d_%d_%d_%d%s", w0.bits, tpr, cpt, u, pfs)
 	f := b.fn[name]
-	occ, err := b.d.occupancy(f, 128, smem)
+	occ, err := b.d.occupancy(f, nt, smem)
 	if err != nil {
 		return true, err
 	}
-	return true, b.d.launch(f, grid1(min(tiles, occ*b.d.sms)), [3]int{128, 1, 1}, smem, desc)
+	return true, b.d.launch(f, grid1(min(tiles, occ*b.d.sms)), [3]int{nt, 1, 1}, smem, desc)
 }
 
 func contains(s []int, v int) bool {
