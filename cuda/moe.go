@@ -29,7 +29,10 @@ type expertCache struct {
 	copyEv     uintptr // copies of a load done (the compute stream waits)
 	computeEv  uintptr // compute queued before a load done (the copy stream waits)
 	tev        [4]uintptr
-	ovBuf      map[int]pinnedBuf // per layer: routing override ids
+	ovBuf      map[int]pinnedBuf      // per layer: routing override ids
+	tabBuf     map[int]unsafe.Pointer // per layer: pinned copy of the table, uploaded on the compute stream
+	tabEv      uintptr                // the last table upload done
+	tabPending bool
 	stats      ExpertStats
 	gu, dn     string // kernel names
 	fast       bool   // batched kernels (moe_gu?f, moe_dn?f + moe_combine)
@@ -98,7 +101,7 @@ func (b *Backend) cacheFor(src runtime.ExpertSource, p runtime.MoEParams) (*expe
 	if c.copyS, err = b.d.streamCreate(); err != nil {
 		return nil, err
 	}
-	for _, e := range append([]*uintptr{&c.copyEv, &c.computeEv, &c.stageEv[0], &c.stageEv[1]}, &c.tev[0], &c.tev[1], &c.tev[2], &c.tev[3]) {
+	for _, e := range append([]*uintptr{&c.copyEv, &c.computeEv, &c.stageEv[0], &c.stageEv[1], &c.tabEv}, &c.tev[0], &c.tev[1], &c.tev[2], &c.tev[3]) {
 		if *e, err = b.d.eventCreate(); err != nil {
 			return nil, err
 		}
@@ -140,13 +143,16 @@ func (b *Backend) dropCache() error {
 	for _, o := range c.ovBuf {
 		pinned = append(pinned, o.p)
 	}
+	for _, h := range c.tabBuf {
+		pinned = append(pinned, h)
+	}
 	for _, h := range pinned {
 		if err := b.d.hostFree(h); err != nil {
 			return err
 		}
 		b.forgetHost(h)
 	}
-	for _, e := range append([]uintptr{c.copyEv, c.computeEv, c.stageEv[0], c.stageEv[1]}, c.tev[:]...) {
+	for _, e := range append([]uintptr{c.copyEv, c.computeEv, c.stageEv[0], c.stageEv[1], c.tabEv}, c.tev[:]...) {
 		if e != 0 {
 			b.d.eventDestroy(e)
 		}
@@ -169,6 +175,42 @@ func (c *expertCache) table(b *Backend, layer int) (uintptr, error) {
 	c.tables[layer] = t
 	c.mirror[layer] = make([]uint64, c.numExperts)
 	return t, nil
+}
+
+// uploadTable (worker only) queues the upload of layer's table (its host
+// mirror) on the compute stream, from a pinned per-layer copy: no host wait
+// for the expert copies the compute stream already waits for (a synchronous
+// upload would block until they are done, then the GPU would idle until the
+// next launches arrive). The pinned copy is rewritten only after the last
+// upload ran (tabEv; in decode it has, since the layer's routing readback).
+func (c *expertCache) uploadTable(b *Backend, layer int, table uintptr) error {
+	if c.tabPending {
+		if err := b.d.eventSync(c.tabEv); err != nil {
+			return err
+		}
+		c.tabPending = false
+	}
+	if c.tabBuf == nil {
+		c.tabBuf = map[int]unsafe.Pointer{}
+	}
+	h, ok := c.tabBuf[layer]
+	if !ok {
+		var err error
+		if h, err = b.d.hostAlloc(c.numExperts * 8); err != nil {
+			return err
+		}
+		b.hosts = append(b.hosts, h)
+		c.tabBuf[layer] = h
+	}
+	copy(unsafe.Slice((*uint64)(h), c.numExperts), c.mirror[layer])
+	if err := b.d.copyAsync(table, h, c.numExperts*8); err != nil {
+		return err
+	}
+	if err := b.d.eventRecordOn(c.tabEv, b.d.stream); err != nil {
+		return err
+	}
+	c.tabPending = true
+	return nil
 }
 
 // pinned (worker only) allocates one expert's worth of pinned host memory.
@@ -496,7 +538,7 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 		if err := c.load(ctx, b, p.Layer, all, nil, routing); err != nil {
 			return err
 		}
-		if err := b.d.htod(table, unsafe.Pointer(&c.mirror[p.Layer][0]), E*8); err != nil {
+		if err := c.uploadTable(b, p.Layer, table); err != nil {
 			return err
 		}
 		ls = c.stats.Layers[p.Layer]
@@ -577,7 +619,7 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 			}
 			ls = c.stats.Layers[p.Layer]
 			ls.Hits, ls.Misses = lsSave.Hits, lsSave.Misses
-			if err := b.d.htod(table, unsafe.Pointer(&c.mirror[p.Layer][0]), E*8); err != nil {
+			if err := c.uploadTable(b, p.Layer, table); err != nil {
 				return err
 			}
 		}
