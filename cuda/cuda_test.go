@@ -264,16 +264,21 @@ func TestMoELarge(t *testing.T) {
 			g := openOrSkip(t, Options{})
 			got := run(g)
 			g.Close()
-			var maxErr, maxRef float64
-			for i := range want {
-				maxErr = math.Max(maxErr, math.Abs(float64(got[i]-want[i])))
-				maxRef = math.Max(maxRef, math.Abs(float64(want[i])))
-			}
-			if !(maxErr <= 1e-4*maxRef) || maxRef == 0 {
+			if ok, maxErr, maxRef := closeTo(got, want, 1e-4); !ok {
 				t.Fatalf("T=%d split %v: cuda vs cpu max error %g (max |ref| %g)", T, split, maxErr, maxRef)
 			}
 		}
 	}
+}
+
+// closeTo compares got with want: e = max |got−want|, ref = max |want|; ok
+// when e ≤ tol·ref (false on NaN and on an all-zero reference).
+func closeTo(got, want []float32, tol float64) (ok bool, e, ref float64) {
+	for i := range want {
+		e = math.Max(e, math.Abs(float64(got[i]-want[i])))
+		ref = math.Max(ref, math.Abs(float64(want[i])))
+	}
+	return e <= tol*ref && ref != 0, e, ref
 }
 
 // TestLaunchStructs pins the Go mirrors of cuda.h's CUlaunchConfig and
@@ -346,12 +351,7 @@ func TestQMXExperts(t *testing.T) {
 			g := openOrSkip(t, Options{})
 			got := run(g)
 			g.Close()
-			var maxErr, maxRef float64
-			for i := range want {
-				maxErr = math.Max(maxErr, math.Abs(float64(got[i]-want[i])))
-				maxRef = math.Max(maxRef, math.Abs(float64(want[i])))
-			}
-			if !(maxErr <= 2e-5*maxRef) || maxRef == 0 {
+			if ok, maxErr, maxRef := closeTo(got, want, 2e-5); !ok {
 				t.Fatalf("%+v qmxe %s down tile %s: cuda vs cpu max error %g (max |ref| %g)", c, v.qmxe, v.du, maxErr, maxRef)
 			}
 		}

@@ -2,7 +2,6 @@ package cuda
 
 import (
 	"context"
-	"math"
 	"math/rand/v2"
 	"os"
 	"testing"
@@ -117,12 +116,7 @@ func TestFusedDecode(t *testing.T) {
 		got := run(g)
 		g.Close()
 		for i := range want {
-			var e, ref float64
-			for j := range want[i] {
-				e = math.Max(e, math.Abs(float64(got[i][j]-want[i][j])))
-				ref = math.Max(ref, math.Abs(float64(want[i][j])))
-			}
-			if !(e <= 1e-4*ref) || ref == 0 {
+			if ok, e, ref := closeTo(got[i], want[i], 1e-4); !ok {
 				t.Fatalf("%+v (qmvb variant %q, warp rows %v from %d, qmx %q): step %d %s: max error %g of max |ref| %g", opts, QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX, i/len(names), names[i%len(names)], e, ref)
 			}
 		}
@@ -208,12 +202,7 @@ func TestQMXShapes(t *testing.T) {
 			got := run(g)
 			g.Close()
 			for i := range want {
-				var e, ref float64
-				for j := range want[i] {
-					e = math.Max(e, math.Abs(float64(got[i][j]-want[i][j])))
-					ref = math.Max(ref, math.Abs(float64(want[i][j])))
-				}
-				if !(e <= 2e-5*ref) || ref == 0 {
+				if ok, e, ref := closeTo(got[i], want[i], 2e-5); !ok {
 					t.Fatalf("%+v qmx %s: output %d: max error %g of max |ref| %g", sh, v, i, e, ref)
 				}
 			}

@@ -25,6 +25,22 @@
 #define QB_ITEM 24
 #define QB_STRIDE 10
 
+// qb_store: an item's row result v: y[row] = v; with gt: gt[row] += γ·v (a
+// = the new gt[row], else a = v); with add: add[row] += a.
+__device__ __forceinline__ void qb_store(const long long* __restrict__ I, int row, float v, float gam) {
+  ((float*)I[4])[row] = v;
+  float a = v;
+  if (I[6]) {
+    float* gt = (float*)I[6];
+    a = gt[row] + gam * v;
+    gt[row] = a;
+  }
+  if (I[5]) {
+    float* ad = (float*)I[5];
+    ad[row] += a;
+  }
+}
+
 template <int BITS>
 __device__ __forceinline__ void qmvb_body(const long long* __restrict__ D) {
   extern __shared__ float qsm[];  // top-k: E floats
@@ -109,17 +125,7 @@ __device__ __forceinline__ void qmvb_body(const long long* __restrict__ D) {
   } else if (tid < (wrows ? 32 : 8) && rb + tid < out) {
     const int row = rb + tid;
     const float v = rn * (wrows ? red[tid >> 3][tid & 7] : (red[0][tid] + red[1][tid]) + (red[2][tid] + red[3][tid]));
-    ((float*)I[4])[row] = v;
-    float a = v;
-    if (I[6]) {
-      float* gt = (float*)I[6];
-      a = gt[row] + gam * v;
-      gt[row] = a;
-    }
-    if (I[5]) {
-      float* ad = (float*)I[5];
-      ad[row] += a;
-    }
+    qb_store(I, row, v, gam);
   }
   if (mode & 8) {
     __threadfence();

@@ -94,6 +94,44 @@ __device__ __forceinline__ void qmx_prep(float (&xv)[CPT][4 * (32 / BITS)], floa
   }
 }
 
+// qmx_xload: this thread's slice of row x (its CPT chunks of CW columns).
+template <int BITS, int TPR, int CPT>
+__device__ __forceinline__ void qmx_xload(const float* __restrict__ x, int ct, float (&xv)[CPT][4 * (32 / BITS)]) {
+  constexpr int CW = 4 * (32 / BITS);
+#pragma unroll
+  for (int cc = 0; cc < CPT; cc++) {
+    const int col0 = (ct + cc * TPR) * CW;
+#pragma unroll
+    for (int k = 0; k < CW; k += 4) {
+      const float4 f = __ldg(reinterpret_cast<const float4*>(x + col0 + k));
+      xv[cc][k] = f.x; xv[cc][k + 1] = f.y; xv[cc][k + 2] = f.z; xv[cc][k + 3] = f.w;
+    }
+  }
+}
+
+// qmx_warps: each warp's sums of the U rows into red[w] (lane 0 writes).
+template <int U>
+__device__ __forceinline__ void qmx_warps(const float (&acc)[U], float (*red)[U], int w, int lane) {
+#pragma unroll
+  for (int u = 0; u < U; u++) {
+    const float v = warp_sum(acc[u]);
+    if (lane == 0) red[w][u] = v;
+  }
+}
+
+// qmx_pair: the block's gate and up sums of pair j of row group g0 (NW
+// warps per row group, added in warp order).
+template <int U, int NW>
+__device__ __forceinline__ void qmx_pair(const float (*red)[U], int g0, int j, float& g, float& up) {
+  g = 0.f;
+  up = 0.f;
+#pragma unroll
+  for (int k = 0; k < NW; k++) {
+    g += red[g0 * NW + k][j];
+    up += red[g0 * NW + k][j + U / 2];
+  }
+}
+
 // qmx_dot: acc[u] = this thread's part of row u's dot product with x.
 template <int BITS, int TPR, int CPT, int U>
 __device__ __forceinline__ void qmx_dot(const QmxTile<BITS, TPR, CPT, U>& A, const float (&xv)[CPT][4 * (32 / BITS)], const float (&sx)[CPT],
@@ -142,15 +180,7 @@ __device__ __forceinline__ void qmx_body(const long long* __restrict__ D) {
   const float* x = (const float*)D[QB_ITEM + 3];
   const float* nw = (mode & 1) ? (const float*)D[6] : nullptr;
   float ss = 0.f;
-#pragma unroll
-  for (int cc = 0; cc < CPT; cc++) {
-    const int col0 = (ct + cc * TPR) * CW;
-#pragma unroll
-    for (int k = 0; k < CW; k += 4) {
-      const float4 f = __ldg(reinterpret_cast<const float4*>(x + col0 + k));
-      xv[cc][k] = f.x; xv[cc][k + 1] = f.y; xv[cc][k + 2] = f.z; xv[cc][k + 3] = f.w;
-    }
-  }
+  qmx_xload<BITS, TPR, CPT>(x, ct, xv);
   if (mode & 1) {
 #pragma unroll
     for (int cc = 0; cc < CPT; cc++) {
@@ -196,21 +226,13 @@ __device__ __forceinline__ void qmx_body(const long long* __restrict__ D) {
     if (PF && tn < ntiles) qmx_load<BITS, TPR, CPT, U>(D, n, tn, sub, ct, wpr, gpr, group, Bt);
     float acc[U];
     qmx_dot<BITS, TPR, CPT, U>(A, xv, sx, acc);
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-      const float v = warp_sum(acc[u]);
-      if (lane == 0) red[buf][w][u] = v;
-    }
+    qmx_warps<U>(acc, red[buf], w, lane);
     __syncthreads();
     if (sw) {
       if (tid < RPB * (U / 2)) {
         const int g0 = tid / (U / 2), j = tid % (U / 2);
-        float g = 0.f, up = 0.f;
-#pragma unroll
-        for (int k = 0; k < NW; k++) {
-          g += red[buf][g0 * NW + k][j];
-          up += red[buf][g0 * NW + k][j + U / 2];
-        }
+        float g, up;
+        qmx_pair<U, NW>(red[buf], g0, j, g, up);
         const int row = t * RPB * (U / 2) + g0 * (U / 2) + j;
         if (row < (int)D[QB_ITEM + 7]) {
           ((float*)D[QB_ITEM + 4])[row] = g;
@@ -228,19 +250,7 @@ __device__ __forceinline__ void qmx_body(const long long* __restrict__ D) {
         if ((int)D[QB_ITEM + QB_STRIDE * i + 8] <= t) it = i;
       const long long* I = D + QB_ITEM + QB_STRIDE * it;
       const int row = (t - (int)I[8]) * RPB * U + g0 * U + u;
-      if (row < (int)I[7]) {
-        ((float*)I[4])[row] = v;
-        float a = v;
-        if (I[6]) {
-          float* gt = (float*)I[6];
-          a = gt[row] + gam * v;
-          gt[row] = a;
-        }
-        if (I[5]) {
-          float* ad = (float*)I[5];
-          ad[row] += a;
-        }
-      }
+      if (row < (int)I[7]) qb_store(I, row, v, gam);
     }
     if (PF) {
       A = Bt;
@@ -316,15 +326,7 @@ __device__ __forceinline__ void qmxe_body(QmxMoE m, const float* __restrict__ x,
   int t = blockIdx.x;
   if (t < ntiles) qmxe_load<BITS, TPR, CPT, U>(base, m, t, tpe, I, sub, ct, wpr, gpr, group, A);
   float xv[CPT][CW], sx[CPT];
-#pragma unroll
-  for (int cc = 0; cc < CPT; cc++) {
-    const int col0 = (ct + cc * TPR) * CW;
-#pragma unroll
-    for (int k = 0; k < CW; k += 4) {
-      const float4 f = __ldg(reinterpret_cast<const float4*>(x + (size_t)t0 * Hd + col0 + k));
-      xv[cc][k] = f.x; xv[cc][k + 1] = f.y; xv[cc][k + 2] = f.z; xv[cc][k + 3] = f.w;
-    }
-  }
+  qmx_xload<BITS, TPR, CPT>(x + (size_t)t0 * Hd, ct, xv);
   qmx_prep<BITS, CPT>(xv, sx);
   for (int buf = 0; t < ntiles; t += gridDim.x, buf ^= 1) {
     QmxTile<BITS, TPR, CPT, U> Bt;
@@ -332,20 +334,12 @@ __device__ __forceinline__ void qmxe_body(QmxMoE m, const float* __restrict__ x,
     if (tn < ntiles) qmxe_load<BITS, TPR, CPT, U>(base, m, tn, tpe, I, sub, ct, wpr, gpr, group, Bt);
     float acc[U];
     qmx_dot<BITS, TPR, CPT, U>(A, xv, sx, acc);
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-      const float v = warp_sum(acc[u]);
-      if (lane == 0) red[buf][w][u] = v;
-    }
+    qmx_warps<U>(acc, red[buf], w, lane);
     __syncthreads();
     if (tid < RPB * (U / 2)) {
       const int g0 = tid / (U / 2), j = tid % (U / 2);
-      float g = 0.f, up = 0.f;
-#pragma unroll
-      for (int k = 0; k < NW; k++) {
-        g += red[buf][g0 * NW + k][j];
-        up += red[buf][g0 * NW + k][j + U / 2];
-      }
+      float g, up;
+      qmx_pair<U, NW>(red[buf], g0, j, g, up);
       const int k = t / tpe;
       const int row = (t - k * tpe) * RPB * (U / 2) + g0 * (U / 2) + j;
       if (row < I) hbuf[(size_t)(t0 * K + k) * I + row] = silu(g) * up;

@@ -1,7 +1,6 @@
 package cuda
 
 import (
-	"math"
 	"math/rand/v2"
 	"testing"
 
@@ -126,12 +125,7 @@ func TestMixersLarge(t *testing.T) {
 		}
 		g.Close()
 		for i := range want {
-			var e, ref float64
-			for j := range want[i] {
-				e = math.Max(e, math.Abs(float64(got[i][j]-want[i][j])))
-				ref = math.Max(ref, math.Abs(float64(want[i][j])))
-			}
-			if !(e <= 1e-4*ref) || ref == 0 {
+			if ok, e, ref := closeTo(got[i], want[i], 1e-4); !ok {
 				t.Fatalf("%s: step %d %s: max error %g of max |ref| %g", tc.name, i/2, []string{"attention", "deltanet"}[i%2], e, ref)
 			}
 		}
