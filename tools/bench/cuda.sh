@@ -6,7 +6,8 @@
 #   .devbin/fmoe         CGO_ENABLED=0 go build -o .devbin/fmoe ./cmd/fmoe
 #
 # STAGES (default "check micro full"):
-#   check  conformance suite, kernel variants and small-cache tests (cuda),
+#   check  conformance suite, kernel variants, small-cache, fused-decode and
+#          persistent-matvec (qmx) tests (cuda),
 #          HF parity and engine tests on the CUDA backend (runtime)
 #   micro  HBM and pinned host-to-device copy bandwidth, decode matvec
 #          variants, prefill GEMM, one MoE layer (BENCH selects, BENCHTIME)
@@ -31,7 +32,7 @@ nproc; free -g | head -2; df -h "$PWD" /tmp | tail -2
 for st in $STAGES; do case $st in
 check)
 	say check: cuda
-	(cd cuda && FMOE_REQUIRE_CUDA=1 "$D/cuda.test" -test.run 'Conformance|MatMulKernels|SmallCacheChunks|MixersLarge|MoELarge' -test.count 1 2>&1 | tail -15) | tee "$OUT/check.txt"
+	(cd cuda && FMOE_REQUIRE_CUDA=1 "$D/cuda.test" -test.run 'Conformance|MatMulKernels|SmallCacheChunks|MixersLarge|MoELarge|FusedDecode|CachePolicy|QMX|Launch' -test.count 1 2>&1 | tail -15) | tee "$OUT/check.txt"
 	say check: runtime on cuda
 	(cd runtime && FMOE_BACKEND=cuda "$D/runtime.test" -test.count 1 2>&1 | tail -8) | tee -a "$OUT/check.txt"
 	;;
