@@ -299,6 +299,10 @@ func TestLaunchStructs(t *testing.T) {
 // take (4-, 8- and 2-bit; 32, 64 and 128 threads per row; K up to 10; every
 // down-projection tile), and the fallback path with them off.
 func TestQMXExperts(t *testing.T) {
+	// wider rows are not built: they keep the older expert kernels
+	if g, _, _ := qmxMoEKernel("qmxe", 4, 64, 8192, 8); g != "" {
+		t.Fatalf("qmxe for 8192 4-bit columns: %s, want none", g)
+	}
 	openOrSkip(t, Options{}).Close()
 	defer func(x string) { QMX = x }(QMX)
 	QMX = "8p"

@@ -73,3 +73,32 @@ func TestWriteCache(t *testing.T) {
 		t.Fatalf("cache directory holds %d entries, want 1: %v", len(ents), ents)
 	}
 }
+
+// TestQMXNamesBuilt: every qmx, qmxe and qmxd kernel the backend looks up
+// (qmxKernelNames, loaded by name at start) is instantiated in kernels_mx.cu,
+// and every instantiation is looked up.
+func TestQMXNamesBuilt(t *testing.T) {
+	built := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^QMX(M?)\((\d+), (\d+), (\d+), (\d+)\)$`).FindAllStringSubmatch(kernelsMX, -1) {
+		if m[1] == "M" {
+			built["qmxe"+m[2]+"_"+m[3]+"_"+m[4]+"_"+m[5]] = true
+			built["qmxd"+m[2]+"_"+m[3]+"_"+m[4]+"_"+m[5]] = true
+		} else {
+			built["qmx"+m[2]+"_"+m[3]+"_"+m[4]+"_"+m[5]+"p"] = true
+			built["qmx"+m[2]+"_"+m[3]+"_"+m[4]+"_"+m[5]+"n"] = true
+		}
+	}
+	names := qmxKernelNames()
+	for _, n := range names {
+		if !built[n] {
+			t.Errorf("kernel %s is looked up but not instantiated", n)
+		}
+		delete(built, n)
+	}
+	for n := range built {
+		t.Errorf("kernel %s is instantiated but never looked up", n)
+	}
+	if len(names) < 40 {
+		t.Fatalf("only %d qmx kernel names", len(names))
+	}
+}

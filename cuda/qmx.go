@@ -33,10 +33,12 @@ func qmxTiles(bits int) []int {
 }
 
 // qmxMoEShapes are the expert kernels built (qmxe gate/up, qmxd down):
-// bits, threads per row, chunks per thread, tile U.
+// bits, threads per row, chunks per thread, tile U. Rows of 32, 64 or 128
+// chunks (4-bit: 1024-4096 columns); wider expert rows (whose plan is 256
+// threads) keep moe_gu/moe_dn.
 var qmxMoEShapes = [][4]int{
-	{4, 128, 1, 8}, {4, 128, 1, 4}, {4, 32, 1, 8}, {4, 32, 1, 4}, {4, 32, 1, 2}, {4, 64, 1, 4}, {4, 128, 2, 4},
-	{8, 128, 2, 4}, {8, 64, 1, 4}, {8, 128, 1, 4},
+	{4, 128, 1, 8}, {4, 128, 1, 4}, {4, 32, 1, 8}, {4, 32, 1, 4}, {4, 32, 1, 2}, {4, 64, 1, 4},
+	{8, 64, 1, 4}, {8, 128, 1, 4},
 	{2, 128, 1, 4}, {2, 64, 1, 4}, {2, 32, 1, 4},
 }
 
