@@ -3,6 +3,7 @@ package cuda
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"unsafe"
 )
@@ -197,7 +198,7 @@ func (b *Backend) qmxLaunch(bt *fBatch, D *[qbWords]uint64, smem int) (bool, err
 	if !ok {
 		return false, nil
 	}
-	if !contains(qmxTiles(w0.bits), u) || (tpr > 128 && os.Getenv("FMOE_CUDA_QMX256_U") != "8") {
+	if !slices.Contains(qmxTiles(w0.bits), u) || (tpr > 128 && os.Getenv("FMOE_CUDA_QMX256_U") != "8") {
 		u = 4 // 256-thread blocks of 8-row tiles: 184 registers, one block per SM
 	}
 	nt := max(128, tpr)
@@ -214,7 +215,6 @@ func (b *Backend) qmxLaunch(bt *fBatch, D *[qbWords]uint64, smem int) (bool, err
 			tiles += cdiv(it.w.out, rpb*u)
 		}
 	}
-	D[3] &^= 16
 	D[20] = uint64(tiles)
 	desc, err := b.descFor(D)
 	if err != nil {
@@ -231,15 +231,6 @@ func (b *Backend) qmxLaunch(bt *fBatch, D *[qbWords]uint64, smem int) (bool, err
 		return true, err
 	}
 	return true, b.d.launch(f, grid1(min(tiles, occ*b.d.sms)), [3]int{nt, 1, 1}, smem, desc)
-}
-
-func contains(s []int, v int) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // occupancy (worker only) returns how many blocks of f fit on one SM
