@@ -5,7 +5,9 @@
 // owning CPT chunks of 16 bytes at fixed column positions, so a thread loads
 // its slice of x (normed, prescaled for the masked dequantization, its Σx per
 // chunk) once, in the prologue, and keeps it in registers for every row. A
-// block of 128 threads is 128/TPR row groups; a tile is U rows per row group.
+// block of max(128, TPR) threads is that many / TPR row groups; a tile is U
+// rows per row group. With programmatic dependent launch the first tile's
+// weights (static data) are loaded before pdl_wait.
 // The grid is persistent (Go sizes it from the occupancy): block b takes tiles
 // b, b + grid, …, and with PF the next tile's codes, scales and biases are
 // loaded before the current tile is computed, so each warp has two tiles of
