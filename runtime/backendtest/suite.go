@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/fmoe/fmoe/quant"
@@ -168,7 +169,7 @@ func quantFrom(name string, m *quant.Matrix) hostWeight {
 		ref:  ref,
 		check: func(t *testing.T) {
 			t.Helper()
-			if !eqU32(w, m.W) || !eqU16(s, m.Scales) || !eqU16(bi, m.Biases) {
+			if !slices.Equal(w, m.W) || !slices.Equal(s, m.Scales) || !slices.Equal(bi, m.Biases) {
 				t.Fatalf("weight %s: quantized host buffers modified", name)
 			}
 		},
@@ -185,30 +186,6 @@ func dequant(m *quant.Matrix) []float64 {
 		}
 	}
 	return ref
-}
-
-func eqU32(a, b []uint32) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
-func eqU16(a, b []uint16) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func load(t *testing.T, b runtime.Backend, w hostWeight) runtime.Weight {
