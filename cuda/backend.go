@@ -76,7 +76,8 @@ type Backend struct {
 	hosts  []unsafe.Pointer // pinned host allocations
 	scr    map[string]*scratch
 	moe    *expertCache
-	fz     fuser // pending decode work (fuse.go)
+	fz     fuser    // pending decode work (fuse.go)
+	tail   *moeTail // a split MoE's deferred missing experts (moe.go)
 	closed bool
 	err    error // deferred error from Reset (no error return there)
 	// override replaces routed expert ids (benchmarks; runtime.RouteOverrider).

@@ -16,6 +16,7 @@ type ExpertStats struct {
 	BytesRead    int64
 	BytesH2D     int64
 	Syncs        int64 // routing read-backs (host round-trips)
+	Split        int64 // one-token MoE calls whose resident experts ran while the missing ones were copied
 	Evictions    int64
 	Slots        int // GPU cache capacity in experts
 	HostSlots    int // pinned host tier capacity in experts

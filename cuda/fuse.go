@@ -83,6 +83,9 @@ func (b *Backend) flush() error {
 			return err
 		}
 	}
+	if err := b.flushTail(); err != nil {
+		return err
+	}
 	if n := b.fz.norm; n != nil {
 		b.fz.norm = nil
 		return b.rmsnormLaunch(n.dst, n.x, n.w, n.x.cols, n.eps)
@@ -226,6 +229,13 @@ type topk struct {
 
 // launchBatch (worker only) launches a qmvb batch (tk: router top-K).
 func (b *Backend) launchBatch(bt *fBatch, tk *topk) error {
+	// A split MoE's missing experts go first when the batch reads or writes
+	// what they write, or writes what they read.
+	if t := b.tail; t != nil && (bt.reads(t.d) || bt.writes(t.d) || bt.writes(t.x)) {
+		if err := b.flushTail(); err != nil {
+			return err
+		}
+	}
 	var D [qbWords]uint64
 	w0 := bt.items[0].w
 	mode := 0

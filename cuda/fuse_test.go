@@ -10,15 +10,19 @@ import (
 	"github.com/fmoe/fmoe/runtime/cpu"
 )
 
-// TestFusedDecode runs the engine's op sequence of a decode step (input
-// norm and three projections of its output, output projection and residual,
-// post norm and MoE, shared expert with SwiGLU, sigmoid gate and residual)
-// for several steps on the CPU backend and on CUDA with and without the
-// fusions of fuse.go, and compares every intermediate tensor.
-func TestFusedDecode(t *testing.T) {
-	openOrSkip(t, Options{}).Close()
-	r := rand.New(rand.NewPCG(31, 32))
-	const H, Q, S, E, K, I = 1024, 768, 256, 8, 2, 256
+// decodeCase is the shape of fusedSteps' decode step: hidden H, attention
+// width Q, shared expert S, E experts of I, top-K, steps of one token, the
+// MoE alternating between two layers.
+type decodeCase struct{ H, Q, S, E, K, I, steps int }
+
+// fusedSteps runs the engine's op sequence of a decode step (input norm and
+// three projections of its output, output projection and residual, post
+// norm and MoE, shared expert with SwiGLU, sigmoid gate and residual) for
+// dc.steps steps and returns every intermediate tensor after each step, and
+// their names.
+func fusedSteps(t *testing.T, seed uint64, dc decodeCase) (run func(be runtime.Backend) [][]float32, names []string) {
+	r := rand.New(rand.NewPCG(seed, seed+1))
+	H, Q, S, E, K, I := dc.H, dc.Q, dc.S, dc.E, dc.K, dc.I
 	src := newMemSourceDims(t, r, E, H, I, 4, 64)
 	vec := func(n int, s float32) []float32 {
 		v := make([]float32, n)
@@ -27,18 +31,15 @@ func TestFusedDecode(t *testing.T) {
 		}
 		return v
 	}
-	type wdef struct {
-		out, in int
-		f       []float32
-	}
+	type wdef struct{ out, in int }
 	wq := map[string]*runtime.WeightData{}
-	for name, d := range map[string]wdef{"qa": {Q, H, nil}, "qb": {64, H, nil}, "qc": {Q, H, nil}, "o": {H, Q, nil},
-		"router": {E, H, nil}, "sg": {S, H, nil}, "su": {S, H, nil}, "sd": {H, S, nil}, "sgate": {1, H, nil}} {
+	for name, d := range map[string]wdef{"qa": {Q, H}, "qb": {64, H}, "qc": {Q, H}, "o": {H, Q},
+		"router": {E, H}, "sg": {S, H}, "su": {S, H}, "sd": {H, S}, "sgate": {1, H}} {
 		wq[name] = &runtime.WeightData{Name: name, Out: d.out, In: d.in, Q: randQuant(r, 4, 64, d.out, d.in)}
 	}
 	n1, n2 := vec(H, 1.5), vec(H, 1.5)
 	x0 := vec(H, 2)
-	run := func(be runtime.Backend) [][]float32 {
+	run = func(be runtime.Backend) [][]float32 {
 		must := func(err error) {
 			t.Helper()
 			if err != nil {
@@ -64,7 +65,7 @@ func TestFusedDecode(t *testing.T) {
 		sg, su, sd, sgt := ten(S), ten(S), ten(H), ten(1)
 		must(be.Upload(x, x0))
 		var outs [][]float32
-		for step := 0; step < 4; step++ {
+		for step := 0; step < dc.steps; step++ {
 			must(be.RMSNorm(tt, x, wn1, 1e-6))
 			must(be.MatMul(a, w["qa"], tt))
 			must(be.MatMul(bq, w["qb"], tt))
@@ -89,16 +90,23 @@ func TestFusedDecode(t *testing.T) {
 		}
 		return outs
 	}
+	return run, []string{"x", "t", "a", "b", "c", "mix", "moe", "sg", "su", "sd", "sgate"}
+}
+
+// TestFusedDecode runs fusedSteps on the CPU backend and on CUDA with and
+// without the fusions of fuse.go and compares every intermediate tensor.
+func TestFusedDecode(t *testing.T) {
+	openOrSkip(t, Options{}).Close()
+	run, names := fusedSteps(t, 31, decodeCase{H: 1024, Q: 768, S: 256, E: 8, K: 2, I: 256, steps: 4})
 	cb := cpu.New()
 	want := run(cb)
 	cb.Close()
-	names := []string{"x", "t", "a", "b", "c", "mix", "moe", "sg", "su", "sd", "sgate"}
 	defer func(v string, r bool, m int, x string) { QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX = v, r, m, x }(QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX)
 	v0, r0, m0 := QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin
 	t.Setenv("FMOE_CUDA_QMX", "") // QMX below decides
 	os.Unsetenv("FMOE_CUDA_QMX")
 	for i, opts := range []Options{{}, {NoFusion: true}, {NoGraphs: true}, {NoGraphs: true}, {MaskDequant: true}, {MaskDequant: true},
-		{}, {NoGraphs: true}, {}, {}} {
+		{}, {NoGraphs: true}, {}, {}, {}, {NoGraphs: true}} {
 		QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX = v0, r0, m0, ""
 		switch i {
 		case 3:
@@ -111,6 +119,8 @@ func TestFusedDecode(t *testing.T) {
 			QMX = "4n"
 		case 9:
 			QMX = "4p"
+		case 10, 11:
+			QMX = "8t" // the copy-engine form (sm_90; else qmx)
 		}
 		g := openOrSkip(t, opts)
 		got := run(g)
@@ -123,12 +133,51 @@ func TestFusedDecode(t *testing.T) {
 	}
 }
 
+// TestSplitMoE runs fusedSteps with a GPU expert cache too small for the
+// experts of both layers, so that decode steps find some of their experts
+// resident and some not: their MoE is split (moeSplit: the resident experts
+// run while the missing ones are copied, the shared expert's projections are
+// queued in between) and must match the CPU backend, with fusions on and off.
+func TestSplitMoE(t *testing.T) {
+	openOrSkip(t, Options{}).Close()
+	defer func(x string) { QMX = x }(QMX)
+	QMX = "8p"
+	t.Setenv("FMOE_CUDA_QMXE", "1")
+	run, names := fusedSteps(t, 41, decodeCase{H: 1024, Q: 512, S: 512, E: 12, K: 4, I: 1024, steps: 12})
+	cb := cpu.New()
+	want := run(cb)
+	cb.Close()
+	for _, opts := range []Options{{CacheExperts: 6, NoLayerFill: true}, {CacheExperts: 6, NoLayerFill: true, NoFusion: true}} {
+		g := openOrSkip(t, opts)
+		got := run(g)
+		st := g.Stats()
+		g.Close()
+		for i := range want {
+			if ok, e, ref := closeTo(got[i], want[i], 1e-4); !ok {
+				t.Fatalf("%+v: step %d %s: max error %g of max |ref| %g", opts, i/len(names), names[i%len(names)], e, ref)
+			}
+		}
+		t.Logf("%+v: hits %d misses %d split %d", opts, st.Hits, st.Misses, st.Split)
+		if st.Split == 0 {
+			t.Fatalf("%+v: no MoE call was split (hits %d, misses %d)", opts, st.Hits, st.Misses)
+		}
+	}
+}
+
 // TestQMXShapes checks the persistent fused decode matvec (qmx) on every
 // row width it takes (32, 64, 128·CPT threads per row) and bit width,
 // against the CPU backend: an RMSNorm folded into two matvecs sharing its
 // output (norm mode, two items), and one matvec with a residual add.
 func TestQMXShapes(t *testing.T) {
-	openOrSkip(t, Options{}).Close()
+	g0 := openOrSkip(t, Options{})
+	if maj, _, err := g0.d.nvrtcVersion(); err == nil && maj >= 12 && g0.d.ccMajor >= 9 {
+		// the copy-engine form (QMX "8t" below) must be the one that runs
+		w := &Weight{bits: 4, group: 64, in: 4096, out: 8, w: 256, s: 512, z: 768}
+		if name, _, _ := g0.qmtKernel(&fBatch{items: []fItem{{w: w}}}, 4, 64, 4096, 128, 1); name != "qmt4_128_1_8" {
+			t.Fatalf("qmt for 4096 4-bit columns on sm_%d%d: %q", g0.d.ccMajor, g0.d.ccMinor, name)
+		}
+	}
+	g0.Close()
 	defer func(x string) { QMX = x }(QMX)
 	t.Setenv("FMOE_CUDA_QMX", "")
 	os.Unsetenv("FMOE_CUDA_QMX")
@@ -196,7 +245,7 @@ func TestQMXShapes(t *testing.T) {
 		cb := cpu.New()
 		want := run(cb)
 		cb.Close()
-		for _, v := range []string{"8p", "8n", "4p", "4n"} {
+		for _, v := range []string{"8p", "8n", "4p", "4n", "8t"} {
 			QMX = v
 			g := openOrSkip(t, Options{NoGraphs: true})
 			got := run(g)

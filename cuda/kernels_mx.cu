@@ -158,27 +158,14 @@ __device__ __forceinline__ void qmx_dot(const QmxTile<BITS, TPR, CPT, U>& A, con
   }
 }
 
-template <int BITS, int TPR, int CPT, int U, bool PF>
-__device__ __forceinline__ void qmx_body(const long long* __restrict__ D) {
-  constexpr int PER = 32 / BITS, CW = 4 * PER, NT = qnt(TPR), RPB = NT / TPR, NW = TPR / 32;
-  extern __shared__ float qsm[];  // top-k: E floats
-  __shared__ float red[2][NT / 32][U];
-  __shared__ float sh[32];
-  __shared__ int last;
-  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
-  const int sub = tid / TPR, ct = tid % TPR;
-  const int n = (int)D[0], in = (int)D[1], group = (int)D[2], mode = (int)D[3];
-  const int ntiles = (int)D[20];
-  const int wpr = in / PER, gpr = in / group;
-  const bool sw = (mode & 2) != 0;
-
-  QmxTile<BITS, TPR, CPT, U> A;
-  int t = blockIdx.x;
-  if (t < ntiles) qmx_load<BITS, TPR, CPT, U>(D, n, t, sub, ct, wpr, gpr, group, A);
-  pdl_wait();  // weights and descriptor are static: loaded before the previous kernel ends
-
-  // prologue (while the first tile's loads are in flight): x, its norm, Σx.
-  float xv[CPT][CW], sx[CPT];
+// qmx_prologue: this thread's slice of x in dot form (normed first with mode
+// norm: block 0 writes the normed row for later readers), and the returned
+// γ of the shared expert's gate (mode gate; 0 without).
+template <int BITS, int TPR, int CPT>
+__device__ __forceinline__ float qmx_prologue(const long long* __restrict__ D, int ct, int sub, float (&xv)[CPT][4 * (32 / BITS)],
+                                              float (&sx)[CPT], float* sh) {
+  constexpr int CW = 4 * (32 / BITS), NT = qnt(TPR), RPB = NT / TPR;
+  const int tid = threadIdx.x, in = (int)D[1], group = (int)D[2], mode = (int)D[3];
   const float* x = (const float*)D[QB_ITEM + 3];
   const float* nw = (mode & 1) ? (const float*)D[6] : nullptr;
   float ss = 0.f;
@@ -221,6 +208,76 @@ __device__ __forceinline__ void qmx_body(const long long* __restrict__ D) {
     gam = sigm(g);
     if (blockIdx.x == 0 && tid == 0) ((float*)D[12])[0] = g;
   }
+  return gam;
+}
+
+// qmx_store: the results of tile t, from the warps' sums in red (after the
+// barrier): SwiGLU pairs, or each item's epilogue (qb_store).
+template <int U, int RPB, int NW>
+__device__ __forceinline__ void qmx_store(const long long* __restrict__ D, int t, const float (*red)[U], float gam) {
+  const int tid = threadIdx.x, n = (int)D[0];
+  if ((int)D[3] & 2) {
+    if (tid < RPB * (U / 2)) {
+      const int g0 = tid / (U / 2), j = tid % (U / 2);
+      float g, up;
+      qmx_pair<U, NW>(red, g0, j, g, up);
+      const int row = t * RPB * (U / 2) + g0 * (U / 2) + j;
+      if (row < (int)D[QB_ITEM + 7]) {
+        ((float*)D[QB_ITEM + 4])[row] = g;
+        ((float*)D[QB_ITEM + QB_STRIDE + 4])[row] = up;
+        ((float*)D[13])[row] = silu(g) * up;
+      }
+    }
+  } else if (tid < RPB * U) {
+    const int g0 = tid / U, u = tid % U;
+    float v = 0.f;
+#pragma unroll
+    for (int k = 0; k < NW; k++) v += red[g0 * NW + k][u];
+    int it = 0;
+    for (int i = 1; i < n; i++)
+      if ((int)D[QB_ITEM + QB_STRIDE * i + 8] <= t) it = i;
+    const long long* I = D + QB_ITEM + QB_STRIDE * it;
+    const int row = (t - (int)I[8]) * RPB * U + g0 * U + u;
+    if (row < (int)I[7]) qb_store(I, row, v, gam);
+  }
+}
+
+// qmx_topk (mode top-K): the last block to finish picks the experts from
+// item 0's output (sl: E floats of shared memory).
+__device__ __forceinline__ void qmx_topk(const long long* __restrict__ D, float* sl, int* last) {
+  const int tid = threadIdx.x;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) *last = atomicAdd((unsigned*)D[18], 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (*last) {
+    __threadfence();
+    if ((tid >> 5) == 0) topk_warp((const float*)D[QB_ITEM + 4], (int)D[14], (int)D[15], (int*)D[16], (float*)D[17], sl);
+    if (tid == 0) *(unsigned*)D[18] = 0u;
+  }
+}
+
+template <int BITS, int TPR, int CPT, int U, bool PF>
+__device__ __forceinline__ void qmx_body(const long long* __restrict__ D) {
+  constexpr int PER = 32 / BITS, CW = 4 * PER, NT = qnt(TPR), RPB = NT / TPR, NW = TPR / 32;
+  extern __shared__ float qsm[];  // top-k: E floats
+  __shared__ float red[2][NT / 32][U];
+  __shared__ float sh[32];
+  __shared__ int last;
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  const int sub = tid / TPR, ct = tid % TPR;
+  const int n = (int)D[0], in = (int)D[1], group = (int)D[2];
+  const int ntiles = (int)D[20];
+  const int wpr = in / PER, gpr = in / group;
+
+  QmxTile<BITS, TPR, CPT, U> A;
+  int t = blockIdx.x;
+  if (t < ntiles) qmx_load<BITS, TPR, CPT, U>(D, n, t, sub, ct, wpr, gpr, group, A);
+  pdl_wait();  // weights and descriptor are static: loaded before the previous kernel ends
+
+  // prologue (while the first tile's loads are in flight): x, its norm, Σx.
+  float xv[CPT][CW], sx[CPT];
+  const float gam = qmx_prologue<BITS, TPR, CPT>(D, ct, sub, xv, sx, sh);
 
   for (int buf = 0; t < ntiles; t += gridDim.x, buf ^= 1) {
     QmxTile<BITS, TPR, CPT, U> Bt;
@@ -230,47 +287,168 @@ __device__ __forceinline__ void qmx_body(const long long* __restrict__ D) {
     qmx_dot<BITS, TPR, CPT, U>(A, xv, sx, acc);
     qmx_warps<U>(acc, red[buf], w, lane);
     __syncthreads();
-    if (sw) {
-      if (tid < RPB * (U / 2)) {
-        const int g0 = tid / (U / 2), j = tid % (U / 2);
-        float g, up;
-        qmx_pair<U, NW>(red[buf], g0, j, g, up);
-        const int row = t * RPB * (U / 2) + g0 * (U / 2) + j;
-        if (row < (int)D[QB_ITEM + 7]) {
-          ((float*)D[QB_ITEM + 4])[row] = g;
-          ((float*)D[QB_ITEM + QB_STRIDE + 4])[row] = up;
-          ((float*)D[13])[row] = silu(g) * up;
-        }
-      }
-    } else if (tid < RPB * U) {
-      const int g0 = tid / U, u = tid % U;
-      float v = 0.f;
-#pragma unroll
-      for (int k = 0; k < NW; k++) v += red[buf][g0 * NW + k][u];
-      int it = 0;
-      for (int i = 1; i < n; i++)
-        if ((int)D[QB_ITEM + QB_STRIDE * i + 8] <= t) it = i;
-      const long long* I = D + QB_ITEM + QB_STRIDE * it;
-      const int row = (t - (int)I[8]) * RPB * U + g0 * U + u;
-      if (row < (int)I[7]) qb_store(I, row, v, gam);
-    }
+    qmx_store<U, RPB, NW>(D, t, red[buf], gam);
     if (PF) {
       A = Bt;
     } else if (tn < ntiles) {
       qmx_load<BITS, TPR, CPT, U>(D, n, tn, sub, ct, wpr, gpr, group, A);
     }
   }
-  if (mode & 8) {
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) last = atomicAdd((unsigned*)D[18], 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (last) {
-      __threadfence();
-      if (w == 0) topk_warp((const float*)D[QB_ITEM + 4], (int)D[14], (int)D[15], (int*)D[16], (float*)D[17], qsm);
-      if (tid == 0) *(unsigned*)D[18] = 0u;
+  if ((int)D[3] & 8) qmx_topk(D, qsm, &last);
+}
+
+// ---- qmt: qmx with the tiles streamed into shared memory by the copy engine ----
+//
+// Same descriptor, prologue, tiles and epilogue as qmx (sm_90 and later).
+// A tile's rows are contiguous in each of its one or two items (SwiGLU: gate
+// and up), so its codes, scales and biases are 3 or 6 bulk copies
+// (cp.async.bulk, completing on one mbarrier per stage). Thread 0 keeps
+// QMT_S tiles in flight per block: the first ones are issued before
+// pdl_wait, and a stage is refilled with the block's tile QMT_S steps ahead
+// as soon as every thread has read it (the per-tile barrier). Threads read
+// their chunks from shared memory (a warp's 32 chunks of a row are 512
+// contiguous bytes: no bank conflicts). Dynamic shared memory: QMT_S stages
+// of RT·(row bytes + 2·scale bytes), then the top-K's E floats.
+#define QMT_S 4
+// The bulk copies and expect_tx need PTX 8.0 (NVRTC 12); older compilers
+// build qmt as empty kernels, which Go never picks (qmtKernel).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDACC_VER_MAJOR__) && __CUDACC_VER_MAJOR__ >= 12
+#define QMT_OK 1
+#else
+#define QMT_OK 0
+#endif
+
+__device__ __forceinline__ u32 smem_u32(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void bulk_g2s(void* dst, const void* src, u32 bytes, u64* bar) {
+#if QMT_OK
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(smem_u32(dst)), "l"(src),
+               "r"(bytes), "r"(smem_u32(bar))
+               : "memory");
+#endif
+}
+
+__device__ __forceinline__ void mbar_init(u64* bar, u32 count) {
+#if QMT_OK
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+#endif
+}
+
+__device__ __forceinline__ void mbar_expect(u64* bar, u32 bytes) {
+#if QMT_OK
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
+#endif
+}
+
+__device__ __forceinline__ void mbar_wait(u64* bar, u32 phase) {
+#if QMT_OK
+  u32 done = 0;
+  while (!done) {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(smem_u32(bar)), "r"(phase)
+        : "memory");
+  }
+#endif
+}
+
+// qmt_issue (one thread) queues the copies of tile t into stage st: H halves
+// (items) of R rows each, laid out as [W half 0][W half 1][S …][B …].
+__device__ __forceinline__ void qmt_issue(const long long* __restrict__ D, int t, unsigned char* st, u64* bar, int H, int R, int rowB,
+                                          int sB) {
+  const long long* I = D + QB_ITEM;
+  int r0;
+  if (H == 2) {
+    r0 = t * R;
+  } else {
+    const int n = (int)D[0];
+    int it = 0;
+    for (int i = 1; i < n; i++)
+      if ((int)D[QB_ITEM + QB_STRIDE * i + 8] <= t) it = i;
+    I += QB_STRIDE * it;
+    r0 = (t - (int)I[8]) * R;
+  }
+  const int nv = min(R, (int)I[7] - r0);
+  mbar_expect(bar, (u32)(H * nv * (rowB + 2 * sB)));
+  for (int h = 0; h < H; h++) {
+    const long long* J = I + QB_STRIDE * h;
+    bulk_g2s(st + h * R * rowB, (const unsigned char*)J[0] + (size_t)r0 * rowB, nv * rowB, bar);
+    bulk_g2s(st + H * R * rowB + h * R * sB, (const unsigned char*)J[1] + (size_t)r0 * sB, nv * sB, bar);
+    bulk_g2s(st + H * R * (rowB + sB) + h * R * sB, (const unsigned char*)J[2] + (size_t)r0 * sB, nv * sB, bar);
+  }
+}
+
+template <int BITS, int TPR, int CPT, int U>
+__device__ __forceinline__ void qmt_body(const long long* __restrict__ D) {
+#if QMT_OK
+  constexpr int PER = 32 / BITS, CW = 4 * PER, NT = qnt(TPR), RPB = NT / TPR, NW = TPR / 32, RT = RPB * U;
+  extern __shared__ __align__(128) unsigned char qtm[];
+  __shared__ float red[2][NT / 32][U];
+  __shared__ float sh[32];
+  __shared__ int last;
+  __shared__ __align__(8) u64 bar[QMT_S];
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  const int sub = tid / TPR, ct = tid % TPR;
+  const int in = (int)D[1], group = (int)D[2], mode = (int)D[3];
+  const int ntiles = (int)D[20];
+  const int rowB = in / PER * 4, sB = in / group * 2;
+  const int H = (mode & 2) ? 2 : 1, R = RT / H;
+  const int stB = RT * (rowB + 2 * sB);
+  if (tid == 0) {
+#pragma unroll
+    for (int s = 0; s < QMT_S; s++) mbar_init(&bar[s], 1);
+#if QMT_OK
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+  }
+  __syncthreads();
+  if (tid == 0) {  // weights and descriptor are static: in flight before the previous kernel ends
+#pragma unroll
+    for (int s = 0; s < QMT_S; s++) {
+      const int t = blockIdx.x + s * gridDim.x;
+      if (t < ntiles) qmt_issue(D, t, qtm + s * stB, &bar[s], H, R, rowB, sB);
     }
   }
+  pdl_wait();
+  float xv[CPT][CW], sx[CPT];
+  const float gam = qmx_prologue<BITS, TPR, CPT>(D, ct, sub, xv, sx, sh);
+  int i = 0;
+  for (int t = blockIdx.x, buf = 0; t < ntiles; t += gridDim.x, buf ^= 1, i++) {
+    const int s = i % QMT_S;
+    mbar_wait(&bar[s], (u32)((i / QMT_S) & 1));
+    const unsigned char* st = qtm + s * stB;
+    QmxTile<BITS, TPR, CPT, U> A;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int h = H == 2 && u >= U / 2 ? 1 : 0;
+      const int lr = H == 2 ? sub * (U / 2) + u % (U / 2) : sub * U + u;
+      const unsigned char* Wr = st + (h * R + lr) * rowB;
+      const u16* Sr = (const u16*)(st + H * R * rowB + (h * R + lr) * sB);
+      const u16* Br = (const u16*)(st + H * R * (rowB + sB) + (h * R + lr) * sB);
+#pragma unroll
+      for (int cc = 0; cc < CPT; cc++) {
+        const int c = ct + cc * TPR;
+        A.q[u][cc] = *reinterpret_cast<const uint4*>(Wr + c * 16);
+        A.s[u][cc] = Sr[c * CW / group];
+        A.b[u][cc] = Br[c * CW / group];
+      }
+    }
+    float acc[U];
+    qmx_dot<BITS, TPR, CPT, U>(A, xv, sx, acc);
+    qmx_warps<U>(acc, red[buf], w, lane);
+    __syncthreads();  // every thread is done with stage s
+    const int tn = t + QMT_S * gridDim.x;
+    if (tid == 0 && tn < ntiles) {
+#if QMT_OK
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+      qmt_issue(D, tn, qtm + s * stB, &bar[s], H, R, rowB, sB);
+    }
+    qmx_store<U, RPB, NW>(D, t, red[buf], gam);
+  }
+  if (mode & 8) qmx_topk(D, (float*)(qtm + QMT_S * stB), &last);
+#endif
 }
 
 // ---- qmxe / qmxd: the decode expert projections in the same form ----
@@ -352,7 +530,8 @@ __device__ __forceinline__ void qmxe_body(QmxMoE m, const float* __restrict__ x,
 
 // qmxd: the down projections of the K experts with the routing weights:
 // dst[t0, r] = Σ_k wts[p]·D_{e_k}[r]·h[p] (p = t0·K + k, k ascending: the
-// same order everywhere, deterministic). The K rows h[p] (prescaled) and their
+// same order everywhere, deterministic), or dst += that sum with accum (the
+// missing experts of a split MoE, after its resident ones: moe.go). The K rows h[p] (prescaled) and their
 // chunk sums are staged in shared memory by the block; a tile is U rows per
 // row group, walked expert by expert, the next (tile, expert) step's weights
 // loaded before the current one is computed.
@@ -378,7 +557,8 @@ __device__ __forceinline__ void qmxd_load(const char* const* base, const QmxMoE&
 }
 
 template <int BITS, int TPR, int CPT, int U>
-__device__ __forceinline__ void qmxd_body(QmxMoE m, const float* wts, const float* hbuf, float* dst, int Hd, int I, int group, int K, int t0) {
+__device__ __forceinline__ void qmxd_body(QmxMoE m, const float* wts, const float* hbuf, float* dst, int Hd, int I, int group, int K, int t0,
+                                          int accum) {
   constexpr int PER = 32 / BITS, CW = 4 * PER, RPB = 128 / TPR, NW = TPR / 32;
   extern __shared__ float hs[];  // K·I prescaled h, then K·(I/CW) chunk sums
   __shared__ const char* base[QMX_MAXK];
@@ -452,7 +632,10 @@ __device__ __forceinline__ void qmxd_body(QmxMoE m, const float* wts, const floa
 #pragma unroll
         for (int j = 0; j < NW; j++) v += red[buf][g0 * NW + j][u];
         const int row = t * RPB * U + g0 * U + u;
-        if (row < Hd) dst[(size_t)t0 * Hd + row] = v;
+        if (row < Hd) {
+          float* o = dst + (size_t)t0 * Hd + row;
+          *o = accum ? *o + v : v;
+        }
       }
 #pragma unroll
       for (int u = 0; u < U; u++) tot[u] = 0.f;
@@ -465,13 +648,13 @@ __device__ __forceinline__ void qmxd_body(QmxMoE m, const float* wts, const floa
 }
 
 #define QMXE_ARGS const u64 *table, const int *ids, const float *x, float *hbuf, int I, int Hd, int group, int K, int t0, long long gw, long long gs, long long gb, long long uw, long long us, long long ub
-#define QMXD_ARGS const u64 *table, const int *ids, const float *wts, const float *hbuf, float *dst, int Hd, int I, int group, int K, int t0, long long dw, long long ds, long long db
+#define QMXD_ARGS const u64 *table, const int *ids, const float *wts, const float *hbuf, float *dst, int Hd, int I, int group, int K, int t0, long long dw, long long ds, long long db, int accum
 #define QMXM(BITS, TPR, CPT, U)                                                                                                       \
   extern "C" __global__ void __launch_bounds__(128) qmxe##BITS##_##TPR##_##CPT##_##U(QMXE_ARGS) {                                     \
     qmxe_body<BITS, TPR, CPT, U>(QmxMoE{(const u64*)table, ids, gw, gs, gb, uw, us, ub}, x, hbuf, I, Hd, group, K, t0);               \
   }                                                                                                                                    \
   extern "C" __global__ void __launch_bounds__(128) qmxd##BITS##_##TPR##_##CPT##_##U(QMXD_ARGS) {                                     \
-    qmxd_body<BITS, TPR, CPT, U>(QmxMoE{(const u64*)table, ids, dw, ds, db, 0, 0, 0}, wts, hbuf, dst, Hd, I, group, K, t0);          \
+    qmxd_body<BITS, TPR, CPT, U>(QmxMoE{(const u64*)table, ids, dw, ds, db, 0, 0, 0}, wts, hbuf, dst, Hd, I, group, K, t0, accum);   \
   }
 QMXM(4, 128, 1, 8)
 QMXM(4, 128, 1, 4)
@@ -508,3 +691,17 @@ QMX(8, 32, 1, 4)
 QMX(2, 128, 1, 4)
 QMX(2, 64, 1, 4)
 QMX(2, 32, 1, 4)
+
+// qmt<BITS>_<TPR>_<CPT>_<U>: the copy-engine form (sm_90 and later; the Go
+// side picks it only there).
+#define QMT(BITS, TPR, CPT, U) \
+  extern "C" __global__ void __launch_bounds__(TPR > 128 ? TPR : 128) qmt##BITS##_##TPR##_##CPT##_##U(const long long* D) { qmt_body<BITS, TPR, CPT, U>(D); }
+QMT(4, 256, 1, 4)
+QMT(4, 128, 1, 8)
+QMT(4, 128, 2, 4)
+QMT(4, 64, 1, 8)
+QMT(4, 32, 1, 8)
+QMT(8, 256, 1, 4)
+QMT(8, 128, 1, 4)
+QMT(8, 64, 1, 4)
+QMT(8, 32, 1, 4)

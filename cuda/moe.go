@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 	"unsafe"
 
@@ -30,6 +31,8 @@ type expertCache struct {
 	computeEv  uintptr // compute queued before a load done (the copy stream waits)
 	tev        [4]uintptr
 	ovBuf      map[int]pinnedBuf      // per layer: routing override ids
+	spBuf      map[int]pinnedBuf      // per layer: a split MoE's reordered ids and weights
+	rb         pinnedBuf              // routing read-back (ids, then weights)
 	tabBuf     map[int]unsafe.Pointer // per layer: pinned copy of the table, uploaded on the compute stream
 	tabEv      uintptr                // the last table upload done
 	tabPending bool
@@ -140,8 +143,13 @@ func (b *Backend) dropCache() error {
 			pinned = append(pinned, h)
 		}
 	}
-	for _, o := range c.ovBuf {
-		pinned = append(pinned, o.p)
+	for _, m := range []map[int]pinnedBuf{c.ovBuf, c.spBuf} {
+		for _, o := range m {
+			pinned = append(pinned, o.p)
+		}
+	}
+	if c.rb.p != nil {
+		pinned = append(pinned, c.rb.p)
 	}
 	for _, h := range c.tabBuf {
 		pinned = append(pinned, h)
@@ -230,13 +238,14 @@ type pinnedBuf struct {
 	n int
 }
 
-// overrideBuf (worker only) returns layer's pinned buffer for n routing ids,
-// growing it (after a sync: a queued copy may still read the old one).
-func (c *expertCache) overrideBuf(b *Backend, layer, n int) (unsafe.Pointer, error) {
-	if c.ovBuf == nil {
-		c.ovBuf = map[int]pinnedBuf{}
+// layerBuf (worker only) returns layer's pinned buffer of m for n 32-bit
+// words (routing override ids, reordered ids and weights), growing it (after
+// a sync: a queued copy may still read the old one).
+func (c *expertCache) layerBuf(b *Backend, m *map[int]pinnedBuf, layer, n int) (unsafe.Pointer, error) {
+	if *m == nil {
+		*m = map[int]pinnedBuf{}
 	}
-	o := c.ovBuf[layer]
+	o := (*m)[layer]
 	if o.n >= n {
 		return o.p, nil
 	}
@@ -255,7 +264,7 @@ func (c *expertCache) overrideBuf(b *Backend, layer, n int) (unsafe.Pointer, err
 		return nil, err
 	}
 	b.hosts = append(b.hosts, h)
-	c.ovBuf[layer] = pinnedBuf{h, size}
+	(*m)[layer] = pinnedBuf{h, size}
 	return h, nil
 }
 
@@ -299,6 +308,15 @@ func (c *expertCache) place(b *Backend, layer, e int, src unsafe.Pointer, keep m
 // is read. The compute stream waits for the copies. It updates the host
 // mirror of the table; the caller uploads it.
 func (c *expertCache) load(ctx context.Context, b *Backend, layer int, ids []int, keep map[int]bool, rt *runtime.Routing) error {
+	if err := c.queueLoad(ctx, b, layer, ids, keep, rt); err != nil {
+		return err
+	}
+	return b.d.streamWaitEvent(b.d.stream, c.copyEv)
+}
+
+// queueLoad (worker only) is load without the compute stream's wait: the
+// copies are queued on the copy stream and c.copyEv marks their end.
+func (c *expertCache) queueLoad(ctx context.Context, b *Backend, layer int, ids []int, keep map[int]bool, rt *runtime.Routing) error {
 	// Copies overwrite slots that kernels queued earlier may still read.
 	if err := b.d.eventRecordOn(c.computeEv, b.d.stream); err != nil {
 		return err
@@ -402,10 +420,7 @@ func (c *expertCache) load(ctx context.Context, b *Backend, layer int, ids []int
 			}
 		}
 	}
-	if err := b.d.eventRecordOn(c.copyEv, c.copyS); err != nil {
-		return err
-	}
-	return b.d.streamWaitEvent(b.d.stream, c.copyEv)
+	return b.d.eventRecordOn(c.copyEv, c.copyS)
 }
 
 // MoE implements runtime.Backend: router matvec, softmax/top-K and
@@ -437,6 +452,9 @@ func (b *Backend) MoE(ctx context.Context, dst, x runtime.Tensor, router runtime
 		if err := b.flushBatch(); err != nil {
 			return err
 		}
+		if err := b.flushTail(); err != nil {
+			return err
+		}
 		nrm, err := b.takeNorm(xt)
 		if err != nil {
 			return err
@@ -464,14 +482,12 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 	if err != nil {
 		return err
 	}
-	ids, err := b.scratchBuf("moe_ids", T*K*4)
+	// ids, then weights: one read-back
+	ids, err := b.scratchBuf("moe_route", T*K*8)
 	if err != nil {
 		return err
 	}
-	wts, err := b.scratchBuf("moe_wts", T*K*4)
-	if err != nil {
-		return err
-	}
+	wts := ids + uintptr(T*K*4)
 	hbuf, err := b.scratchBuf("moe_h", T*K*l.Intermediate*4)
 	if err != nil {
 		return err
@@ -508,7 +524,7 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 		// The override's ids go through a pinned buffer per layer and an
 		// async copy on the compute stream: no host sync (the resident path
 		// has none either), and part of a decode step's graph.
-		hp, err := c.overrideBuf(b, p.Layer, T*K)
+		hp, err := c.layerBuf(b, &c.ovBuf, p.Layer, T*K)
 		if err != nil {
 			return err
 		}
@@ -549,15 +565,30 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 		ls.Hits += int64(T * K)
 		return b.runExperts(c, table, xt, d, ids, wts, hbuf, part, 0, T, K)
 	}
-	// Read the routing back (one host round-trip for the layer).
-	hid := make([]int32, T*K)
-	hw := make([]float32, T*K)
-	if err := b.d.dtoh(unsafe.Pointer(&hid[0]), ids, T*K*4); err != nil {
+	// Read the routing back (one host round-trip for the layer) into pinned
+	// memory (no copy in a staging buffer), then out of it: later layers
+	// reuse it.
+	if c.rb.n < 2*T*K {
+		if c.rb.p != nil {
+			if err := b.d.hostFree(c.rb.p); err != nil {
+				return err
+			}
+			b.forgetHost(c.rb.p)
+			c.rb = pinnedBuf{}
+		}
+		n := max(2*T*K, 256)
+		h, err := b.d.hostAlloc(n * 4)
+		if err != nil {
+			return err
+		}
+		b.hosts = append(b.hosts, h)
+		c.rb = pinnedBuf{h, n}
+	}
+	if err := b.d.dtoh(c.rb.p, ids, T*K*8); err != nil {
 		return err
 	}
-	if err := b.d.dtoh(unsafe.Pointer(&hw[0]), wts, T*K*4); err != nil {
-		return err
-	}
+	hid := slices.Clone(unsafe.Slice((*int32)(c.rb.p), T*K))
+	hw := slices.Clone(unsafe.Slice((*float32)(unsafe.Add(c.rb.p, T*K*4)), T*K))
 	c.stats.Syncs++
 	if routing != nil {
 		routing.Experts = make([][]int, T)
@@ -609,6 +640,11 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 						miss = append(miss, int(e))
 					}
 				}
+			}
+		}
+		if len(miss) > 0 && T == 1 && routing == nil {
+			if ok, err := b.moeSplit(ctx, c, p.Layer, table, xt, d, hid, hw, keep, miss, hbuf, &ls); ok || err != nil {
+				return err
 			}
 		}
 		if len(miss) > 0 {
@@ -708,4 +744,112 @@ func (b *Backend) forgetHost(h unsafe.Pointer) {
 			return
 		}
 	}
+}
+
+// SplitMoE lets one-token MoE calls with resident and missing experts run
+// the resident ones during the copies (moeSplit); FMOE_CUDA_SPLIT=0 or 1
+// overrides it.
+var SplitMoE = true
+
+func splitMoE() bool {
+	if v, ok := os.LookupEnv("FMOE_CUDA_SPLIT"); ok {
+		return v != "0"
+	}
+	return SplitMoE
+}
+
+// moeTail is the deferred rest of a split one-token MoE (moeSplit): the
+// missing experts, once their copies are done.
+type moeTail struct {
+	c           *expertCache
+	p           qmxEx
+	layer       int
+	table       uintptr
+	x, d        *Tensor
+	ids, wts, h uintptr // the missing experts' ids, weights and h rows
+	n           int     // missing experts
+}
+
+// moeSplit (worker only) runs a one-token MoE whose experts are partly
+// resident without waiting for the copies first: the missing experts'
+// copies are queued on the copy stream, the routing is reordered (resident
+// experts first; one pinned copy on the compute stream), the resident
+// experts' qmxe and qmxd (which writes dst) are launched at once, and the
+// rest (the compute stream's wait for the copies, the table upload, the
+// missing experts' qmxe and qmxd adding into dst) is deferred in b.tail
+// until an operation touches dst or x (flushTail), so the work queued in
+// between (the shared expert's gate and up projections) runs during the
+// copies too. false: not applicable (nothing done).
+func (b *Backend) moeSplit(ctx context.Context, c *expertCache, layer int, table uintptr, xt, d *Tensor, hid []int32, hw []float32,
+	keep map[int]bool, miss []int, hbuf uintptr, ls *LayerStats) (bool, error) {
+	K := len(hid)
+	nh := K - len(miss)
+	if nh <= 0 || len(miss) > K || !splitMoE() {
+		return false, nil
+	}
+	p, ok := c.qmxPlanExperts(K)
+	if !ok || p.dn == "" {
+		return false, nil
+	}
+	sp, err := b.scratchBuf("moe_split", K*8)
+	if err != nil {
+		return true, err
+	}
+	lsSave := *ls
+	c.stats.Layers[layer] = *ls
+	if err := c.queueLoad(ctx, b, layer, miss, keep, nil); err != nil {
+		return true, err
+	}
+	*ls = c.stats.Layers[layer]
+	ls.Hits, ls.Misses = lsSave.Hits, lsSave.Misses
+	// resident experts first, then the missing ones, each in routing order
+	hp, err := c.layerBuf(b, &c.spBuf, layer, 2*K)
+	if err != nil {
+		return true, err
+	}
+	ro := unsafe.Slice((*int32)(hp), 2*K)
+	rw := unsafe.Slice((*float32)(hp), 2*K)
+	j := 0
+	for _, resident := range []bool{true, false} {
+		for k, e := range hid {
+			if slices.Contains(miss, int(e)) != resident {
+				ro[j], rw[K+j] = e, hw[k]
+				j++
+			}
+		}
+	}
+	if err := b.d.copyAsync(sp, hp, K*8); err != nil {
+		return true, err
+	}
+	ids, wts := sp, sp+uintptr(K*4)
+	if err := b.qmxGateUp(c, p, table, xt, ids, hbuf, 0, nh); err != nil {
+		return true, err
+	}
+	if err := b.qmxDown(c, p, table, d, ids, wts, hbuf, 0, nh, false); err != nil {
+		return true, err
+	}
+	off := uintptr(nh * 4)
+	b.tail = &moeTail{c: c, p: p, layer: layer, table: table, x: xt, d: d, ids: ids + off, wts: wts + off,
+		h: hbuf + uintptr(nh*c.layout.Intermediate*4), n: len(miss)}
+	c.stats.Split++
+	return true, nil
+}
+
+// flushTail (worker only) queues a split MoE's deferred rest.
+func (b *Backend) flushTail() error {
+	t := b.tail
+	if t == nil {
+		return nil
+	}
+	b.tail = nil
+	if err := b.d.streamWaitEvent(b.d.stream, t.c.copyEv); err != nil {
+		return err
+	}
+	if err := t.c.uploadTable(b, t.layer, t.table); err != nil {
+		return err
+	}
+	if err := b.qmxGateUp(t.c, t.p, t.table, t.x, t.ids, t.h, 0, t.n); err != nil {
+		return err
+	}
+	return b.qmxDown(t.c, t.p, t.table, t.d, t.ids, t.wts, t.h, 0, t.n, true)
 }

@@ -83,39 +83,87 @@ func qmxExperts() bool {
 	return QMXExperts
 }
 
-// qmxRunExperts (worker only) launches qmxe and qmxd for one token; false:
-// not applicable (nothing launched).
-func (b *Backend) qmxRunExperts(c *expertCache, table uintptr, xt, d *Tensor, ids, wts, hbuf, part uintptr, t0, K int) (bool, error) {
+// qmxEx is the plan of one token's expert kernels: qmxe (gate/up) and, when
+// dn is set, qmxd (down with the routing weights).
+type qmxEx struct {
+	gu, dn      string
+	gtpr, gtile int
+	dtpr, dtile int
+}
+
+// qmxPlanExperts returns the plan for K experts of c's layout; false: qmx
+// experts do not apply.
+func (c *expertCache) qmxPlanExperts(K int) (p qmxEx, ok bool) {
 	l := c.layout
-	if !c.fast || !qmxExperts() || K > 32 {
-		return false, nil
+	if !c.fast || !qmxExperts() || K > 32 || l.Up.Bits != l.Gate.Bits {
+		return p, false
 	}
-	gu, gtpr, gtile := qmxMoEKernel("qmxe", l.Gate.Bits, l.GroupSize, l.Hidden, 8)
+	p.gu, p.gtpr, p.gtile = qmxMoEKernel("qmxe", l.Gate.Bits, l.GroupSize, l.Hidden, 8)
+	if p.gu == "" {
+		return p, false
+	}
 	du := 8
 	if v := os.Getenv("FMOE_CUDA_QMXD_U"); v != "" {
 		fmt.Sscan(v, &du)
 	}
-	dn, dtpr, dtile := qmxMoEKernel("qmxd", l.Down.Bits, l.GroupSize, l.Intermediate, du)
-	dsm := K*l.Intermediate*4 + K*(l.Intermediate/(4*32/l.Down.Bits))*4
-	if gu == "" || l.Up.Bits != l.Gate.Bits {
+	if K <= QMXDownMaxK && c.qmxdSmem(K) <= 48<<10 {
+		p.dn, p.dtpr, p.dtile = qmxMoEKernel("qmxd", l.Down.Bits, l.GroupSize, l.Intermediate, du)
+	}
+	return p, true
+}
+
+// qmxdSmem is qmxd's shared memory for K experts: their h rows and chunk sums.
+func (c *expertCache) qmxdSmem(K int) int {
+	l := c.layout
+	return K*l.Intermediate*4 + K*(l.Intermediate/(4*32/l.Down.Bits))*4
+}
+
+// qmxGateUp (worker only) launches qmxe for experts ids[0:K] of token t0.
+func (b *Backend) qmxGateUp(c *expertCache, p qmxEx, table uintptr, xt *Tensor, ids, hbuf uintptr, t0, K int) error {
+	l := c.layout
+	f := b.fn[p.gu]
+	tiles := K * cdiv(l.Intermediate, (128/p.gtpr)*(p.gtile/2))
+	occ, err := b.d.occupancy(f, 128, 0)
+	if err != nil {
+		return err
+	}
+	return b.d.launch(f, grid1(min(tiles, occ*b.d.sms)), [3]int{128, 1, 1}, 0,
+		table, ids, xt.p, hbuf, l.Intermediate, l.Hidden, l.GroupSize, K, t0,
+		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset)
+}
+
+// qmxDown (worker only) launches qmxd for experts ids[0:K] of token t0:
+// dst = Σ_k wts·down (accum: dst +=).
+func (b *Backend) qmxDown(c *expertCache, p qmxEx, table uintptr, d *Tensor, ids, wts, hbuf uintptr, t0, K int, accum bool) error {
+	l := c.layout
+	f, smem := b.fn[p.dn], c.qmxdSmem(K)
+	tiles := cdiv(l.Hidden, (128/p.dtpr)*p.dtile)
+	occ, err := b.d.occupancy(f, 128, smem)
+	if err != nil {
+		return err
+	}
+	a := 0
+	if accum {
+		a = 1
+	}
+	return b.d.launch(f, grid1(min(tiles, occ*b.d.sms)), [3]int{128, 1, 1}, smem,
+		table, ids, wts, hbuf, d.p, l.Hidden, l.Intermediate, l.GroupSize, K, t0,
+		l.Down.WOffset, l.Down.SOffset, l.Down.BOffset, a)
+}
+
+// qmxRunExperts (worker only) launches qmxe and qmxd for one token; false:
+// not applicable (nothing launched).
+func (b *Backend) qmxRunExperts(c *expertCache, table uintptr, xt, d *Tensor, ids, wts, hbuf, part uintptr, t0, K int) (bool, error) {
+	p, ok := c.qmxPlanExperts(K)
+	if !ok {
 		return false, nil
 	}
-	if K > QMXDownMaxK || dsm > 48<<10 {
-		dn = ""
-	}
-	fg, fd := b.fn[gu], b.fn[dn]
-	gtiles := K * cdiv(l.Intermediate, (128/gtpr)*(gtile/2))
-	occ, err := b.d.occupancy(fg, 128, 0)
-	if err != nil {
+	if err := b.qmxGateUp(c, p, table, xt, ids, hbuf, t0, K); err != nil {
 		return true, err
 	}
-	if err := b.d.launch(fg, grid1(min(gtiles, occ*b.d.sms)), [3]int{128, 1, 1}, 0,
-		table, ids, xt.p, hbuf, l.Intermediate, l.Hidden, l.GroupSize, K, t0,
-		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset); err != nil {
-		return true, err
-	}
-	if dn == "" {
+	if p.dn == "" {
 		// down projections of every pair at once, then the weighted sum
+		l := c.layout
 		if err := b.d.launch(b.fn[c.dn], [3]int{cdiv(l.Hidden, 16), K, 1}, [3]int{128, 1, 1}, 0,
 			table, ids, hbuf, part, l.Hidden, l.Intermediate, l.GroupSize, K, t0,
 			l.Down.WOffset, l.Down.SOffset, l.Down.BOffset); err != nil {
@@ -124,19 +172,16 @@ func (b *Backend) qmxRunExperts(c *expertCache, table uintptr, xt, d *Tensor, id
 		return true, b.d.launch(b.fn["moe_combine"], [3]int{cdiv(l.Hidden, 256), 1, 1}, [3]int{256, 1, 1}, 0,
 			part, wts, d.p, l.Hidden, K, t0)
 	}
-	dtiles := cdiv(l.Hidden, (128/dtpr)*dtile)
-	if occ, err = b.d.occupancy(fd, 128, dsm); err != nil {
-		return true, err
-	}
-	return true, b.d.launch(fd, grid1(min(dtiles, occ*b.d.sms)), [3]int{128, 1, 1}, dsm,
-		table, ids, wts, hbuf, d.p, l.Hidden, l.Intermediate, l.GroupSize, K, t0,
-		l.Down.WOffset, l.Down.SOffset, l.Down.BOffset)
+	return true, b.qmxDown(c, p, table, d, ids, wts, hbuf, t0, K, false)
 }
 
 func qmxKernelNames() []string {
 	var names []string
 	for _, s := range qmxMoEShapes {
 		names = append(names, fmt.Sprintf("qmxe%d_%d_%d_%d", s[0], s[1], s[2], s[3]), fmt.Sprintf("qmxd%d_%d_%d_%d", s[0], s[1], s[2], s[3]))
+	}
+	for _, s := range qmtShapes {
+		names = append(names, fmt.Sprintf("qmt%d_%d_%d_%d", s[0], s[1], s[2], s[3]))
 	}
 	for _, s := range qmxShapes {
 		for _, u := range qmxTiles(s.bits) {
@@ -172,24 +217,69 @@ func qmxPlan(bits, group, in int) (tpr, cpt int, ok bool) {
 var QMX = "8p"
 
 func qmxVariant() (u int, pf bool) {
+	u, pf, _ = qmxVariantT()
+	return u, pf
+}
+
+// qmxVariantT is qmxVariant and whether the copy-engine form (qmt, suffix
+// "t", e.g. "8t") is asked for.
+func qmxVariantT() (u int, pf, tma bool) {
 	v := QMX
 	if e, ok := os.LookupEnv("FMOE_CUDA_QMX"); ok {
 		v = e
 	}
 	if v == "" || v == "0" || v == "off" {
-		return 0, false
+		return 0, false, false
 	}
 	u = 8
 	if strings.HasPrefix(v, "4") {
 		u = 4
 	}
-	return u, !strings.HasSuffix(v, "n")
+	return u, !strings.HasSuffix(v, "n"), strings.HasSuffix(v, "t")
+}
+
+// qmtShapes are the copy-engine kernels built (kernels_mx.cu QMT): bits,
+// threads per row, chunks per thread, tile U (16 KB of 4-bit codes a tile).
+var qmtShapes = [][4]int{
+	{4, 256, 1, 4}, {4, 128, 1, 8}, {4, 128, 2, 4}, {4, 64, 1, 8}, {4, 32, 1, 8},
+	{8, 256, 1, 4}, {8, 128, 1, 4}, {8, 64, 1, 4}, {8, 32, 1, 4},
+}
+
+// qmtStages is kernels_mx.cu's QMT_S.
+const qmtStages = 4
+
+// qmtKernel returns the qmt kernel for a plan, its tile U and its stages'
+// shared memory; "" when none is built, the GPU predates sm_90, or the
+// batch's rows are not 16-byte aligned for bulk copies.
+func (b *Backend) qmtKernel(bt *fBatch, bits, group, in, tpr, cpt int) (name string, u, smem int) {
+	if b.d.ccMajor < 9 {
+		return "", 0, 0
+	}
+	if maj, _, err := b.d.nvrtcVersion(); err != nil || maj < 12 {
+		return "", 0, 0 // built empty (kernels_mx.cu QMT_OK)
+	}
+	rowB, sB := in/(32/bits)*4, in/group*2
+	if rowB%16 != 0 || sB%16 != 0 {
+		return "", 0, 0
+	}
+	for _, it := range bt.items {
+		if it.w.w%16 != 0 || it.w.s%16 != 0 || it.w.z%16 != 0 {
+			return "", 0, 0
+		}
+	}
+	for _, s := range qmtShapes {
+		if s[0] == bits && s[1] == tpr && s[2] == cpt {
+			rt := max(128, tpr) / tpr * s[3]
+			return fmt.Sprintf("qmt%d_%d_%d_%d", bits, tpr, cpt, s[3]), s[3], qmtStages * rt * (rowB + 2*sB)
+		}
+	}
+	return "", 0, 0
 }
 
 // qmxLaunch (worker only) fills the tile words of D and launches qmx when it
 // applies to the batch; false: not applicable (D untouched).
 func (b *Backend) qmxLaunch(bt *fBatch, D *[qbWords]uint64, smem int) (bool, error) {
-	u, pf := qmxVariant()
+	u, pf, tma := qmxVariantT()
 	if u == 0 {
 		return false, nil
 	}
@@ -200,6 +290,13 @@ func (b *Backend) qmxLaunch(bt *fBatch, D *[qbWords]uint64, smem int) (bool, err
 	}
 	if !slices.Contains(qmxTiles(w0.bits), u) || (tpr > 128 && os.Getenv("FMOE_CUDA_QMX256_U") != "8") {
 		u = 4 // 256-thread blocks of 8-row tiles: 184 registers, one block per SM
+	}
+	var tname string
+	if tma {
+		var tu, tsm int
+		if tname, tu, tsm = b.qmtKernel(bt, w0.bits, w0.group, w0.in, tpr, cpt); tname != "" {
+			u, smem = tu, smem+tsm
+		}
 	}
 	nt := max(128, tpr)
 	rpb := nt / tpr
@@ -225,7 +322,19 @@ func (b *Backend) qmxLaunch(bt *fBatch, D *[qbWords]uint64, smem int) (bool, err
 		pfs = "p"
 	}
 	name := fmt.Sprintf("qmx%d_%d_%d_%d%s", w0.bits, tpr, cpt, u, pfs)
+	if tname != "" {
+		name = tname
+	}
 	f := b.fn[name]
+	if smem > 48<<10 && b.d.dynSmem[f] < smem {
+		if err := b.d.setMaxDynamicShared(f, smem); err != nil {
+			return true, err
+		}
+		if b.d.dynSmem == nil {
+			b.d.dynSmem = map[uintptr]int{}
+		}
+		b.d.dynSmem[f] = smem
+	}
 	occ, err := b.d.occupancy(f, nt, smem)
 	if err != nil {
 		return true, err

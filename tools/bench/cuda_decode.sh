@@ -19,7 +19,7 @@ date -u +%Y-%m-%dT%H:%MZ
 t0=$(date +%s)
 if [ -z "${SKIPCHECK-}" ]; then
 	echo "== check"
-	(cd cuda && FMOE_REQUIRE_CUDA=1 "$D/cuda.test" -test.run 'Conformance|MatMulKernels|SmallCacheChunks|MixersLarge|MoELarge|FusedDecode|CachePolicy|QMX' -test.count 1 -test.v 2>&1) >"$OUT/check.txt"
+	(cd cuda && FMOE_REQUIRE_CUDA=1 "$D/cuda.test" -test.run 'Conformance|MatMulKernels|SmallCacheChunks|MixersLarge|MoELarge|FusedDecode|CachePolicy|QMX|SplitMoE|Launch' -test.count 1 -test.v 2>&1) >"$OUT/check.txt"
 	grep -E "^(--- FAIL|FAIL|ok|PASS)|graph replays|panic|error" "$OUT/check.txt" | head -20
 	(cd runtime && FMOE_BACKEND=cuda "$D/runtime.test" -test.count 1 2>&1 | tail -4)
 	echo "== check $(( $(date +%s) - t0 )) s"
