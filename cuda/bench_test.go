@@ -111,8 +111,8 @@ func randQuant(r *rand.Rand, bits, group, rows, cols int) *quant.Matrix {
 	return m
 }
 
-// BenchmarkQMatVec: fused 4-bit dequant matvec (decode, T=1) and an 8-token
-// batch, 4 matrices of 16384×4096 rotated so L2 does not hold them. GB/s
+// BenchmarkQMatVec: fused 4-bit dequant matvec (decode, T=1) and batches of
+// 8, 32 and 64 tokens (tensor-core qmma, fp32 tiled GEMM, the older kernel), 4 matrices of 16384×4096 rotated so L2 does not hold them. GB/s
 // counts weight bytes (codes, scales, biases) read once per token batch.
 func BenchmarkQMatVec(b *testing.B) {
 	be := openOrSkip(b, Options{NoGraphs: true})
@@ -128,11 +128,12 @@ func BenchmarkQMatVec(b *testing.B) {
 		ws = append(ws, w.(*Weight))
 	}
 	wbytes := float64(rows*cols/2 + 2*rows*cols/64*2)
-	saveV, saveG := QMVVariant, GemmMinTokens
-	defer func() { QMVVariant, GemmMinTokens = saveV, saveG }()
+	saveV, saveG, saveM := QMVVariant, GemmMinTokens, QMMA
+	defer func() { QMVVariant, GemmMinTokens, QMMA = saveV, saveG, saveM }()
 	type variant struct {
 		name, qmv string
 		gemmFrom  int
+		fp32      bool // the fp32 tiled GEMM, not the tensor cores
 	}
 	var cases []struct {
 		T int
@@ -146,10 +147,10 @@ func BenchmarkQMatVec(b *testing.B) {
 		cases = append(cases, struct {
 			T int
 			v variant
-		}{1, variant{name, v, 2}})
+		}{1, variant{name, v, 2, false}})
 	}
-	for _, T := range []int{8, 64} {
-		for _, v := range []variant{{"gemm", saveV, 2}, {"old", saveV, 1 << 30}} {
+	for _, T := range []int{8, 32, 64} {
+		for _, v := range []variant{{"qmma", saveV, 2, false}, {"gemm", saveV, 2, true}, {"old", saveV, 1 << 30, true}} {
 			cases = append(cases, struct {
 				T int
 				v variant
@@ -159,7 +160,7 @@ func BenchmarkQMatVec(b *testing.B) {
 	for _, cs := range cases {
 		T := cs.T
 		b.Run(fmt.Sprintf("T=%d/%s", T, cs.v.name), func(b *testing.B) {
-			QMVVariant, GemmMinTokens = cs.v.qmv, cs.v.gemmFrom
+			QMVVariant, GemmMinTokens, QMMA = cs.v.qmv, cs.v.gemmFrom, !cs.v.fp32
 			x, _ := be.NewTensor(T, cols)
 			y, _ := be.NewTensor(T, rows)
 			xv := make([]float32, T*cols)

@@ -144,10 +144,12 @@ func TestMatMulKernels(t *testing.T) {
 	c := cpu.New()
 	defer c.Close()
 	r := rand.New(rand.NewPCG(5, 6))
-	saveV, saveG := QMVVariant, GemmMinTokens
-	defer func() { QMVVariant, GemmMinTokens = saveV, saveG }()
+	saveV, saveG, saveM := QMVVariant, GemmMinTokens, QMMA
+	defer func() { QMVVariant, GemmMinTokens, QMMA = saveV, saveG, saveM }()
+	t.Setenv("FMOE_CUDA_QMMA", "")
+	os.Unsetenv("FMOE_CUDA_QMMA")
 	for _, bits := range []int{2, 4, 8} {
-		for _, sh := range []struct{ rows, cols, group int }{{100, 512, 64}, {37, 256, 32}, {300, 4096, 64}, {64, 96, 32}} {
+		for _, sh := range []struct{ rows, cols, group int }{{100, 512, 64}, {37, 256, 32}, {300, 4096, 64}, {64, 96, 32}, {130, 1024, 64}} {
 			q := randQuant(r, bits, sh.group, sh.rows, sh.cols)
 			wd := &runtime.WeightData{Name: "w", Out: sh.rows, In: sh.cols, Q: q}
 			gw, err := g.LoadWeight(wd)
@@ -158,7 +160,7 @@ func TestMatMulKernels(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, T := range []int{1, 3, 8, 17, 40} {
+			for _, T := range []int{1, 3, 8, 17, 40, 77} {
 				xv := make([]float32, T*sh.cols)
 				for i := range xv {
 					xv[i] = 2*r.Float32() - 1
@@ -168,18 +170,25 @@ func TestMatMulKernels(t *testing.T) {
 				if T == 1 {
 					variants = append(variants, qmvVariants...)
 				}
+				// the tensor-core GEMM (4-bit, groups of 64) and the fp32 one
+				mmas := []bool{false}
+				if bits == 4 && sh.group == 64 && T > 1 {
+					mmas = []bool{true, false}
+				}
 				for _, v := range variants {
 					for _, gm := range []int{2, 1 << 30} {
-						QMVVariant, GemmMinTokens = v, gm
-						got := matmulOn(t, g, gw, xv, T, sh.rows, sh.cols)
-						for row := 0; row < T; row++ {
-							var e, m float64
-							for i := 0; i < sh.rows; i++ {
-								e = math.Max(e, math.Abs(float64(got[row*sh.rows+i]-want[row*sh.rows+i])))
-								m = math.Max(m, math.Abs(float64(want[row*sh.rows+i])))
-							}
-							if e > 2e-5*m || math.IsNaN(e) {
-								t.Fatalf("bits %d %+v T=%d variant %q gemm-from %d: token %d error %g of %g", bits, sh, T, v, gm, row, e, m)
+						for _, mma := range mmas {
+							QMVVariant, GemmMinTokens, QMMA = v, gm, mma
+							got := matmulOn(t, g, gw, xv, T, sh.rows, sh.cols)
+							for row := 0; row < T; row++ {
+								var e, m float64
+								for i := 0; i < sh.rows; i++ {
+									e = math.Max(e, math.Abs(float64(got[row*sh.rows+i]-want[row*sh.rows+i])))
+									m = math.Max(m, math.Abs(float64(want[row*sh.rows+i])))
+								}
+								if e > 2e-5*m || math.IsNaN(e) {
+									t.Fatalf("bits %d %+v T=%d variant %q gemm-from %d qmma %v: token %d error %g of %g", bits, sh, T, v, gm, mma, row, e, m)
+								}
 							}
 						}
 					}

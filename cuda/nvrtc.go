@@ -30,6 +30,9 @@ var kernelsFuse string
 //go:embed kernels_mx.cu
 var kernelsMX string
 
+//go:embed kernels_mma.cu
+var kernelsMMA string
+
 // kernelSource is the whole CUDA C translation unit (default build).
 func kernelSource() string { return kernelSourceDQ(false) }
 
@@ -41,7 +44,7 @@ func kernelSourceDQ(dq bool) string {
 	if dq {
 		pre = "#define FMOE_DQ 1\n"
 	}
-	return pre + kernelsCore + "\n" + kernelsMixer + "\n" + kernelsFast + "\n" + kernelsFuse + "\n" + kernelsMX
+	return pre + kernelsCore + "\n" + kernelsMixer + "\n" + kernelsFast + "\n" + kernelsFuse + "\n" + kernelsMX + "\n" + kernelsMMA
 }
 
 // ErrCompile reports that NVRTC rejected the kernel source; the error text

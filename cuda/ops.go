@@ -2,6 +2,7 @@ package cuda
 
 import (
 	"fmt"
+	"os"
 	"unsafe"
 
 	"github.com/fmoe/fmoe/runtime"
@@ -123,6 +124,10 @@ func (b *Backend) matmul(y uintptr, w *Weight, x uintptr, T int) error {
 		return b.d.launch(b.fn[name], [3]int{cdiv(w.out, rows), 1, 1}, [3]int{128, 1, 1}, 0,
 			w.w, w.s, w.z, x, y, w.out, w.in, w.group)
 	}
+	if T >= GemmMinTokens && T > 1 && b.qmmaOK(w, x) {
+		return b.d.launch(b.fn["qmma4"], [3]int{cdiv(w.out, 64), cdiv(T, 32), 1}, [3]int{128, 1, 1}, 0,
+			w.w, w.s, w.z, x, y, w.out, w.in, T)
+	}
 	if T >= GemmMinTokens && T > 1 && w.in%32 == 0 {
 		return b.gemm(y, w, x, T)
 	}
@@ -138,6 +143,19 @@ func (b *Backend) matmul(y uintptr, w *Weight, x uintptr, T int) error {
 	f := b.fn[fmt.Sprintf("qmm%d%s", w.bits, variant)]
 	return b.d.launch(f, [3]int{cdiv(w.out, 4*r), cdiv(T, tt), 1}, [3]int{128, 1, 1}, 0,
 		w.w, w.s, w.z, x, y, w.out, w.in, T, w.group)
+}
+
+// QMMA lets prefill MatMuls of 4-bit weights in groups of 64 run on the
+// tensor cores (kernels_mma.cu qmma4: exact bf16 codes, x in three bf16
+// parts) on sm_80 and later; FMOE_CUDA_QMMA=0 or 1 overrides it.
+var QMMA = true
+
+func (b *Backend) qmmaOK(w *Weight, x uintptr) bool {
+	on := QMMA
+	if v, ok := os.LookupEnv("FMOE_CUDA_QMMA"); ok {
+		on = v != "0"
+	}
+	return on && b.d.ccMajor >= 8 && w.bits == 4 && w.group == 64 && w.in%128 == 0 && x%16 == 0 && w.w%8 == 0
 }
 
 // gemm (worker only): the tiled prefill kernel, split over the columns when

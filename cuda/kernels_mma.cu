@@ -1,0 +1,174 @@
+// ---- qmma: prefill GEMM of 4-bit weights on the tensor cores ----
+//
+// y[T, out] = x[T, in]·Wᵀ for MLX affine 4-bit weights in groups of 64
+// columns, within float32 rounding of the CUDA-core kernels: per group g of
+// a row, Σ_k w_k·x_k = s_g·Σ_k q_k·x_k + b_g·Σ_k x_k, where the codes q_k
+// (0..15) are exact in bf16 and x is split into three bf16 parts
+// (x = hi + mid + lo, 24 bits of mantissa), so every product on the tensor
+// cores is exact and only the float32 accumulation rounds. Per group the
+// mma.sync m16n8k16 products (codes as A: rows × k; x parts as B: k ×
+// tokens) go to a fresh accumulator that is then scaled into the result.
+//
+// The k order inside a group is permuted (a dot product does not care): in
+// each 16-wide MMA step s, lane quad thread t holds the logical k {2t, 2t+1,
+// 2t+8, 2t+9} of A and B; they are the physical columns 16t + 4s + {0..3}, so
+// a thread reads 16 consecutive codes of a row (two u32 words) for the whole
+// group, and 4 consecutive x values of a token per step.
+//
+// Block: 4 warps, 64 rows (16 a warp) × 32 tokens (4 MMA n-tiles), k in
+// chunks of 128 columns (2 groups). Per chunk the block converts x (float32,
+// read once) into the three bf16 parts in shared memory, with each group's
+// Σx; token rows are padded to 66 words so that a warp's 8-byte fragment
+// reads hit distinct banks. The next chunk's codes, scales and biases are
+// loaded into registers before the current chunk is computed.
+#define QMMA_KC 128
+#define QMMA_TS (QMMA_KC / 2 + 2)  // u32 words per token row of one part
+
+__device__ __forceinline__ u32 bf16_bits(float f) {  // round to nearest even (finite f)
+  const u32 u = __float_as_uint(f);
+  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+// mma_bf16: c += a·b (m16n8k16, bf16 in, float32 accumulate).
+__device__ __forceinline__ void mma_bf16(float (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+// q2bf: the 4-bit codes at nibbles n and n+1 of w as two bf16 integers.
+__device__ __forceinline__ u32 q2bf(u32 w, int n) {
+  const u32 v = ((w >> (4 * n)) & 0xfu) | (((w >> (4 * n + 4)) & 0xfu) << 16);
+  u32 d;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  // (128 + q)·1 − 128, exact: 0x43 is the bf16 exponent of 128 (ulp 1)
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(v | 0x43004300u), "r"(0x3f803f80u), "r"(0xc300c300u));
+#else
+  d = v;
+#endif
+  return d;
+}
+
+extern "C" __global__ void __launch_bounds__(128) qmma4(const u32* __restrict__ W, const u16* __restrict__ S, const u16* __restrict__ B,
+                                                         const float* __restrict__ x, float* __restrict__ y, int out, int in, int T) {
+  pdl_wait();
+  __shared__ u32 xs[3][32][QMMA_TS];  // bf16 pairs: part, token, k/2
+  __shared__ float sxs[32][QMMA_KC / 64];
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int n0 = blockIdx.y * 32;
+  const int wpr = in / 8, gpr = in / 64;
+  // this thread's rows g and g+8 of the warp's 16 (clamped: results dropped)
+  const int ra = min(blockIdx.x * 64 + w * 16 + g, out - 1), rb = min(blockIdx.x * 64 + w * 16 + g + 8, out - 1);
+  const uint2* Wa = reinterpret_cast<const uint2*>(W + (size_t)ra * wpr) + t;
+  const uint2* Wb = reinterpret_cast<const uint2*>(W + (size_t)rb * wpr) + t;
+  float acc[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; i++)
+#pragma unroll
+    for (int j = 0; j < 4; j++) acc[i][j] = 0.f;
+  // codes: per group, 2 words (uint2 #t of the group's 4) of each row
+  uint2 qa[2], qb[2];
+  u16 sa[2], sb[2], ba[2], bb[2];
+  auto load = [&](int c0) {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int gi = c0 / 64 + h;
+      qa[h] = __ldg(Wa + gi * 4);
+      qb[h] = __ldg(Wb + gi * 4);
+      sa[h] = __ldg(S + (size_t)ra * gpr + gi);
+      sb[h] = __ldg(S + (size_t)rb * gpr + gi);
+      ba[h] = __ldg(B + (size_t)ra * gpr + gi);
+      bb[h] = __ldg(B + (size_t)rb * gpr + gi);
+    }
+  };
+  // x: float4 #lane of token it·4 + w of a chunk, 8 per thread
+  float4 xr[8];
+  auto loadx = [&](int c0) {
+#pragma unroll
+    for (int it = 0; it < 8; it++) {
+      const int tk = it * 4 + w;
+      xr[it] = n0 + tk < T ? __ldg(reinterpret_cast<const float4*>(x + (size_t)(n0 + tk) * in + c0) + lane) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+  };
+  load(0);
+  loadx(0);
+  for (int c0 = 0; c0 < in; c0 += QMMA_KC) {
+    __syncthreads();  // the previous chunk's parts are read
+    // stage x: token tk's float4 #j of the chunk (a warp = one token row)
+#pragma unroll
+    for (int it = 0; it < 8; it++) {
+      const int tk = it * 4 + w, j = lane;
+      const float4 v = xr[it];
+      float s = (v.x + v.y) + (v.z + v.w);
+#pragma unroll
+      for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);  // 16 lanes = one group
+      if ((j & 15) == 0) sxs[tk][j >> 4] = s;
+      float r[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int p = 0; p < 3; p++) {
+        u32 hbits[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          hbits[e] = bf16_bits(r[e]);
+          r[e] -= __uint_as_float(hbits[e] << 16);
+        }
+        *reinterpret_cast<uint2*>(&xs[p][tk][2 * j]) = make_uint2(hbits[0] | (hbits[1] << 16), hbits[2] | (hbits[3] << 16));
+      }
+    }
+    __syncthreads();
+    uint2 ca[2] = {qa[0], qa[1]}, cb[2] = {qb[0], qb[1]};
+    float fsa[2], fsb[2], fba[2], fbb[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      fsa[h] = bf16f(sa[h]); fsb[h] = bf16f(sb[h]); fba[h] = bf16f(ba[h]); fbb[h] = bf16f(bb[h]);
+    }
+    if (c0 + QMMA_KC < in) {
+      load(c0 + QMMA_KC);
+      loadx(c0 + QMMA_KC);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      float tacc[4][4];
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) tacc[i][j] = 0.f;
+#pragma unroll
+      for (int s = 0; s < 4; s++) {
+        const u32 wa = s < 2 ? ca[h].x : ca[h].y, wb = s < 2 ? cb[h].x : cb[h].y;
+        const int nb = 4 * (s & 1);
+        const u32 a0 = q2bf(wa, nb), a2 = q2bf(wa, nb + 2), a1 = q2bf(wb, nb), a3 = q2bf(wb, nb + 2);
+        const int kw = (h * 64 + 16 * t + 4 * s) / 2;  // u32 word of the 4 x values
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) {
+#pragma unroll
+          for (int p = 0; p < 3; p++) {
+            const uint2 bv = *reinterpret_cast<const uint2*>(&xs[p][nt * 8 + g][kw]);
+            mma_bf16(tacc[nt], a0, a1, a2, a3, bv.x, bv.y);
+          }
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < 4; nt++) {
+        const float x0 = sxs[nt * 8 + 2 * t][h], x1 = sxs[nt * 8 + 2 * t + 1][h];
+        acc[nt][0] = fmaf(fsa[h], tacc[nt][0], fmaf(fba[h], x0, acc[nt][0]));
+        acc[nt][1] = fmaf(fsa[h], tacc[nt][1], fmaf(fba[h], x1, acc[nt][1]));
+        acc[nt][2] = fmaf(fsb[h], tacc[nt][2], fmaf(fbb[h], x0, acc[nt][2]));
+        acc[nt][3] = fmaf(fsb[h], tacc[nt][3], fmaf(fbb[h], x1, acc[nt][3]));
+      }
+    }
+  }
+  const int r0 = blockIdx.x * 64 + w * 16 + g;
+#pragma unroll
+  for (int nt = 0; nt < 4; nt++) {
+    const int tk = n0 + nt * 8 + 2 * t;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const int row = r0 + (i >= 2 ? 8 : 0), tok = tk + (i & 1);
+      if (row < out && tok < T) y[(size_t)tok * out + row] = acc[nt][i];
+    }
+  }
+}
