@@ -240,8 +240,12 @@ func TestMoELarge(t *testing.T) {
 	for i := range rv {
 		rv[i] = r.Float32() - 0.5
 	}
-	defer func() { MoEGateSplit = true }()
-	for _, T := range []int{1, 3} {
+	defer func(m bool) { MoEGateSplit, QMMA = true, m }(QMMA)
+	t.Setenv("FMOE_CUDA_QMMA", "")
+	os.Unsetenv("FMOE_CUDA_QMMA")
+	// T=3 and 40 (160 pairs: experts with more than 32 take several slots)
+	// run grouped on the tensor cores (qmmaExperts) unless QMMA is off
+	for _, T := range []int{1, 3, 40} {
 		xv := make([]float32, T*H)
 		for i := range xv {
 			xv[i] = 2*r.Float32() - 1
@@ -268,13 +272,13 @@ func TestMoELarge(t *testing.T) {
 		c := cpu.New()
 		want := run(c)
 		c.Close()
-		for _, split := range []bool{true, false} {
-			MoEGateSplit = split
+		for _, v := range []struct{ split, mma bool }{{true, true}, {true, false}, {false, false}} {
+			MoEGateSplit, QMMA = v.split, v.mma
 			g := openOrSkip(t, Options{})
 			got := run(g)
 			g.Close()
 			if ok, maxErr, maxRef := closeTo(got, want, 1e-4); !ok {
-				t.Fatalf("T=%d split %v: cuda vs cpu max error %g (max |ref| %g)", T, split, maxErr, maxRef)
+				t.Fatalf("T=%d split %v qmma %v: cuda vs cpu max error %g (max |ref| %g)", T, v.split, v.mma, maxErr, maxRef)
 			}
 		}
 	}

@@ -15,7 +15,7 @@
 // a thread reads 16 consecutive codes of a row (two u32 words) for the whole
 // group, and 4 consecutive x values of a token per step.
 //
-// Block: 4 warps, 64 rows (16 a warp) × 32 tokens (4 MMA n-tiles), k in
+// Block (qmma_tile): 4 warps, 64 rows (16 a warp) × 32 tokens (4 MMA n-tiles), k in
 // chunks of 128 columns (2 groups). Per chunk the block converts x (float32,
 // read once) into the three bf16 parts in shared memory, with each group's
 // Σx; token rows are padded to 66 words so that a warp's 8-byte fragment
@@ -51,17 +51,19 @@ __device__ __forceinline__ u32 q2bf(u32 w, int n) {
   return d;
 }
 
-extern "C" __global__ void __launch_bounds__(128) qmma4(const u32* __restrict__ W, const u16* __restrict__ S, const u16* __restrict__ B,
-                                                         const float* __restrict__ x, float* __restrict__ y, int out, int in, int T) {
-  pdl_wait();
+// qmma_tile: the block's 64 rows from r0 of W (rows out, in columns) times
+// up to 32 token rows: xrow(i) is token slot i's x (nullptr: zeros), put(i,
+// row, v) stores a result (rows ≥ out are not passed).
+template <class XR, class PUT>
+__device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* __restrict__ S, const u16* __restrict__ B, int out, int in,
+                                          int r0, XR xrow, PUT put) {
   __shared__ u32 xs[3][32][QMMA_TS];  // bf16 pairs: part, token, k/2
   __shared__ float sxs[32][QMMA_KC / 64];
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int n0 = blockIdx.y * 32;
   const int wpr = in / 8, gpr = in / 64;
   // this thread's rows g and g+8 of the warp's 16 (clamped: results dropped)
-  const int ra = min(blockIdx.x * 64 + w * 16 + g, out - 1), rb = min(blockIdx.x * 64 + w * 16 + g + 8, out - 1);
+  const int ra = min(r0 + w * 16 + g, out - 1), rb = min(r0 + w * 16 + g + 8, out - 1);
   const uint2* Wa = reinterpret_cast<const uint2*>(W + (size_t)ra * wpr) + t;
   const uint2* Wb = reinterpret_cast<const uint2*>(W + (size_t)rb * wpr) + t;
   float acc[4][4];
@@ -84,20 +86,21 @@ extern "C" __global__ void __launch_bounds__(128) qmma4(const u32* __restrict__ 
       bb[h] = __ldg(B + (size_t)rb * gpr + gi);
     }
   };
-  // x: float4 #lane of token it·4 + w of a chunk, 8 per thread
+  // x: float4 #lane of token slot it·4 + w of a chunk, 8 per thread
+  const float* xp[8];
+#pragma unroll
+  for (int it = 0; it < 8; it++) xp[it] = xrow(it * 4 + w);
   float4 xr[8];
   auto loadx = [&](int c0) {
 #pragma unroll
-    for (int it = 0; it < 8; it++) {
-      const int tk = it * 4 + w;
-      xr[it] = n0 + tk < T ? __ldg(reinterpret_cast<const float4*>(x + (size_t)(n0 + tk) * in + c0) + lane) : make_float4(0.f, 0.f, 0.f, 0.f);
-    }
+    for (int it = 0; it < 8; it++)
+      xr[it] = xp[it] != nullptr ? __ldg(reinterpret_cast<const float4*>(xp[it] + c0) + lane) : make_float4(0.f, 0.f, 0.f, 0.f);
   };
   load(0);
   loadx(0);
   for (int c0 = 0; c0 < in; c0 += QMMA_KC) {
     __syncthreads();  // the previous chunk's parts are read
-    // stage x: token tk's float4 #j of the chunk (a warp = one token row)
+    // stage x: token slot tk's float4 #lane of the chunk (a warp = one token row)
 #pragma unroll
     for (int it = 0; it < 8; it++) {
       const int tk = it * 4 + w, j = lane;
@@ -161,14 +164,97 @@ extern "C" __global__ void __launch_bounds__(128) qmma4(const u32* __restrict__ 
       }
     }
   }
-  const int r0 = blockIdx.x * 64 + w * 16 + g;
 #pragma unroll
   for (int nt = 0; nt < 4; nt++) {
-    const int tk = n0 + nt * 8 + 2 * t;
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-      const int row = r0 + (i >= 2 ? 8 : 0), tok = tk + (i & 1);
-      if (row < out && tok < T) y[(size_t)tok * out + row] = acc[nt][i];
+      const int row = r0 + w * 16 + g + (i >= 2 ? 8 : 0);
+      if (row < out) put(nt * 8 + 2 * t + (i & 1), row, acc[nt][i]);
     }
   }
+}
+
+// qmma4: y[T, out] = x·Wᵀ, block (row tile, 32-token tile).
+extern "C" __global__ void __launch_bounds__(128) qmma4(const u32* __restrict__ W, const u16* __restrict__ S, const u16* __restrict__ B,
+                                                         const float* __restrict__ x, float* __restrict__ y, int out, int in, int T) {
+  pdl_wait();
+  const int n0 = blockIdx.y * 32;
+  qmma_tile(
+      W, S, B, out, in, blockIdx.x * 64, [&](int i) { return n0 + i < T ? x + (size_t)(n0 + i) * in : (const float*)nullptr; },
+      [&](int i, int row, float v) {
+        if (n0 + i < T) y[(size_t)(n0 + i) * out + row] = v;
+      });
+}
+
+// ---- grouped prefill experts: each routed expert's weights read once per batch ----
+//
+// moe_slots groups the pairs p = t·K + k of n tokens by expert: slot s =
+// (expert, count ≤ 32, the pairs in ascending order); an expert with more
+// than 32 pairs takes several slots. Layout (ints): [0] = slots, then per
+// slot MOE_SLOT ints. One block; the expert counts in shared memory (E
+// ints). Deterministic: slots in expert order, pairs ascending.
+#define MOE_SLOT 34
+extern "C" __global__ void moe_slots(const int* __restrict__ ids, int np, int E, int* __restrict__ slots) {
+  pdl_wait();
+  extern __shared__ int cnt[];  // E counts, then E first slots
+  int* first = cnt + E;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = 0;
+  __syncthreads();
+  for (int p = threadIdx.x; p < np; p += blockDim.x) atomicAdd(&cnt[ids[p]], 1);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int ns = 0;
+    for (int e = 0; e < E; e++) {
+      first[e] = ns;
+      const int c = cnt[e];
+      for (int j = 0; j < c; j += 32) {
+        slots[1 + ns * MOE_SLOT] = e;
+        slots[2 + ns * MOE_SLOT] = min(32, c - j);
+        ns++;
+      }
+      cnt[e] = 0;
+    }
+    for (int p = 0; p < np; p++) {
+      const int e = ids[p], j = cnt[e]++;
+      slots[1 + (first[e] + j / 32) * MOE_SLOT + 2 + j % 32] = p;
+    }
+    slots[0] = ns;
+  }
+}
+
+// qmmae4: gate (row tiles below I) and up projections of slot blockIdx.y's
+// expert for its pairs: gb/ub[p·I + r] (x row of pair p: token p / K).
+extern "C" __global__ void __launch_bounds__(128) qmmae4(const u64* __restrict__ table, const int* __restrict__ slots, const float* __restrict__ x,
+                                                          float* __restrict__ gbuf, float* __restrict__ ubuf, int I, int Hd, int K, long long gw,
+                                                          long long gs, long long gb, long long uw, long long us, long long ub) {
+  pdl_wait();
+  if ((int)blockIdx.y >= slots[0]) return;
+  const int* sl = slots + 1 + blockIdx.y * MOE_SLOT;
+  const int n = sl[1];
+  const char* e = reinterpret_cast<const char*>(table[sl[0]]);
+  const bool up = (int)blockIdx.x * 64 >= I;
+  float* dst = up ? ubuf : gbuf;
+  qmma_tile(
+      (const u32*)(e + (up ? uw : gw)), (const u16*)(e + (up ? us : gs)), (const u16*)(e + (up ? ub : gb)), I, Hd, blockIdx.x * 64 - (up ? I : 0),
+      [&](int i) { return i < n ? x + (size_t)(sl[2 + i] / K) * Hd : (const float*)nullptr; },
+      [&](int i, int row, float v) {
+        if (i < n) dst[(size_t)sl[2 + i] * I + row] = v;
+      });
+}
+
+// qmmad4: down projections of slot blockIdx.y's expert: part[p·Hd + r] from
+// h[p·I ..].
+extern "C" __global__ void __launch_bounds__(128) qmmad4(const u64* __restrict__ table, const int* __restrict__ slots, const float* __restrict__ hbuf,
+                                                          float* __restrict__ part, int Hd, int I, long long dw, long long ds, long long db) {
+  pdl_wait();
+  if ((int)blockIdx.y >= slots[0]) return;
+  const int* sl = slots + 1 + blockIdx.y * MOE_SLOT;
+  const int n = sl[1];
+  const char* e = reinterpret_cast<const char*>(table[sl[0]]);
+  qmma_tile(
+      (const u32*)(e + dw), (const u16*)(e + ds), (const u16*)(e + db), Hd, I, blockIdx.x * 64,
+      [&](int i) { return i < n ? hbuf + (size_t)sl[2 + i] * I : (const float*)nullptr; },
+      [&](int i, int row, float v) {
+        if (i < n) part[(size_t)sl[2 + i] * Hd + row] = v;
+      });
 }

@@ -701,6 +701,11 @@ func (b *Backend) runExperts(c *expertCache, table uintptr, xt, d *Tensor, ids, 
 			return err
 		}
 	}
+	if n > 1 && n*K >= GemmMinTokens {
+		if ok, err := b.qmmaExperts(c, table, xt, d, ids, wts, hbuf, part, t0, n, K); ok || err != nil {
+			return err
+		}
+	}
 	if c.fast {
 		gu, gx := c.gu, cdiv(l.Intermediate, 8)
 		if MoEGateSplit && l.Hidden/(4*32/l.Gate.Bits) >= 128 {
@@ -852,4 +857,50 @@ func (b *Backend) flushTail() error {
 		return err
 	}
 	return b.qmxDown(t.c, t.p, t.table, t.d, t.ids, t.wts, t.h, 0, t.n, true)
+}
+
+// qmmaExperts (worker only) runs the experts of tokens t0..t0+n-1 grouped
+// by expert on the tensor cores (kernels_mma.cu): moe_slots lists each
+// routed expert's pairs, qmmae4 and qmmad4 read each expert's weights once
+// for all of them, swiglu_f and moe_combine finish. false: not applicable
+// (4-bit experts in groups of 64, rows of whole 64-row tiles and 128-column
+// chunks, the batched layout, QMMA on).
+func (b *Backend) qmmaExperts(c *expertCache, table uintptr, xt, d *Tensor, ids, wts, hbuf, part uintptr, t0, n, K int) (bool, error) {
+	l := c.layout
+	if !c.fast || l.Gate.Bits != 4 || l.Up.Bits != 4 || l.Down.Bits != 4 || l.GroupSize != 64 || l.Intermediate%128 != 0 || l.Hidden%128 != 0 ||
+		!b.qmmaOn() || b.d.ccMajor < 8 {
+		return false, nil
+	}
+	np := n * K
+	slots, err := b.scratchBuf("moe_slots", (1+np*34)*4)
+	if err != nil {
+		return true, err
+	}
+	gbuf, err := b.scratchBuf("moe_g", np*l.Intermediate*4)
+	if err != nil {
+		return true, err
+	}
+	ubuf, err := b.scratchBuf("moe_u", np*l.Intermediate*4)
+	if err != nil {
+		return true, err
+	}
+	pids, pw := ids+uintptr(t0*K*4), wts+uintptr(t0*K*4)
+	if err := b.d.launch(b.fn["moe_slots"], grid1(1), [3]int{256, 1, 1}, 2*c.numExperts*4, pids, np, c.numExperts, slots); err != nil {
+		return true, err
+	}
+	x := xt.p + uintptr(t0*l.Hidden*4)
+	if err := b.d.launch(b.fn["qmmae4"], [3]int{2 * l.Intermediate / 64, np, 1}, [3]int{128, 1, 1}, 0,
+		table, slots, x, gbuf, ubuf, l.Intermediate, l.Hidden, K,
+		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset); err != nil {
+		return true, err
+	}
+	if err := b.d.launch(b.fn["swiglu_f"], ewGrid(np*l.Intermediate), blk, 0, hbuf, gbuf, ubuf, int64(np*l.Intermediate)); err != nil {
+		return true, err
+	}
+	if err := b.d.launch(b.fn["qmmad4"], [3]int{cdiv(l.Hidden, 64), np, 1}, [3]int{128, 1, 1}, 0,
+		table, slots, hbuf, part, l.Hidden, l.Intermediate, l.Down.WOffset, l.Down.SOffset, l.Down.BOffset); err != nil {
+		return true, err
+	}
+	return true, b.d.launch(b.fn["moe_combine"], [3]int{cdiv(l.Hidden, 256), n, 1}, [3]int{256, 1, 1}, 0,
+		part, pw, d.p+uintptr(t0*l.Hidden*4), l.Hidden, K, 0)
 }

@@ -150,12 +150,15 @@ func (b *Backend) matmul(y uintptr, w *Weight, x uintptr, T int) error {
 // parts) on sm_80 and later; FMOE_CUDA_QMMA=0 or 1 overrides it.
 var QMMA = true
 
-func (b *Backend) qmmaOK(w *Weight, x uintptr) bool {
-	on := QMMA
+func (b *Backend) qmmaOn() bool {
 	if v, ok := os.LookupEnv("FMOE_CUDA_QMMA"); ok {
-		on = v != "0"
+		return v != "0"
 	}
-	return on && b.d.ccMajor >= 8 && w.bits == 4 && w.group == 64 && w.in%128 == 0 && x%16 == 0 && w.w%8 == 0
+	return QMMA
+}
+
+func (b *Backend) qmmaOK(w *Weight, x uintptr) bool {
+	return b.qmmaOn() && b.d.ccMajor >= 8 && w.bits == 4 && w.group == 64 && w.in%128 == 0 && x%16 == 0 && w.w%8 == 0
 }
 
 // gemm (worker only): the tiled prefill kernel, split over the columns when
