@@ -163,7 +163,7 @@ func kernelNames() []string {
 			names = append(names, "qgemm"+bits+"_"+v)
 		}
 	}
-	names = append(names, "qgemm_sum", "moe_combine", "qmvb2", "qmvb4", "qmvb8", "qmvb2o", "qmvb4o", "qmvb8o", "moe_dnc2", "moe_dnc4", "moe_dnc8", "qmma4", "qmmae4", "qmmad4", "moe_slots", "xsplit")
+	names = append(names, "qgemm_sum", "moe_combine", "qmvb2", "qmvb4", "qmvb8", "qmvb2o", "qmvb4o", "qmvb8o", "moe_dnc2", "moe_dnc4", "moe_dnc8", "qmma4", "qmmae4", "qmmad4", "moe_slots")
 	return append(names, qmxKernelNames()...)
 }
 

@@ -16,12 +16,11 @@
 // group, and 4 consecutive x values of a token per step.
 //
 // Block (qmma_tile): 4 warps, 64 rows (16 a warp) × 32 tokens (4 MMA n-tiles), k in
-// chunks of 128 columns (2 groups). x is split once per call (xsplit: the
-// three bf16 parts and each group's Σx); per chunk the block copies its
-// tokens' parts into shared memory (cp.async, double-buffered), token rows
-// padded to 66 words so that a warp's 8-byte fragment reads hit distinct
-// banks. The next chunk's codes, scales and biases are loaded into
-// registers before the current chunk is computed.
+// chunks of 128 columns (2 groups). Per chunk the block converts x (float32,
+// read once) into the three bf16 parts in shared memory, with each group's
+// Σx; token rows are padded to 66 words so that a warp's 8-byte fragment
+// reads hit distinct banks. The next chunk's codes, scales and biases are
+// loaded into registers before the current chunk is computed.
 #define QMMA_KC 128
 #define QMMA_TS (QMMA_KC / 2 + 2)  // u32 words per token row of one part
 
@@ -52,91 +51,17 @@ __device__ __forceinline__ u32 q2bf(u32 w, int n) {
   return d;
 }
 
-// xsplit: x[T, in] (float32) into three bf16 parts, parts[p][t][in/2]
-// (pairs of columns per u32), and each group of 64 columns' Σx, sx[t][in/64].
-// Block: 32 threads, 128 columns of one row (grid: in/128, T).
-extern "C" __global__ void xsplit(const float* __restrict__ x, u32* __restrict__ parts, float* __restrict__ sx, int T, int in) {
-  pdl_wait();
-  const int t = blockIdx.y, j = blockIdx.x * 32 + threadIdx.x;  // float4 index in the row
-  const float4 v = __ldg(reinterpret_cast<const float4*>(x + (size_t)t * in) + j);
-  float s = (v.x + v.y) + (v.z + v.w);
-#pragma unroll
-  for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);  // 16 lanes = one group
-  if ((threadIdx.x & 15) == 0) sx[(size_t)t * (in / 64) + j / 16] = s;
-  float r[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int p = 0; p < 3; p++) {
-    u32 hb[4];
-#pragma unroll
-    for (int e = 0; e < 4; e++) {
-      hb[e] = bf16_bits(r[e]);
-      r[e] -= __uint_as_float(hb[e] << 16);
-    }
-    reinterpret_cast<uint2*>(parts + ((size_t)p * T + t) * (in / 2))[j] = make_uint2(hb[0] | (hb[1] << 16), hb[2] | (hb[3] << 16));
-  }
-}
-
-// cp_async8: 8 bytes global → shared, zero-filled when !valid (sm_80).
-__device__ __forceinline__ void cp_async8(void* dst, const void* src, bool valid) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 8 : 0) : "memory");
-#endif
-}
-__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 4 : 0) : "memory");
-#endif
-}
-__device__ __forceinline__ void cp_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;" ::: "memory");
-#endif
-}
-template <int N>
-__device__ __forceinline__ void cp_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-#endif
-}
-
-// QMMA_SMEM: qmma_tile's dynamic shared memory (two chunk buffers).
-#define QMMA_XS (3 * 32 * QMMA_TS)
-#define QMMA_SMEM (2 * (QMMA_XS + 32 * (QMMA_KC / 64)) * 4)
-
 // qmma_tile: the block's 64 rows from r0 of W (rows out, in columns) times
-// up to 32 rows of x, given as xsplit's parts (part stride pst words) and
-// sums: slot i is row rowOf(i) (−1: zeros). put(i, row, v) stores a result
-// (rows ≥ out are not passed). The x parts of the next chunk are copied
-// (cp.async, double-buffered) while the current one is computed.
-template <class ROW, class PUT>
+// up to 32 token rows: xrow(i) is token slot i's x (nullptr: zeros), put(i,
+// row, v) stores a result (rows ≥ out are not passed).
+template <class XR, class PUT>
 __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* __restrict__ S, const u16* __restrict__ B, int out, int in,
-                                          int r0, const u32* __restrict__ parts, size_t pst, const float* __restrict__ sx, ROW rowOf, PUT put) {
-  extern __shared__ __align__(16) u32 qmsm[];  // [2][3][32][QMMA_TS] parts, then [2][32][2] sums
-  __shared__ int rows[32];
-  float* sxs = reinterpret_cast<float*>(qmsm + 2 * QMMA_XS);
+                                          int r0, XR xrow, PUT put) {
+  __shared__ u32 xs[3][32][QMMA_TS];  // bf16 pairs: part, token, k/2
+  __shared__ float sxs[32][QMMA_KC / 64];
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int wpr = in / 8, gpr = in / 64;
-  if (tid < 32) rows[tid] = rowOf(tid);
-  __syncthreads();
-  auto issue = [&](int c0, int buf) {
-    // lane: 8 bytes (2 words) of each of the warp's token slots w, w+4, … in each part
-    u32* xs = qmsm + buf * QMMA_XS + 2 * lane;
-    const u32* src = parts + c0 / 2 + 2 * lane;
-#pragma unroll 1
-    for (int p = 0; p < 3; p++, src += pst, xs += 32 * QMMA_TS) {
-#pragma unroll
-      for (int k = 0; k < 8; k++) {
-        const int i = k * 4 + w, r = rows[i];
-        cp_async8(xs + i * QMMA_TS, src + (size_t)max(r, 0) * (in / 2), r >= 0);
-      }
-    }
-    if (tid < 64) {
-      const int i = tid >> 1, h = tid & 1, r = rows[i];
-      cp_async4(sxs + buf * 64 + tid, sx + (size_t)max(r, 0) * gpr + c0 / 64 + h, r >= 0);
-    }
-    cp_commit();
-  };
   // this thread's rows g and g+8 of the warp's 16 (clamped: results dropped)
   const int ra = min(r0 + w * 16 + g, out - 1), rb = min(r0 + w * 16 + g + 8, out - 1);
   const uint2* Wa = reinterpret_cast<const uint2*>(W + (size_t)ra * wpr) + t;
@@ -161,25 +86,52 @@ __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* 
       bb[h] = __ldg(B + (size_t)rb * gpr + gi);
     }
   };
+  // x: float4 #lane of token slot it·4 + w of a chunk, 8 per thread
+  const float* xp[8];
+#pragma unroll
+  for (int it = 0; it < 8; it++) xp[it] = xrow(it * 4 + w);
+  float4 xr[8];
+  auto loadx = [&](int c0) {
+#pragma unroll
+    for (int it = 0; it < 8; it++)
+      xr[it] = xp[it] != nullptr ? __ldg(reinterpret_cast<const float4*>(xp[it] + c0) + lane) : make_float4(0.f, 0.f, 0.f, 0.f);
+  };
   load(0);
-  issue(0, 0);
-  for (int c0 = 0, buf = 0; c0 < in; c0 += QMMA_KC, buf ^= 1) {
-    if (c0 + QMMA_KC < in) {
-      issue(c0 + QMMA_KC, buf ^ 1);
-      cp_wait<1>();
-    } else {
-      cp_wait<0>();
+  loadx(0);
+  for (int c0 = 0; c0 < in; c0 += QMMA_KC) {
+    __syncthreads();  // the previous chunk's parts are read
+    // stage x: token slot tk's float4 #lane of the chunk (a warp = one token row)
+#pragma unroll
+    for (int it = 0; it < 8; it++) {
+      const int tk = it * 4 + w, j = lane;
+      const float4 v = xr[it];
+      float s = (v.x + v.y) + (v.z + v.w);
+#pragma unroll
+      for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);  // 16 lanes = one group
+      if ((j & 15) == 0) sxs[tk][j >> 4] = s;
+      float r[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int p = 0; p < 3; p++) {
+        u32 hbits[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          hbits[e] = bf16_bits(r[e]);
+          r[e] -= __uint_as_float(hbits[e] << 16);
+        }
+        *reinterpret_cast<uint2*>(&xs[p][tk][2 * j]) = make_uint2(hbits[0] | (hbits[1] << 16), hbits[2] | (hbits[3] << 16));
+      }
     }
-    __syncthreads();  // this chunk's parts are in
-    const u32* xs = qmsm + buf * QMMA_XS;
-    const float* sxc = sxs + buf * 64;
+    __syncthreads();
     uint2 ca[2] = {qa[0], qa[1]}, cb[2] = {qb[0], qb[1]};
     float fsa[2], fsb[2], fba[2], fbb[2];
 #pragma unroll
     for (int h = 0; h < 2; h++) {
       fsa[h] = bf16f(sa[h]); fsb[h] = bf16f(sb[h]); fba[h] = bf16f(ba[h]); fbb[h] = bf16f(bb[h]);
     }
-    if (c0 + QMMA_KC < in) load(c0 + QMMA_KC);
+    if (c0 + QMMA_KC < in) {
+      load(c0 + QMMA_KC);
+      loadx(c0 + QMMA_KC);
+    }
 #pragma unroll
     for (int h = 0; h < 2; h++) {
       float tacc[4][4];
@@ -197,21 +149,20 @@ __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* 
         for (int nt = 0; nt < 4; nt++) {
 #pragma unroll
           for (int p = 0; p < 3; p++) {
-            const uint2 bv = *reinterpret_cast<const uint2*>(xs + (p * 32 + nt * 8 + g) * QMMA_TS + kw);
+            const uint2 bv = *reinterpret_cast<const uint2*>(&xs[p][nt * 8 + g][kw]);
             mma_bf16(tacc[nt], a0, a1, a2, a3, bv.x, bv.y);
           }
         }
       }
 #pragma unroll
       for (int nt = 0; nt < 4; nt++) {
-        const float x0 = sxc[(nt * 8 + 2 * t) * 2 + h], x1 = sxc[(nt * 8 + 2 * t + 1) * 2 + h];
+        const float x0 = sxs[nt * 8 + 2 * t][h], x1 = sxs[nt * 8 + 2 * t + 1][h];
         acc[nt][0] = fmaf(fsa[h], tacc[nt][0], fmaf(fba[h], x0, acc[nt][0]));
         acc[nt][1] = fmaf(fsa[h], tacc[nt][1], fmaf(fba[h], x1, acc[nt][1]));
         acc[nt][2] = fmaf(fsb[h], tacc[nt][2], fmaf(fbb[h], x0, acc[nt][2]));
         acc[nt][3] = fmaf(fsb[h], tacc[nt][3], fmaf(fbb[h], x1, acc[nt][3]));
       }
     }
-    __syncthreads();  // every warp is done with this buffer before it is refilled
   }
 #pragma unroll
   for (int nt = 0; nt < 4; nt++) {
@@ -223,15 +174,13 @@ __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* 
   }
 }
 
-// qmma4: y[T, out] = x·Wᵀ from xsplit's parts of x, block (row tile,
-// 32-token tile).
+// qmma4: y[T, out] = x·Wᵀ, block (row tile, 32-token tile).
 extern "C" __global__ void __launch_bounds__(128) qmma4(const u32* __restrict__ W, const u16* __restrict__ S, const u16* __restrict__ B,
-                                                         const u32* __restrict__ parts, const float* __restrict__ sx, float* __restrict__ y, int out,
-                                                         int in, int T) {
+                                                         const float* __restrict__ x, float* __restrict__ y, int out, int in, int T) {
   pdl_wait();
   const int n0 = blockIdx.y * 32;
   qmma_tile(
-      W, S, B, out, in, blockIdx.x * 64, parts, (size_t)T * (in / 2), sx, [&](int i) { return n0 + i < T ? n0 + i : -1; },
+      W, S, B, out, in, blockIdx.x * 64, [&](int i) { return n0 + i < T ? x + (size_t)(n0 + i) * in : (const float*)nullptr; },
       [&](int i, int row, float v) {
         if (n0 + i < T) y[(size_t)(n0 + i) * out + row] = v;
       });
@@ -274,12 +223,10 @@ extern "C" __global__ void moe_slots(const int* __restrict__ ids, int np, int E,
 }
 
 // qmmae4: gate (row tiles below I) and up projections of slot blockIdx.y's
-// expert for its pairs: gbuf/ubuf[p·I + r]; x (T tokens, xsplit parts) row
-// of pair p: token p / K.
-extern "C" __global__ void __launch_bounds__(128) qmmae4(const u64* __restrict__ table, const int* __restrict__ slots, const u32* __restrict__ parts,
-                                                          const float* __restrict__ sx, int T, float* __restrict__ gbuf, float* __restrict__ ubuf, int I,
-                                                          int Hd, int K, long long gw, long long gs, long long gb, long long uw, long long us,
-                                                          long long ub) {
+// expert for its pairs: gb/ub[p·I + r] (x row of pair p: token p / K).
+extern "C" __global__ void __launch_bounds__(128) qmmae4(const u64* __restrict__ table, const int* __restrict__ slots, const float* __restrict__ x,
+                                                          float* __restrict__ gbuf, float* __restrict__ ubuf, int I, int Hd, int K, long long gw,
+                                                          long long gs, long long gb, long long uw, long long us, long long ub) {
   pdl_wait();
   if ((int)blockIdx.y >= slots[0]) return;
   const int* sl = slots + 1 + blockIdx.y * MOE_SLOT;
@@ -289,25 +236,24 @@ extern "C" __global__ void __launch_bounds__(128) qmmae4(const u64* __restrict__
   float* dst = up ? ubuf : gbuf;
   qmma_tile(
       (const u32*)(e + (up ? uw : gw)), (const u16*)(e + (up ? us : gs)), (const u16*)(e + (up ? ub : gb)), I, Hd, blockIdx.x * 64 - (up ? I : 0),
-      parts, (size_t)T * (Hd / 2), sx, [&](int i) { return i < n ? sl[2 + i] / K : -1; },
+      [&](int i) { return i < n ? x + (size_t)(sl[2 + i] / K) * Hd : (const float*)nullptr; },
       [&](int i, int row, float v) {
         if (i < n) dst[(size_t)sl[2 + i] * I + row] = v;
       });
 }
 
 // qmmad4: down projections of slot blockIdx.y's expert: part[p·Hd + r] from
-// h (np pair rows, xsplit parts).
-extern "C" __global__ void __launch_bounds__(128) qmmad4(const u64* __restrict__ table, const int* __restrict__ slots, const u32* __restrict__ parts,
-                                                          const float* __restrict__ sx, int np, float* __restrict__ part, int Hd, int I, long long dw,
-                                                          long long ds, long long db) {
+// h[p·I ..].
+extern "C" __global__ void __launch_bounds__(128) qmmad4(const u64* __restrict__ table, const int* __restrict__ slots, const float* __restrict__ hbuf,
+                                                          float* __restrict__ part, int Hd, int I, long long dw, long long ds, long long db) {
   pdl_wait();
   if ((int)blockIdx.y >= slots[0]) return;
   const int* sl = slots + 1 + blockIdx.y * MOE_SLOT;
   const int n = sl[1];
   const char* e = reinterpret_cast<const char*>(table[sl[0]]);
   qmma_tile(
-      (const u32*)(e + dw), (const u16*)(e + ds), (const u16*)(e + db), Hd, I, blockIdx.x * 64, parts, (size_t)np * (I / 2), sx,
-      [&](int i) { return i < n ? sl[2 + i] : -1; },
+      (const u32*)(e + dw), (const u16*)(e + ds), (const u16*)(e + db), Hd, I, blockIdx.x * 64,
+      [&](int i) { return i < n ? hbuf + (size_t)sl[2 + i] * I : (const float*)nullptr; },
       [&](int i, int row, float v) {
         if (i < n) part[(size_t)sl[2 + i] * Hd + row] = v;
       });

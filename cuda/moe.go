@@ -888,32 +888,17 @@ func (b *Backend) qmmaExperts(c *expertCache, table uintptr, xt, d *Tensor, ids,
 	if err := b.d.launch(b.fn["moe_slots"], grid1(1), [3]int{256, 1, 1}, 2*c.numExperts*4, pids, np, c.numExperts, slots); err != nil {
 		return true, err
 	}
-	xp, xsx, err := b.xsplit("moe_x", xt.p+uintptr(t0*l.Hidden*4), n, l.Hidden)
-	if err != nil {
-		return true, err
-	}
-	fe, err := b.qmmaFn("qmmae4")
-	if err != nil {
-		return true, err
-	}
-	if err := b.d.launch(fe, [3]int{2 * l.Intermediate / 64, np, 1}, [3]int{128, 1, 1}, qmmaSmem,
-		table, slots, xp, xsx, n, gbuf, ubuf, l.Intermediate, l.Hidden, K,
+	x := xt.p + uintptr(t0*l.Hidden*4)
+	if err := b.d.launch(b.fn["qmmae4"], [3]int{2 * l.Intermediate / 64, np, 1}, [3]int{128, 1, 1}, 0,
+		table, slots, x, gbuf, ubuf, l.Intermediate, l.Hidden, K,
 		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset); err != nil {
 		return true, err
 	}
 	if err := b.d.launch(b.fn["swiglu_f"], ewGrid(np*l.Intermediate), blk, 0, hbuf, gbuf, ubuf, int64(np*l.Intermediate)); err != nil {
 		return true, err
 	}
-	hp, hsx, err := b.xsplit("moe_h", hbuf, np, l.Intermediate)
-	if err != nil {
-		return true, err
-	}
-	fd, err := b.qmmaFn("qmmad4")
-	if err != nil {
-		return true, err
-	}
-	if err := b.d.launch(fd, [3]int{cdiv(l.Hidden, 64), np, 1}, [3]int{128, 1, 1}, qmmaSmem,
-		table, slots, hp, hsx, np, part, l.Hidden, l.Intermediate, l.Down.WOffset, l.Down.SOffset, l.Down.BOffset); err != nil {
+	if err := b.d.launch(b.fn["qmmad4"], [3]int{cdiv(l.Hidden, 64), np, 1}, [3]int{128, 1, 1}, 0,
+		table, slots, hbuf, part, l.Hidden, l.Intermediate, l.Down.WOffset, l.Down.SOffset, l.Down.BOffset); err != nil {
 		return true, err
 	}
 	return true, b.d.launch(b.fn["moe_combine"], [3]int{cdiv(l.Hidden, 256), n, 1}, [3]int{256, 1, 1}, 0,

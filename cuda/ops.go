@@ -125,16 +125,8 @@ func (b *Backend) matmul(y uintptr, w *Weight, x uintptr, T int) error {
 			w.w, w.s, w.z, x, y, w.out, w.in, w.group)
 	}
 	if T >= GemmMinTokens && T > 1 && b.qmmaOK(w, x) {
-		parts, sx, err := b.xsplit("qmma", x, T, w.in)
-		if err != nil {
-			return err
-		}
-		f, err := b.qmmaFn("qmma4")
-		if err != nil {
-			return err
-		}
-		return b.d.launch(f, [3]int{cdiv(w.out, 64), cdiv(T, 32), 1}, [3]int{128, 1, 1}, qmmaSmem,
-			w.w, w.s, w.z, parts, sx, y, w.out, w.in, T)
+		return b.d.launch(b.fn["qmma4"], [3]int{cdiv(w.out, 64), cdiv(T, 32), 1}, [3]int{128, 1, 1}, 0,
+			w.w, w.s, w.z, x, y, w.out, w.in, T)
 	}
 	if T >= GemmMinTokens && T > 1 && w.in%32 == 0 {
 		return b.gemm(y, w, x, T)
@@ -167,29 +159,6 @@ func (b *Backend) qmmaOn() bool {
 
 func (b *Backend) qmmaOK(w *Weight, x uintptr) bool {
 	return b.qmmaOn() && b.d.ccMajor >= 8 && w.bits == 4 && w.group == 64 && w.in%128 == 0 && x%16 == 0 && w.w%8 == 0
-}
-
-// qmmaSmem is kernels_mma.cu's QMMA_SMEM: two chunk buffers of the three
-// bf16 parts of 32 token rows of 128 columns (padded to 66 words) and sums.
-const qmmaSmem = 2 * (3*32*66 + 64) * 4
-
-// qmmaFn (worker only) returns a qmma_tile kernel with its dynamic shared
-// memory limit raised.
-func (b *Backend) qmmaFn(name string) (uintptr, error) {
-	f := b.fn[name]
-	return f, b.d.raiseDynSmem(f, qmmaSmem)
-}
-
-// xsplit (worker only) launches the split of x [T, in] into its three bf16
-// parts and group sums, in the scratch buffers named after tag.
-func (b *Backend) xsplit(tag string, x uintptr, T, in int) (parts, sx uintptr, err error) {
-	if parts, err = b.scratchBuf(tag+"_parts", 3*T*in*2); err != nil {
-		return 0, 0, err
-	}
-	if sx, err = b.scratchBuf(tag+"_sx", T*in/64*4); err != nil {
-		return 0, 0, err
-	}
-	return parts, sx, b.d.launch(b.fn["xsplit"], [3]int{in / 128, T, 1}, [3]int{32, 1, 1}, 0, x, parts, sx, T, in)
 }
 
 // gemm (worker only): the tiled prefill kernel, split over the columns when

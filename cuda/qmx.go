@@ -326,32 +326,20 @@ func (b *Backend) qmxLaunch(bt *fBatch, D *[qbWords]uint64, smem int) (bool, err
 		name = tname
 	}
 	f := b.fn[name]
-	if smem > 48<<10 {
-		if err := b.d.raiseDynSmem(f, smem); err != nil {
+	if smem > 48<<10 && b.d.dynSmem[f] < smem {
+		if err := b.d.setMaxDynamicShared(f, smem); err != nil {
 			return true, err
 		}
+		if b.d.dynSmem == nil {
+			b.d.dynSmem = map[uintptr]int{}
+		}
+		b.d.dynSmem[f] = smem
 	}
 	occ, err := b.d.occupancy(f, nt, smem)
 	if err != nil {
 		return true, err
 	}
 	return true, b.d.launch(f, grid1(min(tiles, occ*b.d.sms)), [3]int{nt, 1, 1}, smem, desc)
-}
-
-// raiseDynSmem (worker only) raises f's dynamic shared memory limit to at
-// least n bytes (once per function and size).
-func (d *device) raiseDynSmem(f uintptr, n int) error {
-	if d.dynSmem[f] >= n {
-		return nil
-	}
-	if err := d.setMaxDynamicShared(f, n); err != nil {
-		return err
-	}
-	if d.dynSmem == nil {
-		d.dynSmem = map[uintptr]int{}
-	}
-	d.dynSmem[f] = n
-	return nil
 }
 
 // occupancy (worker only) returns how many blocks of f fit on one SM
