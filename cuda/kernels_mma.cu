@@ -32,7 +32,7 @@ __device__ __forceinline__ u32 bf16_bits(float f) {  // round to nearest even (f
 // mma_bf16: c += a·b (m16n8k16, bf16 in, float32 accumulate).
 __device__ __forceinline__ void mma_bf16(float (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
                : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 #endif
@@ -54,11 +54,11 @@ __device__ __forceinline__ u32 q2bf(u32 w, int n) {
 // qmma_tile: the block's 64 rows from r0 of W (rows out, in columns) times
 // up to 32 token rows: xrow(i) is token slot i's x (nullptr: zeros), put(i,
 // row, v) stores a result (rows ≥ out are not passed).
-template <class XR, class PUT>
+template <int NT, class XR, class PUT>
 __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* __restrict__ S, const u16* __restrict__ B, int out, int in,
                                           int r0, XR xrow, PUT put) {
-  __shared__ u32 xs[3][32][QMMA_TS];  // bf16 pairs: part, token, k/2
-  __shared__ float sxs[32][QMMA_KC / 64];
+  __shared__ u32 xs[3][8 * NT][QMMA_TS];  // bf16 pairs: part, token, k/2
+  __shared__ float sxs[8 * NT][QMMA_KC / 64];
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int wpr = in / 8, gpr = in / 64;
@@ -66,9 +66,9 @@ __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* 
   const int ra = min(r0 + w * 16 + g, out - 1), rb = min(r0 + w * 16 + g + 8, out - 1);
   const uint2* Wa = reinterpret_cast<const uint2*>(W + (size_t)ra * wpr) + t;
   const uint2* Wb = reinterpret_cast<const uint2*>(W + (size_t)rb * wpr) + t;
-  float acc[4][4];
+  float acc[NT][4];
 #pragma unroll
-  for (int i = 0; i < 4; i++)
+  for (int i = 0; i < NT; i++)
 #pragma unroll
     for (int j = 0; j < 4; j++) acc[i][j] = 0.f;
   // codes: per group, 2 words (uint2 #t of the group's 4) of each row
@@ -87,13 +87,13 @@ __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* 
     }
   };
   // x: float4 #lane of token slot it·4 + w of a chunk, 8 per thread
-  const float* xp[8];
+  const float* xp[2 * NT];
 #pragma unroll
-  for (int it = 0; it < 8; it++) xp[it] = xrow(it * 4 + w);
-  float4 xr[8];
+  for (int it = 0; it < 2 * NT; it++) xp[it] = xrow(it * 4 + w);
+  float4 xr[2 * NT];
   auto loadx = [&](int c0) {
 #pragma unroll
-    for (int it = 0; it < 8; it++)
+    for (int it = 0; it < 2 * NT; it++)
       xr[it] = xp[it] != nullptr ? __ldg(reinterpret_cast<const float4*>(xp[it] + c0) + lane) : make_float4(0.f, 0.f, 0.f, 0.f);
   };
   load(0);
@@ -102,7 +102,7 @@ __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* 
     __syncthreads();  // the previous chunk's parts are read
     // stage x: token slot tk's float4 #lane of the chunk (a warp = one token row)
 #pragma unroll
-    for (int it = 0; it < 8; it++) {
+    for (int it = 0; it < 2 * NT; it++) {
       const int tk = it * 4 + w, j = lane;
       const float4 v = xr[it];
       float s = (v.x + v.y) + (v.z + v.w);
@@ -134,9 +134,9 @@ __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* 
     }
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-      float tacc[4][4];
+      float tacc[NT][4];
 #pragma unroll
-      for (int i = 0; i < 4; i++)
+      for (int i = 0; i < NT; i++)
 #pragma unroll
         for (int j = 0; j < 4; j++) tacc[i][j] = 0.f;
 #pragma unroll
@@ -145,17 +145,19 @@ __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* 
         const int nb = 4 * (s & 1);
         const u32 a0 = q2bf(wa, nb), a2 = q2bf(wa, nb + 2), a1 = q2bf(wb, nb), a3 = q2bf(wb, nb + 2);
         const int kw = (h * 64 + 16 * t + 4 * s) / 2;  // u32 word of the 4 x values
+        // parts outer, n-tiles inner: consecutive MMAs feed different
+        // accumulators (none waits on the previous one's result)
 #pragma unroll
-        for (int nt = 0; nt < 4; nt++) {
+        for (int p = 0; p < 3; p++) {
 #pragma unroll
-          for (int p = 0; p < 3; p++) {
+          for (int nt = 0; nt < NT; nt++) {
             const uint2 bv = *reinterpret_cast<const uint2*>(&xs[p][nt * 8 + g][kw]);
             mma_bf16(tacc[nt], a0, a1, a2, a3, bv.x, bv.y);
           }
         }
       }
 #pragma unroll
-      for (int nt = 0; nt < 4; nt++) {
+      for (int nt = 0; nt < NT; nt++) {
         const float x0 = sxs[nt * 8 + 2 * t][h], x1 = sxs[nt * 8 + 2 * t + 1][h];
         acc[nt][0] = fmaf(fsa[h], tacc[nt][0], fmaf(fba[h], x0, acc[nt][0]));
         acc[nt][1] = fmaf(fsa[h], tacc[nt][1], fmaf(fba[h], x1, acc[nt][1]));
@@ -165,7 +167,7 @@ __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* 
     }
   }
 #pragma unroll
-  for (int nt = 0; nt < 4; nt++) {
+  for (int nt = 0; nt < NT; nt++) {
 #pragma unroll
     for (int i = 0; i < 4; i++) {
       const int row = r0 + w * 16 + g + (i >= 2 ? 8 : 0);
@@ -179,7 +181,7 @@ extern "C" __global__ void __launch_bounds__(128) qmma4(const u32* __restrict__ 
                                                          const float* __restrict__ x, float* __restrict__ y, int out, int in, int T) {
   pdl_wait();
   const int n0 = blockIdx.y * 32;
-  qmma_tile(
+  qmma_tile<4>(
       W, S, B, out, in, blockIdx.x * 64, [&](int i) { return n0 + i < T ? x + (size_t)(n0 + i) * in : (const float*)nullptr; },
       [&](int i, int row, float v) {
         if (n0 + i < T) y[(size_t)(n0 + i) * out + row] = v;
@@ -189,12 +191,12 @@ extern "C" __global__ void __launch_bounds__(128) qmma4(const u32* __restrict__ 
 // ---- grouped prefill experts: each routed expert's weights read once per batch ----
 //
 // moe_slots groups the pairs p = t·K + k of n tokens by expert: slot s =
-// (expert, count ≤ 32, the pairs in ascending order); an expert with more
-// than 32 pairs takes several slots. Layout (ints): [0] = slots, then per
+// (expert, count ≤ cap ≤ 32, the pairs in ascending order); an expert with
+// more than cap pairs takes several slots. Layout (ints): [0] = slots, then per
 // slot MOE_SLOT ints. One block; the expert counts in shared memory (E
 // ints). Deterministic: slots in expert order, pairs ascending.
 #define MOE_SLOT 34
-extern "C" __global__ void moe_slots(const int* __restrict__ ids, int np, int E, int* __restrict__ slots) {
+extern "C" __global__ void moe_slots(const int* __restrict__ ids, int np, int E, int cap, int* __restrict__ slots) {
   pdl_wait();
   extern __shared__ int cnt[];  // E counts, then E first slots
   int* first = cnt + E;
@@ -207,16 +209,16 @@ extern "C" __global__ void moe_slots(const int* __restrict__ ids, int np, int E,
     for (int e = 0; e < E; e++) {
       first[e] = ns;
       const int c = cnt[e];
-      for (int j = 0; j < c; j += 32) {
+      for (int j = 0; j < c; j += cap) {
         slots[1 + ns * MOE_SLOT] = e;
-        slots[2 + ns * MOE_SLOT] = min(32, c - j);
+        slots[2 + ns * MOE_SLOT] = min(cap, c - j);
         ns++;
       }
       cnt[e] = 0;
     }
     for (int p = 0; p < np; p++) {
       const int e = ids[p], j = cnt[e]++;
-      slots[1 + (first[e] + j / 32) * MOE_SLOT + 2 + j % 32] = p;
+      slots[1 + (first[e] + j / cap) * MOE_SLOT + 2 + j % cap] = p;
     }
     slots[0] = ns;
   }
@@ -224,17 +226,17 @@ extern "C" __global__ void moe_slots(const int* __restrict__ ids, int np, int E,
 
 // qmmae4: gate (row tiles below I) and up projections of slot blockIdx.y's
 // expert for its pairs: gb/ub[p·I + r] (x row of pair p: token p / K).
-extern "C" __global__ void __launch_bounds__(128) qmmae4(const u64* __restrict__ table, const int* __restrict__ slots, const float* __restrict__ x,
+template <int NT>
+__device__ __forceinline__ void qmmae_body(const u64* __restrict__ table, const int* __restrict__ slots, const float* __restrict__ x,
                                                           float* __restrict__ gbuf, float* __restrict__ ubuf, int I, int Hd, int K, long long gw,
                                                           long long gs, long long gb, long long uw, long long us, long long ub) {
-  pdl_wait();
   if ((int)blockIdx.y >= slots[0]) return;
   const int* sl = slots + 1 + blockIdx.y * MOE_SLOT;
   const int n = sl[1];
   const char* e = reinterpret_cast<const char*>(table[sl[0]]);
   const bool up = (int)blockIdx.x * 64 >= I;
   float* dst = up ? ubuf : gbuf;
-  qmma_tile(
+  qmma_tile<NT>(
       (const u32*)(e + (up ? uw : gw)), (const u16*)(e + (up ? us : gs)), (const u16*)(e + (up ? ub : gb)), I, Hd, blockIdx.x * 64 - (up ? I : 0),
       [&](int i) { return i < n ? x + (size_t)(sl[2 + i] / K) * Hd : (const float*)nullptr; },
       [&](int i, int row, float v) {
@@ -244,17 +246,35 @@ extern "C" __global__ void __launch_bounds__(128) qmmae4(const u64* __restrict__
 
 // qmmad4: down projections of slot blockIdx.y's expert: part[p·Hd + r] from
 // h[p·I ..].
-extern "C" __global__ void __launch_bounds__(128) qmmad4(const u64* __restrict__ table, const int* __restrict__ slots, const float* __restrict__ hbuf,
+template <int NT>
+__device__ __forceinline__ void qmmad_body(const u64* __restrict__ table, const int* __restrict__ slots, const float* __restrict__ hbuf,
                                                           float* __restrict__ part, int Hd, int I, long long dw, long long ds, long long db) {
-  pdl_wait();
   if ((int)blockIdx.y >= slots[0]) return;
   const int* sl = slots + 1 + blockIdx.y * MOE_SLOT;
   const int n = sl[1];
   const char* e = reinterpret_cast<const char*>(table[sl[0]]);
-  qmma_tile(
+  qmma_tile<NT>(
       (const u32*)(e + dw), (const u16*)(e + ds), (const u16*)(e + db), Hd, I, blockIdx.x * 64,
       [&](int i) { return i < n ? hbuf + (size_t)sl[2 + i] * I : (const float*)nullptr; },
       [&](int i, int row, float v) {
         if (i < n) part[(size_t)sl[2 + i] * Hd + row] = v;
       });
 }
+
+// qmmae4_<NT> / qmmad4_<NT>: slots of up to 8·NT pairs (moe_slots' cap).
+#define QMMAE_ARGS                                                                                                                     \
+  const u64 *table, const int *slots, const float *x, float *gbuf, float *ubuf, int I, int Hd, int K, long long gw, long long gs, \
+      long long gb, long long uw, long long us, long long ub
+#define QMMAD_ARGS const u64 *table, const int *slots, const float *hbuf, float *part, int Hd, int I, long long dw, long long ds, long long db
+#define QMMAX(NT)                                                                                                                       \
+  extern "C" __global__ void __launch_bounds__(128) qmmae4_##NT(QMMAE_ARGS) {                                                         \
+    pdl_wait();                                                                                                                         \
+    qmmae_body<NT>(table, slots, x, gbuf, ubuf, I, Hd, K, gw, gs, gb, uw, us, ub);                                                     \
+  }                                                                                                                                     \
+  extern "C" __global__ void __launch_bounds__(128) qmmad4_##NT(QMMAD_ARGS) {                                                         \
+    pdl_wait();                                                                                                                         \
+    qmmad_body<NT>(table, slots, hbuf, part, Hd, I, dw, ds, db);                                                                       \
+  }
+QMMAX(1)
+QMMAX(2)
+QMMAX(4)

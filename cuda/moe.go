@@ -884,12 +884,21 @@ func (b *Backend) qmmaExperts(c *expertCache, table uintptr, xt, d *Tensor, ids,
 	if err != nil {
 		return true, err
 	}
+	// slots of up to 8·nt pairs: the MMA tile's tokens, sized from the mean
+	// pairs per routed expert (a tile mostly empty costs its MMAs and x
+	// staging; a full one makes experts with more pairs read twice)
+	nt := 4
+	if mean := float64(np) / float64(min(np, c.numExperts)); mean <= 6 {
+		nt = 1
+	} else if mean <= 12 {
+		nt = 2
+	}
 	pids, pw := ids+uintptr(t0*K*4), wts+uintptr(t0*K*4)
-	if err := b.d.launch(b.fn["moe_slots"], grid1(1), [3]int{256, 1, 1}, 2*c.numExperts*4, pids, np, c.numExperts, slots); err != nil {
+	if err := b.d.launch(b.fn["moe_slots"], grid1(1), [3]int{256, 1, 1}, 2*c.numExperts*4, pids, np, c.numExperts, 8*nt, slots); err != nil {
 		return true, err
 	}
 	x := xt.p + uintptr(t0*l.Hidden*4)
-	if err := b.d.launch(b.fn["qmmae4"], [3]int{2 * l.Intermediate / 64, np, 1}, [3]int{128, 1, 1}, 0,
+	if err := b.d.launch(b.fn[fmt.Sprintf("qmmae4_%d", nt)], [3]int{2 * l.Intermediate / 64, np, 1}, [3]int{128, 1, 1}, 0,
 		table, slots, x, gbuf, ubuf, l.Intermediate, l.Hidden, K,
 		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset); err != nil {
 		return true, err
@@ -897,7 +906,7 @@ func (b *Backend) qmmaExperts(c *expertCache, table uintptr, xt, d *Tensor, ids,
 	if err := b.d.launch(b.fn["swiglu_f"], ewGrid(np*l.Intermediate), blk, 0, hbuf, gbuf, ubuf, int64(np*l.Intermediate)); err != nil {
 		return true, err
 	}
-	if err := b.d.launch(b.fn["qmmad4"], [3]int{cdiv(l.Hidden, 64), np, 1}, [3]int{128, 1, 1}, 0,
+	if err := b.d.launch(b.fn[fmt.Sprintf("qmmad4_%d", nt)], [3]int{cdiv(l.Hidden, 64), np, 1}, [3]int{128, 1, 1}, 0,
 		table, slots, hbuf, part, l.Hidden, l.Intermediate, l.Down.WOffset, l.Down.SOffset, l.Down.BOffset); err != nil {
 		return true, err
 	}
