@@ -556,72 +556,6 @@ __device__ __forceinline__ void qmxd_load(const char* const* base, const QmxMoE&
   }
 }
 
-// qmxd_stage: the block stages n chunks of h (CW values each) into shared
-// memory, prescaled for the masked dequantization, and their sums.
-template <int BITS>
-__device__ __forceinline__ void qmxd_stage(const float* __restrict__ h, float* hs, float* hsum, int n) {
-  constexpr int PER = 32 / BITS, CW = 4 * PER;
-  for (int c = threadIdx.x; c < n; c += blockDim.x) {
-    const float* src = h + (size_t)c * CW;
-    float* d = hs + (size_t)c * CW;
-    float s = 0.f;
-#pragma unroll
-    for (int j = 0; j < CW; j += 4) {
-      const float4 f = *reinterpret_cast<const float4*>(src + j);
-      s += (f.x + f.y) + (f.z + f.w);
-      d[j] = f.x * dq_xs<BITS>(j % PER);
-      d[j + 1] = f.y * dq_xs<BITS>((j + 1) % PER);
-      d[j + 2] = f.z * dq_xs<BITS>((j + 2) % PER);
-      d[j + 3] = f.w * dq_xs<BITS>((j + 3) % PER);
-    }
-    hsum[c] = s;
-  }
-  __syncthreads();
-}
-
-// qmxd_hrow: this thread's slice of staged h row k in dot form.
-template <int BITS, int TPR, int CPT>
-__device__ __forceinline__ void qmxd_hrow(const float* hs, const float* hsum, int k, int I, int ct, float (&xv)[CPT][4 * (32 / BITS)],
-                                          float (&sx)[CPT]) {
-  constexpr int CW = 4 * (32 / BITS);
-  const int nch = I / CW;
-#pragma unroll
-  for (int cc = 0; cc < CPT; cc++) {
-    const int c = ct + cc * TPR;
-    const float4* hp = reinterpret_cast<const float4*>(hs + (size_t)k * I + c * CW);
-#pragma unroll
-    for (int j = 0; j < CW / 4; j++) {
-      const float4 f = hp[j];
-      xv[cc][4 * j] = f.x; xv[cc][4 * j + 1] = f.y; xv[cc][4 * j + 2] = f.z; xv[cc][4 * j + 3] = f.w;
-    }
-    sx[cc] = hsum[k * nch + c];
-  }
-}
-
-// qmxd_out: the block's U rows per row group of tile t from the threads'
-// sums: dst = v (accum: dst += v).
-template <int U, int RPB, int NW>
-__device__ __forceinline__ void qmxd_out(const float (&tot)[U], float (*red)[U], float* dst, int t, int Hd, int t0, int accum) {
-  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
-#pragma unroll
-  for (int u = 0; u < U; u++) {
-    const float v = warp_sum(tot[u]);
-    if (lane == 0) red[w][u] = v;
-  }
-  __syncthreads();
-  if (tid < RPB * U) {
-    const int g0 = tid / U, u = tid % U;
-    float v = 0.f;
-#pragma unroll
-    for (int j = 0; j < NW; j++) v += red[g0 * NW + j][u];
-    const int row = t * RPB * U + g0 * U + u;
-    if (row < Hd) {
-      float* o = dst + (size_t)t0 * Hd + row;
-      *o = accum ? *o + v : v;
-    }
-  }
-}
-
 template <int BITS, int TPR, int CPT, int U>
 __device__ __forceinline__ void qmxd_body(QmxMoE m, const float* wts, const float* hbuf, float* dst, int Hd, int I, int group, int K, int t0,
                                           int accum) {
@@ -644,7 +578,23 @@ __device__ __forceinline__ void qmxd_body(QmxMoE m, const float* wts, const floa
   int t = blockIdx.x, k = 0;
   QmxTile<BITS, TPR, CPT, U> A;
   if (t < ntiles) qmxd_load<BITS, TPR, CPT, U>(base, m, t, 0, Hd, sub, ct, wpr, gpr, group, A);
-  qmxd_stage<BITS>(hbuf + (size_t)t0 * K * I, hs, hsum, K * nch);
+  // stage h: one chunk (CW values) per thread and step
+  for (int c = tid; c < K * nch; c += blockDim.x) {
+    const float* src = hbuf + (size_t)t0 * K * I + (size_t)c * CW;
+    float* d = hs + (size_t)c * CW;
+    float s = 0.f;
+#pragma unroll
+    for (int j = 0; j < CW; j += 4) {
+      const float4 f = *reinterpret_cast<const float4*>(src + j);
+      s += (f.x + f.y) + (f.z + f.w);
+      d[j] = f.x * dq_xs<BITS>(j % PER);
+      d[j + 1] = f.y * dq_xs<BITS>((j + 1) % PER);
+      d[j + 2] = f.z * dq_xs<BITS>((j + 2) % PER);
+      d[j + 3] = f.w * dq_xs<BITS>((j + 3) % PER);
+    }
+    hsum[c] = s;
+  }
+  __syncthreads();
   float tot[U];
 #pragma unroll
   for (int u = 0; u < U; u++) tot[u] = 0.f;
@@ -654,13 +604,39 @@ __device__ __forceinline__ void qmxd_body(QmxMoE m, const float* wts, const floa
     const int kn = k + 1 < K ? k + 1 : 0, tn = k + 1 < K ? t : t + gridDim.x;
     if (tn < ntiles) qmxd_load<BITS, TPR, CPT, U>(base, m, tn, kn, Hd, sub, ct, wpr, gpr, group, Bt);
     float xv[CPT][CW], sx[CPT];
-    qmxd_hrow<BITS, TPR, CPT>(hs, hsum, k, I, ct, xv, sx);
+#pragma unroll
+    for (int cc = 0; cc < CPT; cc++) {
+      const int c = ct + cc * TPR;
+      const float4* hp = reinterpret_cast<const float4*>(hs + (size_t)k * I + c * CW);
+#pragma unroll
+      for (int j = 0; j < CW / 4; j++) {
+        const float4 f = hp[j];
+        xv[cc][4 * j] = f.x; xv[cc][4 * j + 1] = f.y; xv[cc][4 * j + 2] = f.z; xv[cc][4 * j + 3] = f.w;
+      }
+      sx[cc] = hsum[k * nch + c];
+    }
     float acc[U];
     qmx_dot<BITS, TPR, CPT, U>(A, xv, sx, acc);
 #pragma unroll
     for (int u = 0; u < U; u++) tot[u] = fmaf(wk[k], acc[u], tot[u]);
     if (k + 1 == K) {
-      qmxd_out<U, RPB, NW>(tot, red[buf], dst, t, Hd, t0, accum);
+#pragma unroll
+      for (int u = 0; u < U; u++) {
+        const float v = warp_sum(tot[u]);
+        if (lane == 0) red[buf][w][u] = v;
+      }
+      __syncthreads();
+      if (tid < RPB * U) {
+        const int g0 = tid / U, u = tid % U;
+        float v = 0.f;
+#pragma unroll
+        for (int j = 0; j < NW; j++) v += red[buf][g0 * NW + j][u];
+        const int row = t * RPB * U + g0 * U + u;
+        if (row < Hd) {
+          float* o = dst + (size_t)t0 * Hd + row;
+          *o = accum ? *o + v : v;
+        }
+      }
 #pragma unroll
       for (int u = 0; u < U; u++) tot[u] = 0.f;
       buf ^= 1;
@@ -669,52 +645,6 @@ __device__ __forceinline__ void qmxd_body(QmxMoE m, const float* wts, const floa
     k = kn;
     t = tn;
   }
-}
-
-// qmxda: qmxd with every expert's tile in flight at once: a block takes one
-// tile of QMXDA_U rows per row group (grid: all tiles) and loads the rows of
-// its up to QMXDA_K experts before computing any (the walk above keeps one
-// step in flight, so a small down projection ran on few loads at a time).
-#define QMXDA_K 4
-#define QMXDA_U 2
-template <int BITS, int TPR, int CPT>
-__device__ __forceinline__ void qmxda_body(QmxMoE m, const float* wts, const float* hbuf, float* dst, int Hd, int I, int group, int K, int t0,
-                                           int accum) {
-  constexpr int PER = 32 / BITS, CW = 4 * PER, RPB = 128 / TPR, NW = TPR / 32, U = QMXDA_U;
-  extern __shared__ float hs[];  // K·I prescaled h, then K·(I/CW) chunk sums
-  __shared__ const char* base[QMXDA_K];
-  __shared__ float wk[QMXDA_K];
-  __shared__ float red[4][U];
-  const int tid = threadIdx.x;
-  const int sub = tid / TPR, ct = tid % TPR;
-  const int wpr = I / PER, gpr = I / group, nch = I / CW;
-  const int t = blockIdx.x;
-  pdl_wait();  // ids, weights and h come from the kernels before
-  if (tid < K) {
-    base[tid] = reinterpret_cast<const char*>(m.table[m.ids[t0 * K + tid]]);
-    wk[tid] = wts[t0 * K + tid];
-  }
-  __syncthreads();
-  QmxTile<BITS, TPR, CPT, U> A[QMXDA_K];
-#pragma unroll
-  for (int k = 0; k < QMXDA_K; k++)
-    if (k < K) qmxd_load<BITS, TPR, CPT, U>(base, m, t, k, Hd, sub, ct, wpr, gpr, group, A[k]);
-  qmxd_stage<BITS>(hbuf + (size_t)t0 * K * I, hs, hs + K * I, K * nch);
-  float tot[U];
-#pragma unroll
-  for (int u = 0; u < U; u++) tot[u] = 0.f;
-#pragma unroll
-  for (int k = 0; k < QMXDA_K; k++) {
-    if (k < K) {
-      float xv[CPT][CW], sx[CPT];
-      qmxd_hrow<BITS, TPR, CPT>(hs, hs + K * I, k, I, ct, xv, sx);
-      float acc[U];
-      qmx_dot<BITS, TPR, CPT, U>(A[k], xv, sx, acc);
-#pragma unroll
-      for (int u = 0; u < U; u++) tot[u] = fmaf(wk[k], acc[u], tot[u]);
-    }
-  }
-  qmxd_out<U, RPB, NW>(tot, red, dst, t, Hd, t0, accum);
 }
 
 #define QMXE_ARGS const u64 *table, const int *ids, const float *x, float *hbuf, int I, int Hd, int group, int K, int t0, long long gw, long long gs, long long gb, long long uw, long long us, long long ub
@@ -726,18 +656,6 @@ __device__ __forceinline__ void qmxda_body(QmxMoE m, const float* wts, const flo
   extern "C" __global__ void __launch_bounds__(128) qmxd##BITS##_##TPR##_##CPT##_##U(QMXD_ARGS) {                                     \
     qmxd_body<BITS, TPR, CPT, U>(QmxMoE{(const u64*)table, ids, dw, ds, db, 0, 0, 0}, wts, hbuf, dst, Hd, I, group, K, t0, accum);   \
   }
-#define QMXDA(BITS, TPR, CPT)                                                                                                      \
-  extern "C" __global__ void __launch_bounds__(128) qmxda##BITS##_##TPR##_##CPT(QMXD_ARGS) {                                         \
-    qmxda_body<BITS, TPR, CPT>(QmxMoE{(const u64*)table, ids, dw, ds, db, 0, 0, 0}, wts, hbuf, dst, Hd, I, group, K, t0, accum);      \
-  }
-QMXDA(4, 128, 1)
-QMXDA(4, 64, 1)
-QMXDA(4, 32, 1)
-QMXDA(8, 128, 1)
-QMXDA(8, 64, 1)
-QMXDA(2, 128, 1)
-QMXDA(2, 64, 1)
-QMXDA(2, 32, 1)
 QMXM(4, 128, 1, 8)
 QMXM(4, 128, 1, 4)
 QMXM(4, 32, 1, 8)

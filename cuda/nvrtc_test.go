@@ -92,9 +92,6 @@ func TestQMXNamesBuilt(t *testing.T) {
 			built["qmx"+m[2]+"_"+m[3]+"_"+m[4]+"_"+m[5]+"n"] = true
 		}
 	}
-	for _, m := range regexp.MustCompile(`(?m)^QMXDA\((\d+), (\d+), (\d+)\)$`).FindAllStringSubmatch(kernelsMX, -1) {
-		built["qmxda"+m[1]+"_"+m[2]+"_"+m[3]] = true
-	}
 	names := qmxKernelNames()
 	for _, n := range names {
 		if !built[n] {

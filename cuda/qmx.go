@@ -89,7 +89,6 @@ type qmxEx struct {
 	gu, dn      string
 	gtpr, gtile int
 	dtpr, dtile int
-	all         bool // dn is qmxda: one tile a block, every expert at once
 }
 
 // qmxPlanExperts returns the plan for K experts of c's layout; false: qmx
@@ -103,29 +102,15 @@ func (c *expertCache) qmxPlanExperts(K int) (p qmxEx, ok bool) {
 	if p.gu == "" {
 		return p, false
 	}
-	du, all := 8, QMXDownAll
+	du := 8
 	if v := os.Getenv("FMOE_CUDA_QMXD_U"); v != "" {
-		all = v == "a"
 		fmt.Sscan(v, &du)
 	}
 	if K <= QMXDownMaxK && c.qmxdSmem(K) <= 48<<10 {
 		p.dn, p.dtpr, p.dtile = qmxMoEKernel("qmxd", l.Down.Bits, l.GroupSize, l.Intermediate, du)
-		if all && p.dn != "" && K <= qmxdaK {
-			cpt := 1
-			p.dn, p.dtile, p.all = fmt.Sprintf("qmxda%d_%d_%d", l.Down.Bits, p.dtpr, cpt), qmxdaU, true
-		}
 	}
 	return p, true
 }
-
-// QMXDownAll runs the down projections of up to qmxdaK experts as qmxda
-// (every expert's rows of a tile loaded at once, one tile of qmxdaU rows
-// per row group a block) instead of qmxd's walk over the experts;
-// FMOE_CUDA_QMXD_U=a picks it, a number the walk with that tile.
-var QMXDownAll = true
-
-// qmxdaK and qmxdaU are kernels_mx.cu's QMXDA_K and QMXDA_U.
-const qmxdaK, qmxdaU = 4, 2
 
 // qmxdSmem is qmxd's shared memory for K experts: their h rows and chunk sums.
 func (c *expertCache) qmxdSmem(K int) int {
@@ -156,9 +141,6 @@ func (b *Backend) qmxDown(c *expertCache, p qmxEx, table uintptr, d *Tensor, ids
 	occ, err := b.d.occupancy(f, 128, smem)
 	if err != nil {
 		return err
-	}
-	if p.all {
-		occ = tiles // not persistent
 	}
 	a := 0
 	if accum {
@@ -197,12 +179,6 @@ func qmxKernelNames() []string {
 	var names []string
 	for _, s := range qmxMoEShapes {
 		names = append(names, fmt.Sprintf("qmxe%d_%d_%d_%d", s[0], s[1], s[2], s[3]), fmt.Sprintf("qmxd%d_%d_%d_%d", s[0], s[1], s[2], s[3]))
-	}
-	done := map[string]bool{}
-	for _, s := range qmxMoEShapes {
-		if n := fmt.Sprintf("qmxda%d_%d_%d", s[0], s[1], s[2]); !done[n] {
-			names, done[n] = append(names, n), true
-		}
 	}
 	for _, s := range qmtShapes {
 		names = append(names, fmt.Sprintf("qmt%d_%d_%d_%d", s[0], s[1], s[2], s[3]))
