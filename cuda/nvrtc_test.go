@@ -79,12 +79,8 @@ func TestWriteCache(t *testing.T) {
 // and every instantiation is looked up.
 func TestQMXNamesBuilt(t *testing.T) {
 	built := map[string]bool{}
-	for _, m := range regexp.MustCompile(`(?m)^QM([XT]M?)\((\d+), (\d+), (\d+), (\d+)\)$`).FindAllStringSubmatch(kernelsMX, -1) {
-		if m[1] == "T" {
-			built["qmt"+m[2]+"_"+m[3]+"_"+m[4]+"_"+m[5]] = true
-			continue
-		}
-		if m[1] == "XM" {
+	for _, m := range regexp.MustCompile(`(?m)^QMX(M?)\((\d+), (\d+), (\d+), (\d+)\)$`).FindAllStringSubmatch(kernelsMX, -1) {
+		if m[1] == "M" {
 			built["qmxe"+m[2]+"_"+m[3]+"_"+m[4]+"_"+m[5]] = true
 			built["qmxd"+m[2]+"_"+m[3]+"_"+m[4]+"_"+m[5]] = true
 		} else {

@@ -180,9 +180,6 @@ func qmxKernelNames() []string {
 	for _, s := range qmxMoEShapes {
 		names = append(names, fmt.Sprintf("qmxe%d_%d_%d_%d", s[0], s[1], s[2], s[3]), fmt.Sprintf("qmxd%d_%d_%d_%d", s[0], s[1], s[2], s[3]))
 	}
-	for _, s := range qmtShapes {
-		names = append(names, fmt.Sprintf("qmt%d_%d_%d_%d", s[0], s[1], s[2], s[3]))
-	}
 	for _, s := range qmxShapes {
 		for _, u := range qmxTiles(s.bits) {
 			for _, pf := range []string{"p", "n"} {
@@ -217,69 +214,24 @@ func qmxPlan(bits, group, in int) (tpr, cpt int, ok bool) {
 var QMX = "8p"
 
 func qmxVariant() (u int, pf bool) {
-	u, pf, _ = qmxVariantT()
-	return u, pf
-}
-
-// qmxVariantT is qmxVariant and whether the copy-engine form (qmt, suffix
-// "t", e.g. "8t") is asked for.
-func qmxVariantT() (u int, pf, tma bool) {
 	v := QMX
 	if e, ok := os.LookupEnv("FMOE_CUDA_QMX"); ok {
 		v = e
 	}
 	if v == "" || v == "0" || v == "off" {
-		return 0, false, false
+		return 0, false
 	}
 	u = 8
 	if strings.HasPrefix(v, "4") {
 		u = 4
 	}
-	return u, !strings.HasSuffix(v, "n"), strings.HasSuffix(v, "t")
-}
-
-// qmtShapes are the copy-engine kernels built (kernels_mx.cu QMT): bits,
-// threads per row, chunks per thread, tile U (16 KB of 4-bit codes a tile).
-var qmtShapes = [][4]int{
-	{4, 256, 1, 4}, {4, 128, 1, 8}, {4, 128, 2, 4}, {4, 64, 1, 8}, {4, 32, 1, 8},
-	{8, 256, 1, 4}, {8, 128, 1, 4}, {8, 64, 1, 4}, {8, 32, 1, 4},
-}
-
-// qmtStages is kernels_mx.cu's QMT_S.
-const qmtStages = 4
-
-// qmtKernel returns the qmt kernel for a plan, its tile U and its stages'
-// shared memory; "" when none is built, the GPU predates sm_90, or the
-// batch's rows are not 16-byte aligned for bulk copies.
-func (b *Backend) qmtKernel(bt *fBatch, bits, group, in, tpr, cpt int) (name string, u, smem int) {
-	if b.d.ccMajor < 9 {
-		return "", 0, 0
-	}
-	if maj, _, err := b.d.nvrtcVersion(); err != nil || maj < 12 {
-		return "", 0, 0 // built empty (kernels_mx.cu QMT_OK)
-	}
-	rowB, sB := in/(32/bits)*4, in/group*2
-	if rowB%16 != 0 || sB%16 != 0 {
-		return "", 0, 0
-	}
-	for _, it := range bt.items {
-		if it.w.w%16 != 0 || it.w.s%16 != 0 || it.w.z%16 != 0 {
-			return "", 0, 0
-		}
-	}
-	for _, s := range qmtShapes {
-		if s[0] == bits && s[1] == tpr && s[2] == cpt {
-			rt := max(128, tpr) / tpr * s[3]
-			return fmt.Sprintf("qmt%d_%d_%d_%d", bits, tpr, cpt, s[3]), s[3], qmtStages * rt * (rowB + 2*sB)
-		}
-	}
-	return "", 0, 0
+	return u, !strings.HasSuffix(v, "n")
 }
 
 // qmxLaunch (worker only) fills the tile words of D and launches qmx when it
 // applies to the batch; false: not applicable (D untouched).
 func (b *Backend) qmxLaunch(bt *fBatch, D *[qbWords]uint64, smem int) (bool, error) {
-	u, pf, tma := qmxVariantT()
+	u, pf := qmxVariant()
 	if u == 0 {
 		return false, nil
 	}
@@ -290,13 +242,6 @@ func (b *Backend) qmxLaunch(bt *fBatch, D *[qbWords]uint64, smem int) (bool, err
 	}
 	if !slices.Contains(qmxTiles(w0.bits), u) || (tpr > 128 && os.Getenv("FMOE_CUDA_QMX256_U") != "8") {
 		u = 4 // 256-thread blocks of 8-row tiles: 184 registers, one block per SM
-	}
-	var tname string
-	if tma {
-		var tu, tsm int
-		if tname, tu, tsm = b.qmtKernel(bt, w0.bits, w0.group, w0.in, tpr, cpt); tname != "" {
-			u, smem = tu, smem+tsm
-		}
 	}
 	nt := max(128, tpr)
 	rpb := nt / tpr
@@ -322,19 +267,7 @@ func (b *Backend) qmxLaunch(bt *fBatch, D *[qbWords]uint64, smem int) (bool, err
 		pfs = "p"
 	}
 	name := fmt.Sprintf("qmx%d_%d_%d_%d%s", w0.bits, tpr, cpt, u, pfs)
-	if tname != "" {
-		name = tname
-	}
 	f := b.fn[name]
-	if smem > 48<<10 && b.d.dynSmem[f] < smem {
-		if err := b.d.setMaxDynamicShared(f, smem); err != nil {
-			return true, err
-		}
-		if b.d.dynSmem == nil {
-			b.d.dynSmem = map[uintptr]int{}
-		}
-		b.d.dynSmem[f] = smem
-	}
 	occ, err := b.d.occupancy(f, nt, smem)
 	if err != nil {
 		return true, err

@@ -41,8 +41,7 @@ type device struct {
 	prof   *profiler // per-kernel GPU-event timing (nil: off)
 	graphs *grapher  // CUDA graph capture and replay of repeated launch sequences (nil: off)
 
-	occ     map[[3]uintptr]int // blocks per SM by (function, threads, shared memory)
-	dynSmem map[uintptr]int    // dynamic shared memory limit raised per function (qmt)
+	occ map[[3]uintptr]int // blocks per SM by (function, threads, shared memory)
 
 	pdl       bool // launch with programmatic stream serialization (cuLaunchKernelEx) ...
 	capturing bool // ... while launches are captured into a graph
