@@ -788,8 +788,13 @@ type moeTail struct {
 func (b *Backend) moeSplit(ctx context.Context, c *expertCache, layer int, table uintptr, xt, d *Tensor, hid []int32, hw []float32,
 	keep map[int]bool, miss []int, hbuf uintptr, ls *LayerStats) (bool, error) {
 	K := len(hid)
-	nh := K - len(miss)
-	if nh <= 0 || len(miss) > K || !splitMoE() {
+	nh := 0 // routing entries whose expert is resident
+	for _, e := range hid {
+		if !slices.Contains(miss, int(e)) {
+			nh++
+		}
+	}
+	if nh == 0 || nh == K || !splitMoE() {
 		return false, nil
 	}
 	p, ok := c.qmxPlanExperts(K)
@@ -835,7 +840,7 @@ func (b *Backend) moeSplit(ctx context.Context, c *expertCache, layer int, table
 	}
 	off := uintptr(nh * 4)
 	b.tail = &moeTail{c: c, p: p, layer: layer, table: table, x: xt, d: d, ids: ids + off, wts: wts + off,
-		h: hbuf + uintptr(nh*c.layout.Intermediate*4), n: len(miss)}
+		h: hbuf + uintptr(nh*c.layout.Intermediate*4), n: K - nh}
 	c.stats.Split++
 	return true, nil
 }
@@ -867,8 +872,12 @@ func (b *Backend) flushTail() error {
 // chunks, the batched layout, QMMA on).
 func (b *Backend) qmmaExperts(c *expertCache, table uintptr, xt, d *Tensor, ids, wts, hbuf, part uintptr, t0, n, K int) (bool, error) {
 	l := c.layout
+	aligned := true // 8-byte code words
+	for _, p := range []runtime.ProjLayout{l.Gate, l.Up, l.Down} {
+		aligned = aligned && p.WOffset%8 == 0
+	}
 	if !c.fast || l.Gate.Bits != 4 || l.Up.Bits != 4 || l.Down.Bits != 4 || l.GroupSize != 64 || l.Intermediate%128 != 0 || l.Hidden%128 != 0 ||
-		!b.qmmaOn() || b.d.ccMajor < 8 {
+		!aligned || c.numExperts*8 > 48<<10 || !b.qmmaOn() || b.d.ccMajor < 8 {
 		return false, nil
 	}
 	np := n * K
