@@ -144,10 +144,12 @@ func TestMatMulKernels(t *testing.T) {
 	c := cpu.New()
 	defer c.Close()
 	r := rand.New(rand.NewPCG(5, 6))
-	saveV, saveG, saveM := QMVVariant, GemmMinTokens, QMMA
-	defer func() { QMVVariant, GemmMinTokens, QMMA = saveV, saveG, saveM }()
-	t.Setenv("FMOE_CUDA_QMMA", "")
-	os.Unsetenv("FMOE_CUDA_QMMA")
+	saveV, saveG, saveM, saveS := QMVVariant, GemmMinTokens, QMMA, QMMASplitK
+	defer func() { QMVVariant, GemmMinTokens, QMMA, QMMASplitK = saveV, saveG, saveM, saveS }()
+	for _, e := range []string{"FMOE_CUDA_QMMA", "FMOE_CUDA_QMMA_SPLIT"} {
+		t.Setenv(e, "")
+		os.Unsetenv(e)
+	}
 	for _, bits := range []int{2, 4, 8} {
 		for _, sh := range []struct{ rows, cols, group int }{{100, 512, 64}, {37, 256, 32}, {300, 4096, 64}, {64, 96, 32}, {130, 1024, 64}} {
 			q := randQuant(r, bits, sh.group, sh.rows, sh.cols)
@@ -170,15 +172,17 @@ func TestMatMulKernels(t *testing.T) {
 				if T == 1 {
 					variants = append(variants, qmvVariants...)
 				}
-				// the tensor-core GEMM (4-bit, groups of 64) and the fp32 one
-				mmas := []bool{false}
+				// the tensor-core GEMM (4-bit, groups of 64; columns split
+				// or not) and the fp32 one
+				type mm struct{ on, split bool }
+				mmas := []mm{{false, false}}
 				if bits == 4 && sh.group == 64 && T > 1 {
-					mmas = []bool{true, false}
+					mmas = []mm{{true, true}, {true, false}, {false, false}}
 				}
 				for _, v := range variants {
 					for _, gm := range []int{2, 1 << 30} {
 						for _, mma := range mmas {
-							QMVVariant, GemmMinTokens, QMMA = v, gm, mma
+							QMVVariant, GemmMinTokens, QMMA, QMMASplitK = v, gm, mma.on, mma.split
 							got := matmulOn(t, g, gw, xv, T, sh.rows, sh.cols)
 							for row := 0; row < T; row++ {
 								var e, m float64
@@ -187,7 +191,7 @@ func TestMatMulKernels(t *testing.T) {
 									m = math.Max(m, math.Abs(float64(want[row*sh.rows+i])))
 								}
 								if e > 2e-5*m || math.IsNaN(e) {
-									t.Fatalf("bits %d %+v T=%d variant %q gemm-from %d qmma %v: token %d error %g of %g", bits, sh, T, v, gm, mma, row, e, m)
+									t.Fatalf("bits %d %+v T=%d variant %q gemm-from %d qmma %+v: token %d error %g of %g", bits, sh, T, v, gm, mma, row, e, m)
 								}
 							}
 						}

@@ -56,7 +56,8 @@ __device__ __forceinline__ u32 q2bf(u32 w, int n) {
 // row, v) stores a result (rows ≥ out are not passed).
 template <int NT, class XR, class PUT>
 __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* __restrict__ S, const u16* __restrict__ B, int out, int in,
-                                          int r0, XR xrow, PUT put) {
+                                          int r0, XR xrow, PUT put, int k0 = 0, int k1 = 1 << 30) {
+  k1 = min(k1, in);
   __shared__ u32 xs[3][8 * NT][QMMA_TS];  // bf16 pairs: part, token, k/2
   __shared__ float sxs[8 * NT][QMMA_KC / 64];
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
@@ -96,9 +97,9 @@ __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* 
     for (int it = 0; it < 2 * NT; it++)
       xr[it] = xp[it] != nullptr ? __ldg(reinterpret_cast<const float4*>(xp[it] + c0) + lane) : make_float4(0.f, 0.f, 0.f, 0.f);
   };
-  load(0);
-  loadx(0);
-  for (int c0 = 0; c0 < in; c0 += QMMA_KC) {
+  load(k0);
+  loadx(k0);
+  for (int c0 = k0; c0 < k1; c0 += QMMA_KC) {
     __syncthreads();  // the previous chunk's parts are read
     // stage x: token slot tk's float4 #lane of the chunk (a warp = one token row)
 #pragma unroll
@@ -128,7 +129,7 @@ __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* 
     for (int h = 0; h < 2; h++) {
       fsa[h] = bf16f(sa[h]); fsb[h] = bf16f(sb[h]); fba[h] = bf16f(ba[h]); fbb[h] = bf16f(bb[h]);
     }
-    if (c0 + QMMA_KC < in) {
+    if (c0 + QMMA_KC < k1) {
       load(c0 + QMMA_KC);
       loadx(c0 + QMMA_KC);
     }
@@ -176,16 +177,19 @@ __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* 
   }
 }
 
-// qmma4: y[T, out] = x·Wᵀ, block (row tile, 32-token tile).
+// qmma4: y[T, out] = x·Wᵀ, block (row tile, 32-token tile, k split z):
+// columns [z·kc, (z+1)·kc) go to y + z·T·out (qgemm_sum adds the splits).
 extern "C" __global__ void __launch_bounds__(128) qmma4(const u32* __restrict__ W, const u16* __restrict__ S, const u16* __restrict__ B,
-                                                         const float* __restrict__ x, float* __restrict__ y, int out, int in, int T) {
+                                                         const float* __restrict__ x, float* __restrict__ y, int out, int in, int T, int kc) {
   pdl_wait();
   const int n0 = blockIdx.y * 32;
+  float* yz = y + (size_t)blockIdx.z * T * out;
   qmma_tile<4>(
       W, S, B, out, in, blockIdx.x * 64, [&](int i) { return n0 + i < T ? x + (size_t)(n0 + i) * in : (const float*)nullptr; },
       [&](int i, int row, float v) {
-        if (n0 + i < T) y[(size_t)(n0 + i) * out + row] = v;
-      });
+        if (n0 + i < T) yz[(size_t)(n0 + i) * out + row] = v;
+      },
+      blockIdx.z * kc, (blockIdx.z + 1) * kc);
 }
 
 // ---- grouped prefill experts: each routed expert's weights read once per batch ----

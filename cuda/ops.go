@@ -125,8 +125,7 @@ func (b *Backend) matmul(y uintptr, w *Weight, x uintptr, T int) error {
 			w.w, w.s, w.z, x, y, w.out, w.in, w.group)
 	}
 	if T >= GemmMinTokens && T > 1 && b.qmmaOK(w, x) {
-		return b.d.launch(b.fn["qmma4"], [3]int{cdiv(w.out, 64), cdiv(T, 32), 1}, [3]int{128, 1, 1}, 0,
-			w.w, w.s, w.z, x, y, w.out, w.in, T)
+		return b.qmma(y, w, x, T)
 	}
 	if T >= GemmMinTokens && T > 1 && w.in%32 == 0 {
 		return b.gemm(y, w, x, T)
@@ -159,6 +158,40 @@ func (b *Backend) qmmaOn() bool {
 
 func (b *Backend) qmmaOK(w *Weight, x uintptr) bool {
 	return b.qmmaOn() && b.d.ccMajor >= 8 && w.bits == 4 && w.group == 64 && w.in%128 == 0 && x%16 == 0 && w.w%8 == 0
+}
+
+// QMMASplitK lets qmma split the columns over up to 2·SMs / tiles blocks
+// (at least 2 chunks of 128 columns each) when its tiles alone would not
+// fill the GPU twice; FMOE_CUDA_QMMA_SPLIT=0 or 1 overrides it.
+var QMMASplitK = true
+
+// qmma (worker only): the tensor-core prefill GEMM, split over the columns
+// into partial sums added by qgemm_sum when the tiles are few.
+func (b *Backend) qmma(y uintptr, w *Weight, x uintptr, T int) error {
+	gx, gy := cdiv(w.out, 64), cdiv(T, 32)
+	chunks := w.in / 128
+	splits := 1
+	on := QMMASplitK
+	if v, ok := os.LookupEnv("FMOE_CUDA_QMMA_SPLIT"); ok {
+		on = v != "0"
+	}
+	if on {
+		splits = max(1, min(cdiv(2*b.d.sms, gx*gy), chunks/2))
+	}
+	kc := cdiv(chunks, splits) * 128
+	splits = cdiv(w.in, kc)
+	if splits == 1 {
+		return b.d.launch(b.fn["qmma4"], [3]int{gx, gy, 1}, [3]int{128, 1, 1}, 0, w.w, w.s, w.z, x, y, w.out, w.in, T, kc)
+	}
+	n := T * w.out
+	part, err := b.scratchBuf("gemm_part", splits*n*4)
+	if err != nil {
+		return err
+	}
+	if err := b.d.launch(b.fn["qmma4"], [3]int{gx, gy, splits}, [3]int{128, 1, 1}, 0, w.w, w.s, w.z, x, part, w.out, w.in, T, kc); err != nil {
+		return err
+	}
+	return b.d.launch(b.fn["qgemm_sum"], ewGrid(n), blk, 0, part, y, int64(n), splits)
 }
 
 // gemm (worker only): the tiled prefill kernel, split over the columns when
