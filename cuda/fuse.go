@@ -26,6 +26,9 @@ import (
 //   - The MoE router's matvec and its top-K run as one launch (the last
 //     block to finish picks the experts), and the expert down projections
 //     apply the routing weights themselves (moe_dnc, no combine launch).
+//   - A one-token MoE with all experts resident waits for the shared
+//     expert's operations that follow it and runs them as one more expert
+//     of its two expert launches (fuse_moe.go).
 //
 // Options.NoFusion or FMOE_CUDA_FUSE=0 turn it off.
 
@@ -53,10 +56,12 @@ type fBatch struct {
 }
 
 type fuser struct {
-	off   bool
-	norm  *pendNorm
-	batch *fBatch
-	descs map[[qbWords]uint64]uintptr
+	off    bool
+	norm   *pendNorm
+	batch  *fBatch
+	moe    *pendMoE // a one-token MoE waiting for its shared expert (fuse_moe.go)
+	merged int64    // MoE launches merged with their shared expert
+	descs  map[[qbWords]uint64]uintptr
 }
 
 const (
@@ -77,6 +82,9 @@ func fusableMV(w *Weight, x *Tensor) bool {
 
 // flush (worker only) launches what is pending.
 func (b *Backend) flush() error {
+	if err := b.flushMoE(); err != nil {
+		return err
+	}
 	if bt := b.fz.batch; bt != nil {
 		b.fz.batch = nil
 		if err := b.launchBatch(bt, nil); err != nil {
@@ -142,6 +150,9 @@ func (b *Backend) fuseRMSNorm(d, x *Tensor, wp uintptr, glen int, eps float32) (
 
 // fuseMatMul (worker only) adds y = W·x to the pending batch or starts one.
 func (b *Backend) fuseMatMul(y *Tensor, w *Weight, x *Tensor) (bool, error) {
+	if ok, err := b.moeTake(func(pm *pendMoE) bool { return pm.takeMatMul(y, w, x) }, func() error { return b.matmulOp(y, w, x) }); ok || err != nil {
+		return ok, err
+	}
 	if b.fuseOff() || !fusableMV(w, x) || y == x {
 		return false, nil
 	}
@@ -183,7 +194,14 @@ func (b *Backend) flushBatch() error {
 
 // fuseSwiGLU (worker only): dst = silu(gate)·up in the epilogue of a pending
 // gate/up batch.
-func (b *Backend) fuseSwiGLU(d, g, u *Tensor) bool {
+func (b *Backend) fuseSwiGLU(d, g, u *Tensor) (bool, error) {
+	if ok, err := b.moeTake(func(pm *pendMoE) bool { return pm.takeSwiGLU(d, g, u) }, func() error { return b.swigluOp(d, g, u, d.rows*d.cols) }); ok || err != nil {
+		return ok, err
+	}
+	return b.fuseSwiGLUBatch(d, g, u), nil
+}
+
+func (b *Backend) fuseSwiGLUBatch(d, g, u *Tensor) bool {
 	bt := b.fz.batch
 	if b.fuseOff() || bt == nil || bt.closed || bt.gate != nil || len(bt.items) != 2 || bt.items[0].y != g || bt.items[1].y != u ||
 		bt.items[0].w.out != bt.items[1].w.out || bt.reads(d) || (d != g && d != u && bt.writes(d)) {
@@ -195,7 +213,14 @@ func (b *Backend) fuseSwiGLU(d, g, u *Tensor) bool {
 
 // fuseGateAdd (worker only): dst += σ(gate)·x in the epilogue of a pending
 // one-item batch whose gate is gate and whose output is x.
-func (b *Backend) fuseGateAdd(d, x, gate *Tensor) bool {
+func (b *Backend) fuseGateAdd(d, x, gate *Tensor) (bool, error) {
+	if ok, err := b.moeTake(func(pm *pendMoE) bool { return pm.takeGateAdd(d, x, gate) }, func() error { return b.gateAddOp(d, x, gate) }); ok || err != nil {
+		return ok, err
+	}
+	return b.fuseGateAddBatch(d, x, gate), nil
+}
+
+func (b *Backend) fuseGateAddBatch(d, x, gate *Tensor) bool {
 	bt := b.fz.batch
 	if b.fuseOff() || bt == nil || bt.closed || bt.gate == nil || bt.gate.y != gate || len(bt.items) != 1 ||
 		bt.items[0].y != x || bt.items[0].gt != nil || bt.reads(d) || bt.writes(d) {
@@ -206,7 +231,14 @@ func (b *Backend) fuseGateAdd(d, x, gate *Tensor) bool {
 }
 
 // fuseAdd (worker only): dst += x where x is a pending item's result.
-func (b *Backend) fuseAdd(d, x *Tensor) bool {
+func (b *Backend) fuseAdd(d, x *Tensor) (bool, error) {
+	if ok, err := b.moeTake(func(pm *pendMoE) bool { return pm.takeAdd(d, x) }, func() error { return b.addOp(d, x, d.rows*d.cols) }); ok || err != nil {
+		return ok, err
+	}
+	return b.fuseAddBatch(d, x), nil
+}
+
+func (b *Backend) fuseAddBatch(d, x *Tensor) bool {
 	bt := b.fz.batch
 	if b.fuseOff() || bt == nil || bt.closed || bt.swiglu != nil || bt.reads(d) || bt.writes(d) {
 		return false

@@ -131,6 +131,39 @@ func TestFusedDecode(t *testing.T) {
 	}
 }
 
+// TestMergedShared runs fusedSteps where the shared expert has the routed
+// experts' shape and every expert is resident, so each step's MoE runs with
+// its shared expert merged into qmxe/qmxd (fuse_moe.go), with graphs on and
+// off, and compares every tensor with the CPU backend and with the merge off.
+func TestMergedShared(t *testing.T) {
+	openOrSkip(t, Options{}).Close()
+	defer func(x string) { QMX = x }(QMX)
+	QMX = "8p"
+	t.Setenv("FMOE_CUDA_QMXE", "1")
+	run, names := fusedSteps(t, 61, decodeCase{H: 1024, Q: 512, S: 1024, E: 8, K: 4, I: 1024, steps: 4})
+	cb := cpu.New()
+	want := run(cb)
+	cb.Close()
+	for _, c := range []struct {
+		opts  Options
+		merge string
+	}{{Options{}, "1"}, {Options{NoGraphs: true}, "1"}, {Options{}, "0"}} {
+		t.Setenv("FMOE_CUDA_SHARED", c.merge)
+		g := openOrSkip(t, c.opts)
+		got := run(g)
+		merged := g.fz.merged
+		g.Close()
+		for i := range want {
+			if ok, e, ref := closeTo(got[i], want[i], 1e-4); !ok {
+				t.Fatalf("%+v merge %s: step %d %s: max error %g of max |ref| %g", c.opts, c.merge, i/len(names), names[i%len(names)], e, ref)
+			}
+		}
+		if (merged > 0) != (c.merge == "1") {
+			t.Fatalf("%+v merge %s: %d merged launches", c.opts, c.merge, merged)
+		}
+	}
+}
+
 // TestSplitMoE runs fusedSteps with a GPU expert cache too small for the
 // experts of both layers, so that decode steps find some of their experts
 // resident and some not: their MoE is split (moeSplit: the resident experts

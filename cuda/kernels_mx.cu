@@ -311,19 +311,29 @@ struct QmxMoE {
   long long w0, s0, b0, w1, s1, b1;  // offsets of the two projections in an expert
 };
 
+// The expert kernels address each expert's projections through pointers
+// staged per block in shared memory (ep[j][k]: gate W, S, B, up W, S, B for
+// qmxe; down W, S, B for qmxd): routed experts from the table plus the
+// offsets, and with a shared-expert descriptor SH the shared expert as one
+// more, k = K (merged decode step, fuse.go). SH words: 0-5 gate/up W, S, B,
+// 6-8 down W, S, B, 9-11 the shared expert's sigmoid gate row W, S, B, 12 its
+// bits, 13 its group, 14-16 outputs gate, up and SwiGLU (rows of I), 17 the
+// gate's logit (one float), 18 the shared down output, 19 a residual to add
+// the MoE output to (0: none).
+#define QMX_MAXK 32
+
 template <int BITS, int TPR, int CPT, int U>
-__device__ __forceinline__ void qmxe_load(const char* const* base, const QmxMoE& m, int t, int tpe, int rows, int sub, int ct, int wpr, int gpr,
+__device__ __forceinline__ void qmxe_load(const char* const (*ep)[QMX_MAXK + 1], int t, int tpe, int rows, int sub, int ct, int wpr, int gpr,
                                           int group, QmxTile<BITS, TPR, CPT, U>& T) {
   constexpr int CW = 4 * (32 / BITS), RPB = 128 / TPR;
   const int k = t / tpe, tt = t - k * tpe;
-  const char* e = base[k];
 #pragma unroll
   for (int u = 0; u < U; u++) {
-    const bool up = u >= U / 2;
+    const int j = u >= U / 2 ? 3 : 0;
     const size_t row = (size_t)min(tt * RPB * (U / 2) + sub * (U / 2) + (u % (U / 2)), rows - 1);
-    const uint4* W = reinterpret_cast<const uint4*>((const u32*)(e + (up ? m.w1 : m.w0)) + row * wpr);
-    const u16* S = (const u16*)(e + (up ? m.s1 : m.s0)) + row * gpr;
-    const u16* B = (const u16*)(e + (up ? m.b1 : m.b0)) + row * gpr;
+    const uint4* W = reinterpret_cast<const uint4*>((const u32*)ep[j][k] + row * wpr);
+    const u16* S = (const u16*)ep[j + 1][k] + row * gpr;
+    const u16* B = (const u16*)ep[j + 2][k] + row * gpr;
 #pragma unroll
     for (int cc = 0; cc < CPT; cc++) {
       const int c = ct + cc * TPR;
@@ -334,30 +344,58 @@ __device__ __forceinline__ void qmxe_load(const char* const* base, const QmxMoE&
   }
 }
 
-#define QMX_MAXK 32
+// qmx_gate_logit: the block's dot product of the shared expert's gate row
+// (SH 9-13, in columns) with x, to every thread.
+__device__ __forceinline__ float qmx_gate_logit(const long long* __restrict__ SH, const float* __restrict__ x, int in, float* sh) {
+  const u32* const gw[1] = {(const u32*)SH[9]};
+  const u16* const gs[1] = {(const u16*)SH[10]};
+  const u16* const gb[1] = {(const u16*)SH[11]};
+  float a[1] = {0.f};
+  const int group = (int)SH[13];
+  switch ((int)SH[12]) {
+    case 2: qmv_rows<2, 1, 1>(gw, gs, gb, in, group, x, a, threadIdx.x, blockDim.x); break;
+    case 8: qmv_rows<8, 1, 1>(gw, gs, gb, in, group, x, a, threadIdx.x, blockDim.x); break;
+    default: qmv_rows<4, 1, 1>(gw, gs, gb, in, group, x, a, threadIdx.x, blockDim.x); break;
+  }
+  return block_sum(a[0], sh);
+}
 
 template <int BITS, int TPR, int CPT, int U>
-__device__ __forceinline__ void qmxe_body(QmxMoE m, const float* __restrict__ x, float* hbuf, int I, int Hd, int group, int K, int t0) {
+__device__ __forceinline__ void qmxe_body(QmxMoE m, const float* __restrict__ x, float* hbuf, int I, int Hd, int group, int K, int t0,
+                                          const long long* __restrict__ SH) {
   constexpr int CW = 4 * (32 / BITS), RPB = 128 / TPR, NW = TPR / 32;
-  __shared__ const char* base[QMX_MAXK];
+  __shared__ const char* ep[6][QMX_MAXK + 1];
   __shared__ float red[2][4][U];
+  __shared__ float sh[32];
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
   const int sub = tid / TPR, ct = tid % TPR;
   const int wpr = Hd / (32 / BITS), gpr = Hd / group;
-  const int tpe = (I + RPB * (U / 2) - 1) / (RPB * (U / 2)), ntiles = K * tpe;
+  const int KK = K + (SH != nullptr ? 1 : 0);
+  const int tpe = (I + RPB * (U / 2) - 1) / (RPB * (U / 2)), ntiles = KK * tpe;
   pdl_wait();  // the ids come from the router
-  if (tid < K) base[tid] = reinterpret_cast<const char*>(m.table[m.ids[t0 * K + tid]]);
+  if (tid < K) {
+    const char* e = reinterpret_cast<const char*>(m.table[m.ids[t0 * K + tid]]);
+    ep[0][tid] = e + m.w0; ep[1][tid] = e + m.s0; ep[2][tid] = e + m.b0;
+    ep[3][tid] = e + m.w1; ep[4][tid] = e + m.s1; ep[5][tid] = e + m.b1;
+  } else if (SH != nullptr && tid == K) {
+#pragma unroll
+    for (int j = 0; j < 6; j++) ep[j][K] = (const char*)SH[j];
+  }
   __syncthreads();
   QmxTile<BITS, TPR, CPT, U> A;
   int t = blockIdx.x;
-  if (t < ntiles) qmxe_load<BITS, TPR, CPT, U>(base, m, t, tpe, I, sub, ct, wpr, gpr, group, A);
+  if (t < ntiles) qmxe_load<BITS, TPR, CPT, U>(ep, t, tpe, I, sub, ct, wpr, gpr, group, A);
   float xv[CPT][CW], sx[CPT];
   qmx_xload<BITS, TPR, CPT>(x + (size_t)t0 * Hd, ct, xv);
   qmx_prep<BITS, CPT>(xv, sx);
+  if (SH != nullptr && blockIdx.x == gridDim.x - 1) {  // the shared expert's gate logit, one block
+    const float g = qmx_gate_logit(SH, x + (size_t)t0 * Hd, Hd, sh);
+    if (tid == 0) ((float*)SH[17])[0] = g;
+  }
   for (int buf = 0; t < ntiles; t += gridDim.x, buf ^= 1) {
     QmxTile<BITS, TPR, CPT, U> Bt;
     const int tn = t + gridDim.x;
-    if (tn < ntiles) qmxe_load<BITS, TPR, CPT, U>(base, m, tn, tpe, I, sub, ct, wpr, gpr, group, Bt);
+    if (tn < ntiles) qmxe_load<BITS, TPR, CPT, U>(ep, tn, tpe, I, sub, ct, wpr, gpr, group, Bt);
     float acc[U];
     qmx_dot<BITS, TPR, CPT, U>(A, xv, sx, acc);
     qmx_warps<U>(acc, red[buf], w, lane);
@@ -368,7 +406,15 @@ __device__ __forceinline__ void qmxe_body(QmxMoE m, const float* __restrict__ x,
       qmx_pair<U, NW>(red[buf], g0, j, g, up);
       const int k = t / tpe;
       const int row = (t - k * tpe) * RPB * (U / 2) + g0 * (U / 2) + j;
-      if (row < I) hbuf[(size_t)(t0 * K + k) * I + row] = silu(g) * up;
+      if (row < I) {
+        const float h = silu(g) * up;
+        hbuf[(size_t)(t0 * K + k) * I + row] = h;
+        if (k == K) {  // the shared expert: its gate, up and SwiGLU outputs in that order (the SwiGLU may overwrite the gate)
+          ((float*)SH[14])[row] = g;
+          ((float*)SH[15])[row] = up;
+          ((float*)SH[16])[row] = h;
+        }
+      }
     }
     A = Bt;
   }
@@ -377,17 +423,18 @@ __device__ __forceinline__ void qmxe_body(QmxMoE m, const float* __restrict__ x,
 // qmxd: the down projections of the K experts with the routing weights:
 // dst[t0, r] = Σ_k wts[p]·D_{e_k}[r]·h[p] (p = t0·K + k, k ascending: the
 // same order everywhere, deterministic), or dst += that sum with accum (the
-// missing experts of a split MoE, after its resident ones: moe.go). The K rows h[p] (prescaled) and their
-// chunk sums are staged in shared memory by the block; a tile is U rows per
-// row group, walked expert by expert, the next (tile, expert) step's weights
-// loaded before the current one is computed.
+// missing experts of a split MoE, after its resident ones: moe.go); with SH
+// the shared expert comes last with weight σ(its gate logit), its own output
+// goes to SH[18] and the sum is also added to SH[19]. The rows h[p]
+// (prescaled) and their chunk sums are staged in shared memory by the block;
+// a tile is U rows per row group, walked expert by expert, the next (tile,
+// expert) step's weights loaded before the current one is computed.
 template <int BITS, int TPR, int CPT, int U>
-__device__ __forceinline__ void qmxd_load(const char* const* base, const QmxMoE& m, int tile, int k, int rows, int sub, int ct, int wpr, int gpr,
+__device__ __forceinline__ void qmxd_load(const char* const (*ep)[QMX_MAXK + 1], int tile, int k, int rows, int sub, int ct, int wpr, int gpr,
                                           int group, QmxTile<BITS, TPR, CPT, U>& T) {
   constexpr int CW = 4 * (32 / BITS), RPB = 128 / TPR;
-  const char* e = base[k];
-  const u32* W0 = (const u32*)(e + m.w0);
-  const u16 *S0 = (const u16*)(e + m.s0), *B0 = (const u16*)(e + m.b0);
+  const u32* W0 = (const u32*)ep[0][k];
+  const u16 *S0 = (const u16*)ep[1][k], *B0 = (const u16*)ep[2][k];
 #pragma unroll
   for (int u = 0; u < U; u++) {
     const size_t row = (size_t)min(tile * RPB * U + sub * U + u, rows - 1);
@@ -404,28 +451,33 @@ __device__ __forceinline__ void qmxd_load(const char* const* base, const QmxMoE&
 
 template <int BITS, int TPR, int CPT, int U>
 __device__ __forceinline__ void qmxd_body(QmxMoE m, const float* wts, const float* hbuf, float* dst, int Hd, int I, int group, int K, int t0,
-                                          int accum) {
+                                          int accum, const long long* __restrict__ SH) {
   constexpr int PER = 32 / BITS, CW = 4 * PER, RPB = 128 / TPR, NW = TPR / 32;
-  extern __shared__ float hs[];  // K·I prescaled h, then K·(I/CW) chunk sums
-  __shared__ const char* base[QMX_MAXK];
-  __shared__ float wk[QMX_MAXK];
-  __shared__ float red[2][4][U];
+  extern __shared__ float hs[];  // KK·I prescaled h, then KK·(I/CW) chunk sums
+  __shared__ const char* ep[3][QMX_MAXK + 1];
+  __shared__ float wk[QMX_MAXK + 1];
+  __shared__ float red[2][4][U], reds[2][4][U];
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
   const int sub = tid / TPR, ct = tid % TPR;
   const int wpr = I / PER, gpr = I / group, nch = I / CW;
   const int ntiles = (Hd + RPB * U - 1) / (RPB * U);
-  float* hsum = hs + K * I;
-  pdl_wait();  // ids, weights and h come from the kernels before
+  const int KK = K + (SH != nullptr ? 1 : 0);
+  float* hsum = hs + KK * I;
+  pdl_wait();  // ids, weights, h and the gate logit come from the kernels before
   if (tid < K) {
-    base[tid] = reinterpret_cast<const char*>(m.table[m.ids[t0 * K + tid]]);
+    const char* e = reinterpret_cast<const char*>(m.table[m.ids[t0 * K + tid]]);
+    ep[0][tid] = e + m.w0; ep[1][tid] = e + m.s0; ep[2][tid] = e + m.b0;
     wk[tid] = wts[t0 * K + tid];
+  } else if (SH != nullptr && tid == K) {
+    ep[0][K] = (const char*)SH[6]; ep[1][K] = (const char*)SH[7]; ep[2][K] = (const char*)SH[8];
+    wk[K] = sigm(((const float*)SH[17])[0]);
   }
   __syncthreads();
   int t = blockIdx.x, k = 0;
   QmxTile<BITS, TPR, CPT, U> A;
-  if (t < ntiles) qmxd_load<BITS, TPR, CPT, U>(base, m, t, 0, Hd, sub, ct, wpr, gpr, group, A);
+  if (t < ntiles) qmxd_load<BITS, TPR, CPT, U>(ep, t, 0, Hd, sub, ct, wpr, gpr, group, A);
   // stage h: one chunk (CW values) per thread and step
-  for (int c = tid; c < K * nch; c += blockDim.x) {
+  for (int c = tid; c < KK * nch; c += blockDim.x) {
     const float* src = hbuf + (size_t)t0 * K * I + (size_t)c * CW;
     float* d = hs + (size_t)c * CW;
     float s = 0.f;
@@ -441,14 +493,14 @@ __device__ __forceinline__ void qmxd_body(QmxMoE m, const float* wts, const floa
     hsum[c] = s;
   }
   __syncthreads();
-  float tot[U];
+  float tot[U], sdv[U];
 #pragma unroll
-  for (int u = 0; u < U; u++) tot[u] = 0.f;
+  for (int u = 0; u < U; u++) tot[u] = sdv[u] = 0.f;
   for (int buf = 0; t < ntiles;) {
     // next step: the same tile's next expert, or the next tile's first
     QmxTile<BITS, TPR, CPT, U> Bt;
-    const int kn = k + 1 < K ? k + 1 : 0, tn = k + 1 < K ? t : t + gridDim.x;
-    if (tn < ntiles) qmxd_load<BITS, TPR, CPT, U>(base, m, tn, kn, Hd, sub, ct, wpr, gpr, group, Bt);
+    const int kn = k + 1 < KK ? k + 1 : 0, tn = k + 1 < KK ? t : t + gridDim.x;
+    if (tn < ntiles) qmxd_load<BITS, TPR, CPT, U>(ep, tn, kn, Hd, sub, ct, wpr, gpr, group, Bt);
     float xv[CPT][CW], sx[CPT];
 #pragma unroll
     for (int cc = 0; cc < CPT; cc++) {
@@ -465,11 +517,19 @@ __device__ __forceinline__ void qmxd_body(QmxMoE m, const float* wts, const floa
     qmx_dot<BITS, TPR, CPT, U>(A, xv, sx, acc);
 #pragma unroll
     for (int u = 0; u < U; u++) tot[u] = fmaf(wk[k], acc[u], tot[u]);
-    if (k + 1 == K) {
+    if (k == K) {  // the shared expert (SH): its own output too
+#pragma unroll
+      for (int u = 0; u < U; u++) sdv[u] = acc[u];
+    }
+    if (k + 1 == KK) {
 #pragma unroll
       for (int u = 0; u < U; u++) {
         const float v = warp_sum(tot[u]);
         if (lane == 0) red[buf][w][u] = v;
+        if (SH != nullptr) {
+          const float vs = warp_sum(sdv[u]);
+          if (lane == 0) reds[buf][w][u] = vs;
+        }
       }
       __syncthreads();
       if (tid < RPB * U) {
@@ -480,11 +540,19 @@ __device__ __forceinline__ void qmxd_body(QmxMoE m, const float* wts, const floa
         const int row = t * RPB * U + g0 * U + u;
         if (row < Hd) {
           float* o = dst + (size_t)t0 * Hd + row;
-          *o = accum ? *o + v : v;
+          v = accum ? *o + v : v;
+          *o = v;
+          if (SH != nullptr) {
+            float vs = 0.f;
+#pragma unroll
+            for (int j = 0; j < NW; j++) vs += reds[buf][g0 * NW + j][u];
+            ((float*)SH[18])[row] = vs;
+            if (SH[19]) ((float*)SH[19])[row] += v;
+          }
         }
       }
 #pragma unroll
-      for (int u = 0; u < U; u++) tot[u] = 0.f;
+      for (int u = 0; u < U; u++) tot[u] = sdv[u] = 0.f;
       buf ^= 1;
     }
     A = Bt;
@@ -493,14 +561,14 @@ __device__ __forceinline__ void qmxd_body(QmxMoE m, const float* wts, const floa
   }
 }
 
-#define QMXE_ARGS const u64 *table, const int *ids, const float *x, float *hbuf, int I, int Hd, int group, int K, int t0, long long gw, long long gs, long long gb, long long uw, long long us, long long ub
-#define QMXD_ARGS const u64 *table, const int *ids, const float *wts, const float *hbuf, float *dst, int Hd, int I, int group, int K, int t0, long long dw, long long ds, long long db, int accum
+#define QMXE_ARGS const u64 *table, const int *ids, const float *x, float *hbuf, int I, int Hd, int group, int K, int t0, long long gw, long long gs, long long gb, long long uw, long long us, long long ub, const long long *SH
+#define QMXD_ARGS const u64 *table, const int *ids, const float *wts, const float *hbuf, float *dst, int Hd, int I, int group, int K, int t0, long long dw, long long ds, long long db, int accum, const long long *SH
 #define QMXM(BITS, TPR, CPT, U)                                                                                                       \
   extern "C" __global__ void __launch_bounds__(128) qmxe##BITS##_##TPR##_##CPT##_##U(QMXE_ARGS) {                                     \
-    qmxe_body<BITS, TPR, CPT, U>(QmxMoE{(const u64*)table, ids, gw, gs, gb, uw, us, ub}, x, hbuf, I, Hd, group, K, t0);               \
+    qmxe_body<BITS, TPR, CPT, U>(QmxMoE{(const u64*)table, ids, gw, gs, gb, uw, us, ub}, x, hbuf, I, Hd, group, K, t0, SH);               \
   }                                                                                                                                    \
   extern "C" __global__ void __launch_bounds__(128) qmxd##BITS##_##TPR##_##CPT##_##U(QMXD_ARGS) {                                     \
-    qmxd_body<BITS, TPR, CPT, U>(QmxMoE{(const u64*)table, ids, dw, ds, db, 0, 0, 0}, wts, hbuf, dst, Hd, I, group, K, t0, accum);   \
+    qmxd_body<BITS, TPR, CPT, U>(QmxMoE{(const u64*)table, ids, dw, ds, db, 0, 0, 0}, wts, hbuf, dst, Hd, I, group, K, t0, accum, SH);   \
   }
 QMXM(4, 128, 1, 8)
 QMXM(4, 128, 1, 4)

@@ -449,6 +449,9 @@ func (b *Backend) MoE(ctx context.Context, dst, x runtime.Tensor, router runtime
 		return fmt.Errorf("%w: experts of hidden size %d for x of width %d", ErrShape, l.Hidden, xt.cols)
 	}
 	return b.runRaw(func() error {
+		if err := b.flushMoE(); err != nil { // first: its replay may leave a batch pending
+			return err
+		}
 		if err := b.flushBatch(); err != nil {
 			return err
 		}
@@ -488,7 +491,7 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 		return err
 	}
 	wts := ids + uintptr(T*K*4)
-	hbuf, err := b.scratchBuf("moe_h", T*K*l.Intermediate*4)
+	hbuf, err := b.scratchBuf("moe_h", (T*K+1)*l.Intermediate*4) // one more: a merged shared expert (fuse.go)
 	if err != nil {
 		return err
 	}
@@ -563,6 +566,9 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 	if c.count[p.Layer] == E && routing == nil {
 		c.stats.Hits += int64(T * K)
 		ls.Hits += int64(T * K)
+		if b.holdMoE(c, table, xt, d, ids, wts, hbuf, part, K) {
+			return nil // launched with the shared expert (fuse_moe.go)
+		}
 		return b.runExperts(c, table, xt, d, ids, wts, hbuf, part, 0, T, K)
 	}
 	// Read the routing back (one host round-trip for the layer) into pinned
@@ -832,10 +838,10 @@ func (b *Backend) moeSplit(ctx context.Context, c *expertCache, layer int, table
 		return true, err
 	}
 	ids, wts := sp, sp+uintptr(K*4)
-	if err := b.qmxGateUp(c, p, table, xt, ids, hbuf, 0, nh); err != nil {
+	if err := b.qmxGateUp(c, p, table, xt, ids, hbuf, 0, nh, 0); err != nil {
 		return true, err
 	}
-	if err := b.qmxDown(c, p, table, d, ids, wts, hbuf, 0, nh, false); err != nil {
+	if err := b.qmxDown(c, p, table, d, ids, wts, hbuf, 0, nh, false, 0); err != nil {
 		return true, err
 	}
 	off := uintptr(nh * 4)
@@ -858,10 +864,10 @@ func (b *Backend) flushTail() error {
 	if err := t.c.uploadTable(b, t.layer, t.table); err != nil {
 		return err
 	}
-	if err := b.qmxGateUp(t.c, t.p, t.table, t.x, t.ids, t.h, 0, t.n); err != nil {
+	if err := b.qmxGateUp(t.c, t.p, t.table, t.x, t.ids, t.h, 0, t.n, 0); err != nil {
 		return err
 	}
-	return b.qmxDown(t.c, t.p, t.table, t.d, t.ids, t.wts, t.h, 0, t.n, true)
+	return b.qmxDown(t.c, t.p, t.table, t.d, t.ids, t.wts, t.h, 0, t.n, true, 0)
 }
 
 // qmmaExperts (worker only) runs the experts of tokens t0..t0+n-1 grouped

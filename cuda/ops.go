@@ -70,15 +70,18 @@ func (b *Backend) MatMul(dst runtime.Tensor, wt runtime.Weight, x runtime.Tensor
 	if xt.cols != w.in || d.cols != w.out || d.rows != xt.rows {
 		return fmt.Errorf("%w: matmul %s [%d,%d] · x[%d,%d] → [%d,%d]", ErrShape, w.name, w.out, w.in, xt.rows, xt.cols, d.rows, d.cols)
 	}
-	return b.runRaw(func() error {
-		if ok, err := b.fuseMatMul(d, w, xt); ok {
-			return err
-		}
-		if err := b.flush(); err != nil {
-			return err
-		}
-		return b.matmul(d.p, w, xt.p, xt.rows)
-	})
+	return b.runRaw(func() error { return b.matmulOp(d, w, xt) })
+}
+
+// matmulOp (worker only) is MatMul on checked operands.
+func (b *Backend) matmulOp(d *Tensor, w *Weight, xt *Tensor) error {
+	if ok, err := b.fuseMatMul(d, w, xt); ok {
+		return err
+	}
+	if err := b.flush(); err != nil {
+		return err
+	}
+	return b.matmul(d.p, w, xt.p, xt.rows)
 }
 
 // qmvVariants are the decode matvec kernels: rRuU = one warp per R rows, U
@@ -273,15 +276,18 @@ func (b *Backend) Add(dst, x runtime.Tensor) error {
 		return err
 	}
 	n := ts[0].rows * ts[0].cols
-	return b.runRaw(func() error {
-		if b.fuseAdd(ts[0], ts[1]) {
-			return nil
-		}
-		if err := b.flush(); err != nil {
-			return err
-		}
-		return b.d.launch(b.fn["add_f"], ewGrid(n), blk, 0, ts[0].p, ts[1].p, int64(n))
-	})
+	return b.runRaw(func() error { return b.addOp(ts[0], ts[1], n) })
+}
+
+// addOp (worker only) is Add on checked operands of n values.
+func (b *Backend) addOp(d, x *Tensor, n int) error {
+	if ok, err := b.fuseAdd(d, x); ok || err != nil {
+		return err
+	}
+	if err := b.flush(); err != nil {
+		return err
+	}
+	return b.d.launch(b.fn["add_f"], ewGrid(n), blk, 0, d.p, x.p, int64(n))
 }
 
 // SwiGLU implements runtime.Backend.
@@ -294,15 +300,18 @@ func (b *Backend) SwiGLU(dst, gate, up runtime.Tensor) error {
 		return err
 	}
 	n := ts[0].rows * ts[0].cols
-	return b.runRaw(func() error {
-		if b.fuseSwiGLU(ts[0], ts[1], ts[2]) {
-			return nil
-		}
-		if err := b.flush(); err != nil {
-			return err
-		}
-		return b.d.launch(b.fn["swiglu_f"], ewGrid(n), blk, 0, ts[0].p, ts[1].p, ts[2].p, int64(n))
-	})
+	return b.runRaw(func() error { return b.swigluOp(ts[0], ts[1], ts[2], n) })
+}
+
+// swigluOp (worker only) is SwiGLU on checked operands of n values.
+func (b *Backend) swigluOp(d, g, u *Tensor, n int) error {
+	if ok, err := b.fuseSwiGLU(d, g, u); ok || err != nil {
+		return err
+	}
+	if err := b.flush(); err != nil {
+		return err
+	}
+	return b.d.launch(b.fn["swiglu_f"], ewGrid(n), blk, 0, d.p, g.p, u.p, int64(n))
 }
 
 // SigmoidGateAdd implements runtime.Backend.
@@ -317,14 +326,17 @@ func (b *Backend) SigmoidGateAdd(dst, x, gate runtime.Tensor) error {
 	if ts[2].rows != ts[0].rows || ts[2].cols != 1 {
 		return fmt.Errorf("%w: gate [%d,%d] for [%d,%d]", ErrShape, ts[2].rows, ts[2].cols, ts[0].rows, ts[0].cols)
 	}
-	return b.runRaw(func() error {
-		if b.fuseGateAdd(ts[0], ts[1], ts[2]) {
-			return nil
-		}
-		if err := b.flush(); err != nil {
-			return err
-		}
-		n := ts[0].rows * ts[0].cols
-		return b.d.launch(b.fn["sigmoid_gate_add2"], ewGrid(n), blk, 0, ts[0].p, ts[1].p, ts[2].p, ts[0].cols, int64(n))
-	})
+	return b.runRaw(func() error { return b.gateAddOp(ts[0], ts[1], ts[2]) })
+}
+
+// gateAddOp (worker only) is SigmoidGateAdd on checked operands.
+func (b *Backend) gateAddOp(d, x, gate *Tensor) error {
+	if ok, err := b.fuseGateAdd(d, x, gate); ok || err != nil {
+		return err
+	}
+	if err := b.flush(); err != nil {
+		return err
+	}
+	n := d.rows * d.cols
+	return b.d.launch(b.fn["sigmoid_gate_add2"], ewGrid(n), blk, 0, d.p, x.p, gate.p, d.cols, int64(n))
 }

@@ -118,25 +118,35 @@ func (c *expertCache) qmxdSmem(K int) int {
 	return K*l.Intermediate*4 + K*(l.Intermediate/(4*32/l.Down.Bits))*4
 }
 
-// qmxGateUp (worker only) launches qmxe for experts ids[0:K] of token t0.
-func (b *Backend) qmxGateUp(c *expertCache, p qmxEx, table uintptr, xt *Tensor, ids, hbuf uintptr, t0, K int) error {
+// qmxGateUp (worker only) launches qmxe for experts ids[0:K] of token t0
+// (sh: a shared-expert descriptor, merged as expert K; 0 none).
+func (b *Backend) qmxGateUp(c *expertCache, p qmxEx, table uintptr, xt *Tensor, ids, hbuf uintptr, t0, K int, sh uintptr) error {
 	l := c.layout
 	f := b.fn[p.gu]
-	tiles := K * cdiv(l.Intermediate, (128/p.gtpr)*(p.gtile/2))
+	kk := K
+	if sh != 0 {
+		kk++
+	}
+	tiles := kk * cdiv(l.Intermediate, (128/p.gtpr)*(p.gtile/2))
 	occ, err := b.d.occupancy(f, 128, 0)
 	if err != nil {
 		return err
 	}
 	return b.d.launch(f, grid1(min(tiles, occ*b.d.sms)), [3]int{128, 1, 1}, 0,
 		table, ids, xt.p, hbuf, l.Intermediate, l.Hidden, l.GroupSize, K, t0,
-		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset)
+		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset, sh)
 }
 
 // qmxDown (worker only) launches qmxd for experts ids[0:K] of token t0:
-// dst = Σ_k wts·down (accum: dst +=).
-func (b *Backend) qmxDown(c *expertCache, p qmxEx, table uintptr, d *Tensor, ids, wts, hbuf uintptr, t0, K int, accum bool) error {
+// dst = Σ_k wts·down (accum: dst +=; sh: the shared expert merged, as in
+// qmxGateUp).
+func (b *Backend) qmxDown(c *expertCache, p qmxEx, table uintptr, d *Tensor, ids, wts, hbuf uintptr, t0, K int, accum bool, sh uintptr) error {
 	l := c.layout
-	f, smem := b.fn[p.dn], c.qmxdSmem(K)
+	kk := K
+	if sh != 0 {
+		kk++
+	}
+	f, smem := b.fn[p.dn], c.qmxdSmem(kk)
 	tiles := cdiv(l.Hidden, (128/p.dtpr)*p.dtile)
 	occ, err := b.d.occupancy(f, 128, smem)
 	if err != nil {
@@ -148,7 +158,7 @@ func (b *Backend) qmxDown(c *expertCache, p qmxEx, table uintptr, d *Tensor, ids
 	}
 	return b.d.launch(f, grid1(min(tiles, occ*b.d.sms)), [3]int{128, 1, 1}, smem,
 		table, ids, wts, hbuf, d.p, l.Hidden, l.Intermediate, l.GroupSize, K, t0,
-		l.Down.WOffset, l.Down.SOffset, l.Down.BOffset, a)
+		l.Down.WOffset, l.Down.SOffset, l.Down.BOffset, a, sh)
 }
 
 // qmxRunExperts (worker only) launches qmxe and qmxd for one token; false:
@@ -158,7 +168,7 @@ func (b *Backend) qmxRunExperts(c *expertCache, table uintptr, xt, d *Tensor, id
 	if !ok {
 		return false, nil
 	}
-	if err := b.qmxGateUp(c, p, table, xt, ids, hbuf, t0, K); err != nil {
+	if err := b.qmxGateUp(c, p, table, xt, ids, hbuf, t0, K, 0); err != nil {
 		return true, err
 	}
 	if p.dn == "" {
@@ -172,7 +182,7 @@ func (b *Backend) qmxRunExperts(c *expertCache, table uintptr, xt, d *Tensor, id
 		return true, b.d.launch(b.fn["moe_combine"], [3]int{cdiv(l.Hidden, 256), 1, 1}, [3]int{256, 1, 1}, 0,
 			part, wts, d.p, l.Hidden, K, t0)
 	}
-	return true, b.qmxDown(c, p, table, d, ids, wts, hbuf, t0, K, false)
+	return true, b.qmxDown(c, p, table, d, ids, wts, hbuf, t0, K, false, 0)
 }
 
 func qmxKernelNames() []string {
