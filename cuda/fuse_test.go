@@ -2,6 +2,7 @@ package cuda
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"testing"
@@ -131,19 +132,40 @@ func TestFusedDecode(t *testing.T) {
 	}
 }
 
+// qmxeSteps skips without CUDA, turns the one-token expert kernels on (qmx
+// 8p, qmxe) for the test, and returns fusedSteps' runner and names and the
+// CPU backend's tensors.
+func qmxeSteps(t *testing.T, seed uint64, dc decodeCase) (run func(be runtime.Backend) [][]float32, names []string, want [][]float32) {
+	t.Helper()
+	openOrSkip(t, Options{}).Close()
+	q := QMX
+	t.Cleanup(func() { QMX = q })
+	QMX = "8p"
+	t.Setenv("FMOE_CUDA_QMXE", "1")
+	run, names = fusedSteps(t, seed, dc)
+	cb := cpu.New()
+	want = run(cb)
+	cb.Close()
+	return run, names, want
+}
+
+// sameSteps fails t when a tensor of got is not within 1e-4 (relative to its
+// largest reference value) of want.
+func sameSteps(t *testing.T, label string, got, want [][]float32, names []string) {
+	t.Helper()
+	for i := range want {
+		if ok, e, ref := closeTo(got[i], want[i], 1e-4); !ok {
+			t.Fatalf("%s: step %d %s: max error %g of max |ref| %g", label, i/len(names), names[i%len(names)], e, ref)
+		}
+	}
+}
+
 // TestMergedShared runs fusedSteps where the shared expert has the routed
 // experts' shape and every expert is resident, so each step's MoE runs with
 // its shared expert merged into qmxe/qmxd (fuse_moe.go), with graphs on and
 // off, and compares every tensor with the CPU backend and with the merge off.
 func TestMergedShared(t *testing.T) {
-	openOrSkip(t, Options{}).Close()
-	defer func(x string) { QMX = x }(QMX)
-	QMX = "8p"
-	t.Setenv("FMOE_CUDA_QMXE", "1")
-	run, names := fusedSteps(t, 61, decodeCase{H: 1024, Q: 512, S: 1024, E: 8, K: 4, I: 1024, steps: 4})
-	cb := cpu.New()
-	want := run(cb)
-	cb.Close()
+	run, names, want := qmxeSteps(t, 61, decodeCase{H: 1024, Q: 512, S: 1024, E: 8, K: 4, I: 1024, steps: 4})
 	for _, c := range []struct {
 		opts  Options
 		merge string
@@ -153,11 +175,7 @@ func TestMergedShared(t *testing.T) {
 		got := run(g)
 		merged := g.fz.merged
 		g.Close()
-		for i := range want {
-			if ok, e, ref := closeTo(got[i], want[i], 1e-4); !ok {
-				t.Fatalf("%+v merge %s: step %d %s: max error %g of max |ref| %g", c.opts, c.merge, i/len(names), names[i%len(names)], e, ref)
-			}
-		}
+		sameSteps(t, fmt.Sprintf("%+v merge %s", c.opts, c.merge), got, want, names)
 		if (merged > 0) != (c.merge == "1") {
 			t.Fatalf("%+v merge %s: %d merged launches", c.opts, c.merge, merged)
 		}
@@ -170,24 +188,13 @@ func TestMergedShared(t *testing.T) {
 // run while the missing ones are copied, the shared expert's projections are
 // queued in between) and must match the CPU backend, with fusions on and off.
 func TestSplitMoE(t *testing.T) {
-	openOrSkip(t, Options{}).Close()
-	defer func(x string) { QMX = x }(QMX)
-	QMX = "8p"
-	t.Setenv("FMOE_CUDA_QMXE", "1")
-	run, names := fusedSteps(t, 41, decodeCase{H: 1024, Q: 512, S: 512, E: 12, K: 4, I: 1024, steps: 12})
-	cb := cpu.New()
-	want := run(cb)
-	cb.Close()
+	run, names, want := qmxeSteps(t, 41, decodeCase{H: 1024, Q: 512, S: 512, E: 12, K: 4, I: 1024, steps: 12})
 	for _, opts := range []Options{{CacheExperts: 6, NoLayerFill: true}, {CacheExperts: 6, NoLayerFill: true, NoFusion: true}} {
 		g := openOrSkip(t, opts)
 		got := run(g)
 		st := g.Stats()
 		g.Close()
-		for i := range want {
-			if ok, e, ref := closeTo(got[i], want[i], 1e-4); !ok {
-				t.Fatalf("%+v: step %d %s: max error %g of max |ref| %g", opts, i/len(names), names[i%len(names)], e, ref)
-			}
-		}
+		sameSteps(t, fmt.Sprintf("%+v", opts), got, want, names)
 		t.Logf("%+v: hits %d misses %d split %d", opts, st.Hits, st.Misses, st.Split)
 		if st.Split == 0 {
 			t.Fatalf("%+v: no MoE call was split (hits %d, misses %d)", opts, st.Hits, st.Misses)
