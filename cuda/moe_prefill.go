@@ -1,0 +1,68 @@
+package cuda
+
+import (
+	"fmt"
+
+	"github.com/fmoe/fmoe/runtime"
+)
+
+// Prefill experts grouped by expert on the tensor cores.
+
+// qmmaExperts (worker only) runs the experts of tokens t0..t0+n-1 grouped
+// by expert on the tensor cores (kernels_mma.cu): moe_slots lists each
+// routed expert's pairs, qmmae4 and qmmad4 read each expert's weights once
+// for all of them, swiglu_f and moe_combine finish. false: not applicable
+// (4-bit experts in groups of 64, rows of whole 64-row tiles and 128-column
+// chunks, the batched layout, QMMA on).
+func (b *Backend) qmmaExperts(c *expertCache, table uintptr, xt, d *Tensor, ids, wts, hbuf, part uintptr, t0, n, K int) (bool, error) {
+	l := c.layout
+	aligned := true // 8-byte code words
+	for _, p := range []runtime.ProjLayout{l.Gate, l.Up, l.Down} {
+		aligned = aligned && p.WOffset%8 == 0
+	}
+	if !c.fast || l.Gate.Bits != 4 || l.Up.Bits != 4 || l.Down.Bits != 4 || l.GroupSize != 64 || l.Intermediate%128 != 0 || l.Hidden%128 != 0 ||
+		!aligned || c.numExperts*8 > 48<<10 || !b.qmmaOn() || b.d.ccMajor < 8 {
+		return false, nil
+	}
+	np := n * K
+	slots, err := b.scratchBuf("moe_slots", (1+np*34)*4)
+	if err != nil {
+		return true, err
+	}
+	gbuf, err := b.scratchBuf("moe_g", np*l.Intermediate*4)
+	if err != nil {
+		return true, err
+	}
+	ubuf, err := b.scratchBuf("moe_u", np*l.Intermediate*4)
+	if err != nil {
+		return true, err
+	}
+	// slots of up to 8·nt pairs: the MMA tile's tokens, sized from the mean
+	// pairs per routed expert (a tile mostly empty costs its MMAs and x
+	// staging; a full one makes experts with more pairs read twice)
+	nt := 4
+	if mean := float64(np) / float64(min(np, c.numExperts)); mean <= 6 {
+		nt = 1
+	} else if mean <= 12 {
+		nt = 2
+	}
+	pids, pw := ids+uintptr(t0*K*4), wts+uintptr(t0*K*4)
+	if err := b.d.launch(b.fn["moe_slots"], grid1(1), [3]int{256, 1, 1}, 2*c.numExperts*4, pids, np, c.numExperts, 8*nt, slots); err != nil {
+		return true, err
+	}
+	x := xt.p + uintptr(t0*l.Hidden*4)
+	if err := b.d.launch(b.fn[fmt.Sprintf("qmmae4_%d", nt)], [3]int{2 * l.Intermediate / 64, np, 1}, [3]int{128, 1, 1}, 0,
+		table, slots, x, gbuf, ubuf, l.Intermediate, l.Hidden, K,
+		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset); err != nil {
+		return true, err
+	}
+	if err := b.d.launch(b.fn["swiglu_f"], ewGrid(np*l.Intermediate), blk, 0, hbuf, gbuf, ubuf, int64(np*l.Intermediate)); err != nil {
+		return true, err
+	}
+	if err := b.d.launch(b.fn[fmt.Sprintf("qmmad4_%d", nt)], [3]int{cdiv(l.Hidden, 64), np, 1}, [3]int{128, 1, 1}, 0,
+		table, slots, hbuf, part, l.Hidden, l.Intermediate, l.Down.WOffset, l.Down.SOffset, l.Down.BOffset); err != nil {
+		return true, err
+	}
+	return true, b.d.launch(b.fn["moe_combine"], [3]int{cdiv(l.Hidden, 256), n, 1}, [3]int{256, 1, 1}, 0,
+		part, pw, d.p+uintptr(t0*l.Hidden*4), l.Hidden, K, 0)
+}
