@@ -14,7 +14,10 @@ import (
 // decodeCase is the shape of fusedSteps' decode step: hidden H, attention
 // width Q, shared expert S, E experts of I, top-K, steps of one token, the
 // MoE alternating between two layers.
-type decodeCase struct{ H, Q, S, E, K, I, steps int }
+type decodeCase struct {
+	H, Q, S, E, K, I, steps int
+	gateBits                int // the shared expert's sigmoid gate row (0: 4, like the rest)
+}
 
 // fusedSteps runs the engine's op sequence of a decode step (input norm and
 // three projections of its output, output projection and residual, post
@@ -36,7 +39,11 @@ func fusedSteps(t *testing.T, seed uint64, dc decodeCase) (run func(be runtime.B
 	wq := map[string]*runtime.WeightData{}
 	for name, d := range map[string]wdef{"qa": {Q, H}, "qb": {64, H}, "qc": {Q, H}, "o": {H, Q},
 		"router": {E, H}, "sg": {S, H}, "su": {S, H}, "sd": {H, S}, "sgate": {1, H}} {
-		wq[name] = &runtime.WeightData{Name: name, Out: d.out, In: d.in, Q: randQuant(r, 4, 64, d.out, d.in)}
+		bits := 4
+		if name == "sgate" && dc.gateBits != 0 {
+			bits = dc.gateBits // MLX checkpoints keep it at 8 bits
+		}
+		wq[name] = &runtime.WeightData{Name: name, Out: d.out, In: d.in, Q: randQuant(r, bits, 64, d.out, d.in)}
 	}
 	n1, n2 := vec(H, 1.5), vec(H, 1.5)
 	x0 := vec(H, 2)
@@ -165,19 +172,21 @@ func sameSteps(t *testing.T, label string, got, want [][]float32, names []string
 // its shared expert merged into qmxe/qmxd (fuse_moe.go), with graphs on and
 // off, and compares every tensor with the CPU backend and with the merge off.
 func TestMergedShared(t *testing.T) {
-	run, names, want := qmxeSteps(t, 61, decodeCase{H: 1024, Q: 512, S: 1024, E: 8, K: 4, I: 1024, steps: 4})
-	for _, c := range []struct {
-		opts  Options
-		merge string
-	}{{Options{}, "1"}, {Options{NoGraphs: true}, "1"}, {Options{}, "0"}} {
-		t.Setenv("FMOE_CUDA_SHARED", c.merge)
-		g := openOrSkip(t, c.opts)
-		got := run(g)
-		merged := g.fz.merged
-		g.Close()
-		sameSteps(t, fmt.Sprintf("%+v merge %s", c.opts, c.merge), got, want, names)
-		if (merged > 0) != (c.merge == "1") {
-			t.Fatalf("%+v merge %s: %d merged launches", c.opts, c.merge, merged)
+	for _, gb := range []int{4, 8} { // the sigmoid gate row at 4 bits, and at 8 as in MLX checkpoints
+		run, names, want := qmxeSteps(t, 61, decodeCase{H: 1024, Q: 512, S: 1024, E: 8, K: 4, I: 1024, steps: 4, gateBits: gb})
+		for _, c := range []struct {
+			opts  Options
+			merge string
+		}{{Options{}, "1"}, {Options{NoGraphs: true}, "1"}, {Options{}, "0"}} {
+			t.Setenv("FMOE_CUDA_SHARED", c.merge)
+			g := openOrSkip(t, c.opts)
+			got := run(g)
+			merged := g.fz.merged
+			g.Close()
+			sameSteps(t, fmt.Sprintf("gate %d-bit %+v merge %s", gb, c.opts, c.merge), got, want, names)
+			if (merged > 0) != (c.merge == "1") {
+				t.Fatalf("gate %d-bit %+v merge %s: %d merged launches", gb, c.opts, c.merge, merged)
+			}
 		}
 	}
 }
