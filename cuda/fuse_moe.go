@@ -19,12 +19,12 @@ import "os"
 // pendMoE is a one-token MoE held back, and the shared expert's operations
 // taken so far.
 type pendMoE struct {
-	c                   *expertCache
-	p                   qmxEx
-	table               uintptr
-	x, d                *Tensor
-	ids, wts, hbuf, prt uintptr
-	K                   int
+	c                    *expertCache
+	p                    qmxEx
+	table                uintptr
+	x, d                 *Tensor
+	ids, wts, hbuf, part uintptr
+	K                    int
 
 	gate, up, down, sgate *fItem  // y = w·x of the shared expert's projections and its sigmoid gate
 	swiglu                *Tensor // SwiGLU(swiglu, gate.y, up.y)
@@ -55,7 +55,7 @@ func (b *Backend) holdMoE(c *expertCache, table uintptr, xt, d *Tensor, ids, wts
 	if !ok || p.dn == "" || c.qmxdSmem(K+1) > 48<<10 {
 		return false
 	}
-	b.fz.moe = &pendMoE{c: c, p: p, table: table, x: xt, d: d, ids: ids, wts: wts, hbuf: hbuf, prt: part, K: K}
+	b.fz.moe = &pendMoE{c: c, p: p, table: table, x: xt, d: d, ids: ids, wts: wts, hbuf: hbuf, part: part, K: K}
 	return true
 }
 
@@ -90,7 +90,7 @@ func (b *Backend) flushMoE() error {
 	if pm.gateAdd {
 		return b.launchMerged(pm)
 	}
-	if _, err := b.qmxRunExperts(pm.c, pm.table, pm.x, pm.d, pm.ids, pm.wts, pm.hbuf, pm.prt, 0, pm.K); err != nil {
+	if _, err := b.qmxRunExperts(pm.c, pm.table, pm.x, pm.d, pm.ids, pm.wts, pm.hbuf, pm.part, 0, pm.K); err != nil {
 		return err
 	}
 	for _, op := range pm.ops {

@@ -31,7 +31,7 @@ type moeTail struct {
 	table       uintptr
 	x, d        *Tensor
 	ids, wts, h uintptr // the missing experts' ids, weights and h rows
-	n           int     // missing experts
+	n           int     // missing routing entries
 }
 
 // moeSplit (worker only) runs a one-token MoE whose experts are partly
