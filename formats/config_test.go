@@ -3,6 +3,7 @@ package formats
 import (
 	"encoding/json"
 	"errors"
+	"maps"
 	"reflect"
 	"strings"
 	"testing"
@@ -177,6 +178,32 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(qwen397Text))
 	f.Add(nested(qwen397Text, `"quantization":{"group_size":64,"bits":4,"a":false,"b":{"bits":8}},`))
 	f.Add([]byte(`{"text_config":null}`))
+	// One field changed each: seeds that reach the checks past the first
+	// (a short run mutates from here, far from the whole file).
+	var base map[string]any
+	if err := json.Unmarshal([]byte(qwen397Text), &base); err != nil {
+		f.Fatal(err)
+	}
+	for _, ch := range []struct {
+		key string
+		val any
+	}{
+		{"layer_types", nil}, {"num_experts_per_tok", 600}, {"partial_rotary_factor", 0}, {"head_dim", -1},
+		{"num_key_value_heads", 3}, {"full_attention_interval", 0}, {"hidden_size", "4096"}, {"rms_norm_eps", nil},
+		{"num_hidden_layers", 3}, {"linear_conv_kernel_dim", 0},
+	} {
+		m := maps.Clone(base)
+		if ch.val == nil {
+			delete(m, ch.key)
+		} else {
+			m[ch.key] = ch.val
+		}
+		b, err := json.Marshal(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := ParseConfig(b)
 		if err != nil {
