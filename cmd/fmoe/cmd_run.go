@@ -117,7 +117,7 @@ end token (<|im_end|>, <|endoftext|>, the config's eos ids).
 			&cli.Float64Flag{Name: "top-p", Usage: "nucleus sampling threshold (0 = off)"},
 			&cli.IntFlag{Name: "top-k", Usage: "sample among the k most likely tokens (0 = all)"},
 			&cli.Uint64Flag{Name: "seed", Usage: "random seed for sampling"},
-			&cli.BoolFlag{Name: "timing", Usage: "print a per-layer time breakdown (mixer, routing, expert I/O, expert compute)"},
+			&cli.BoolFlag{Name: "timing", Usage: "print a per-layer time breakdown (mixer, routing, expert I/O, expert compute); on CUDA it reads each layer's routing back and times it with GPU events, without overlapping a token's expert copies with its compute, so decode runs slower with it"},
 		),
 		Before: func(c *cli.Context) error {
 			if c.Int("tokens") < 0 || c.Float64("temperature") < 0 || c.Float64("top-p") < 0 || c.Float64("top-p") > 1 || c.Int("top-k") < 0 {
