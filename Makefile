@@ -17,9 +17,10 @@ vet: ## go vet
 # Packages with goroutines, locks or parallel I/O also run under the race detector.
 RACE_PKGS := ./internal/... ./convert/... ./pack/... ./requant/... ./hfconv/...
 
-test: vet ## vet + all tests, then the concurrent packages again under -race (what CI runs)
+test: vet ## vet + all tests, the concurrent packages again under -race, the CUDA kernels through NVRTC alone (what CI runs)
 	$(GO) test -count=1 ./...
 	$(GO) test -race -count=1 $(RACE_PKGS)
+	sh tools/nvrtc/compile-check.sh
 
 demo: build ## synthesize the tiny model, extract -> pack-experts -> verify -> requant -> run
 	@rm -rf $(DEMO) && mkdir -p $(DEMO)
