@@ -116,6 +116,9 @@ func Open(opts Options) (*Backend, error) {
 		if b.mod, b.fn, err = d.loadModule(bin, kernelNames()); err != nil {
 			return err
 		}
+		if err := d.setL2Prefetch(b.mod); err != nil {
+			return err
+		}
 		if d.stream, err = d.streamCreateFlags(0); err != nil {
 			return err
 		}
@@ -123,12 +126,13 @@ func Open(opts Options) (*Backend, error) {
 		if os.Getenv("FMOE_CUDA_DELTA2") == "0" {
 			disableDelta2 = true // benchmarks: the shared-memory delta kernel
 		}
-		if opts.Profile || os.Getenv("FMOE_CUDA_PROFILE") == "1" {
+		if pv := os.Getenv("FMOE_CUDA_PROFILE"); opts.Profile || pv == "1" || pv == "grid" {
 			names := make(map[uintptr]string, len(b.fn))
 			for n, f := range b.fn {
 				names[f] = n
 			}
 			d.prof = newProfiler(names)
+			d.prof.byGrid = pv == "grid"
 		} else if !opts.NoGraphs && os.Getenv("FMOE_CUDA_GRAPHS") != "0" {
 			d.graphs = &grapher{match: true}
 		}
@@ -164,6 +168,7 @@ func kernelNames() []string {
 		}
 	}
 	names = append(names, "qgemm_sum", "moe_combine", "qmvb2", "qmvb4", "qmvb8", "qmvb2o", "qmvb4o", "qmvb8o", "moe_dnc2", "moe_dnc4", "moe_dnc8", "qmma4", "qmmae4_1", "qmmad4_1", "qmmae4_2", "qmmad4_2", "qmmae4_4", "qmmad4_4", "moe_slots")
+	names = append(names, qmxmKernelNames()...)
 	return append(names, qmxKernelNames()...)
 }
 

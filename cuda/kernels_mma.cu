@@ -282,3 +282,227 @@ __device__ __forceinline__ void qmmad_body(const u64* __restrict__ table, const 
 QMMAX(1)
 QMMAX(2)
 QMMAX(4)
+
+// ---- qmxm: the one-token (decode) matvec on the tensor cores ----
+//
+// The decode form of qmma: the same exact split and k permutation, but x's
+// three bf16 parts are the MMA's n columns 0-2, so one m16n8k16 step covers
+// 16 rows × 16 columns of codes for all three parts at once. Codes become the
+// bf16 integers 16 + q with one shift and one LOP3 per pair (the nibble in
+// mantissa bits 3-6 of 16.0; pair k of a word is nibbles k and k + 4), so
+// per group S = Σ(16 + q)·x exactly and the row's term is
+// s·S + (b − 16·s)·Σx (the same offset as the CUDA-core kernels' 1 + q/16).
+// x is converted once per block into shared memory in fragment order: entry
+// ((G·4 + s)·4 + t)·4 + p holds, for group G, MMA step s, lane quad t and
+// part p (p = 3: zeros, read by lanes 12-31), the bf16 pairs lane (p, t)
+// passes as b0 and b1; Σx per group follows. A warp owns 16 rows and 1/KS of
+// the groups (KS warps of a block split the columns of one row tile and add
+// their sums in warp order), NG groups at a time with the next NG groups'
+// codes, scales and biases in flight (two register sets, used in turn);
+// blocks are persistent. Same descriptor as qmx (modes 0 and norm; items and
+// their epilogues; word 20 = row tiles of 16; an item's word 8 = its first
+// tile).
+__device__ __forceinline__ u32 q16pair(u32 w, int k) {
+  const u32 v = k == 0 ? (w << 3) : (w >> (4 * k - 3));
+  return (v & 0x00780078u) | 0x41804180u;
+}
+
+// qmxm_prologue: x (normed with mode norm: block 0 writes the normed row)
+// into shared memory as above.
+__device__ __forceinline__ void qmxm_prologue(const long long* __restrict__ D, uint2* xs, float* sxg, float* sh) {
+  const int tid = threadIdx.x, in = (int)D[1], mode = (int)D[3], nu = in / 16;
+  const float* x = (const float*)D[QB_ITEM + 3];
+  const float* nw = (mode & 1) ? (const float*)D[6] : nullptr;
+  float rn = 1.f;
+  if (nw != nullptr) {
+    float ss = 0.f;
+    for (int c = tid * 4; c < in; c += blockDim.x * 4) {
+      const float4 v = __ldg(reinterpret_cast<const float4*>(x + c));
+      ss = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, ss))));
+    }
+    ss = block_sum(ss, sh);
+    rn = rsqrtf(ss / (float)in + __int_as_float((int)D[4]));
+  }
+  float* nt = (nw != nullptr && blockIdx.x == 0) ? (float*)D[7] : nullptr;
+  for (int u = tid; u < nu; u += blockDim.x) {  // unit u: group u/4, quad u%4, columns 16u..16u+15
+    float v[16];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const float4 f = __ldg(reinterpret_cast<const float4*>(x + 16 * u + 4 * j));
+      v[4 * j] = f.x; v[4 * j + 1] = f.y; v[4 * j + 2] = f.z; v[4 * j + 3] = f.w;
+    }
+    if (nw != nullptr) {
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        const float4 f = __ldg(reinterpret_cast<const float4*>(nw + 16 * u + 4 * j));
+        v[4 * j] *= f.x * rn; v[4 * j + 1] *= f.y * rn; v[4 * j + 2] *= f.z * rn; v[4 * j + 3] *= f.w * rn;
+      }
+      if (nt != nullptr)
+#pragma unroll
+        for (int j = 0; j < 16; j++) nt[16 * u + j] = v[j];
+    }
+    float s = 0.f;
+#pragma unroll
+    for (int j = 0; j < 16; j++) s += v[j];
+    s += __shfl_xor_sync(0xffffffffu, s, 1);
+    s += __shfl_xor_sync(0xffffffffu, s, 2);
+    if ((u & 3) == 0) sxg[u / 4] = s;
+    uint2* e = xs + ((u / 4) * 16 + (u & 3)) * 4;  // + s·16 + p
+#pragma unroll
+    for (int s4 = 0; s4 < 4; s4++) e[s4 * 16 + 3] = make_uint2(0u, 0u);
+#pragma unroll
+    for (int p = 0; p < 3; p++) {
+      u32 h[16];
+#pragma unroll
+      for (int j = 0; j < 16; j++) {
+        h[j] = bf16_bits(v[j]);
+        v[j] -= __uint_as_float(h[j] << 16);
+      }
+      // pair m of the quad's 16 columns: m < 4: (m, m + 4); m ≥ 4: (m + 4, m + 8)
+#pragma unroll
+      for (int s4 = 0; s4 < 4; s4++) {
+        const int m0 = 2 * s4, m1 = 2 * s4 + 1;
+        const int l0 = m0 < 4 ? m0 : m0 + 4, l1 = m1 < 4 ? m1 : m1 + 4;
+        e[s4 * 16 + p] = make_uint2(h[l0] | (h[l0 + 4] << 16), h[l1] | (h[l1 + 4] << 16));
+      }
+    }
+  }
+}
+
+// QmxmSet: one set of NG groups' codes (rows g and g+8), scales and biases.
+template <int NG>
+struct QmxmSet {
+  uint2 a[NG], b[NG];
+  u32 sa[NG / 2], sb[NG / 2], ba[NG / 2], bb[NG / 2];
+};
+
+template <int NG>
+__device__ __forceinline__ void qmxm_load(QmxmSet<NG>& q, const uint2* Wa, const uint2* Wb, const u16* Sa, const u16* Sb, const u16* Ba,
+                                          const u16* Bb, int G0) {
+#pragma unroll
+  for (int j = 0; j < NG; j++) {
+    q.a[j] = __ldg(Wa + (G0 + j) * 4);
+    q.b[j] = __ldg(Wb + (G0 + j) * 4);
+  }
+#pragma unroll
+  for (int j = 0; j < NG / 2; j += 2) {  // 8-byte loads of 4 groups' bf16 (NG ≥ 4)
+    const uint2 s0 = __ldg(reinterpret_cast<const uint2*>(Sa + G0) + j / 2), s1 = __ldg(reinterpret_cast<const uint2*>(Sb + G0) + j / 2);
+    const uint2 b0 = __ldg(reinterpret_cast<const uint2*>(Ba + G0) + j / 2), b1 = __ldg(reinterpret_cast<const uint2*>(Bb + G0) + j / 2);
+    q.sa[j] = s0.x; q.sa[j + 1] = s0.y; q.sb[j] = s1.x; q.sb[j + 1] = s1.y;
+    q.ba[j] = b0.x; q.ba[j + 1] = b0.y; q.bb[j] = b1.x; q.bb[j + 1] = b1.y;
+  }
+}
+
+// qmxm_groups: the NG groups of q from G0 into acca (row g), accb (row g+8).
+template <int NG>
+__device__ __forceinline__ void qmxm_groups(const QmxmSet<NG>& q, const uint2* xb, const float* sxg, int G0, int t, float& acca, float& accb) {
+#pragma unroll
+  for (int j = 0; j < NG; j++) {
+    float c[4] = {0.f, 0.f, 0.f, 0.f};
+    const uint2* xg = xb + (G0 + j) * 64;
+#pragma unroll
+    for (int s = 0; s < 4; s++) {
+      const u32 wa = s < 2 ? q.a[j].x : q.a[j].y, wb = s < 2 ? q.b[j].x : q.b[j].y;
+      const int k0 = 2 * (s & 1);
+      const uint2 bv = xg[s * 16];
+      mma_bf16(c, q16pair(wa, k0), q16pair(wb, k0), q16pair(wa, k0 + 1), q16pair(wb, k0 + 1), bv.x, bv.y);
+    }
+    const u32 psa = q.sa[j / 2], psb = q.sb[j / 2];
+    const float fsa = __uint_as_float((j & 1) ? (psa & 0xffff0000u) : (psa << 16));
+    const float fsb = __uint_as_float((j & 1) ? (psb & 0xffff0000u) : (psb << 16));
+    acca = fmaf(fsa, c[0] + c[1], acca);
+    accb = fmaf(fsb, c[2] + c[3], accb);
+    if (t == 0) {
+      const float sx = sxg[G0 + j];
+      const u32 pba = q.ba[j / 2], pbb = q.bb[j / 2];
+      const float fba = __uint_as_float((j & 1) ? (pba & 0xffff0000u) : (pba << 16));
+      const float fbb = __uint_as_float((j & 1) ? (pbb & 0xffff0000u) : (pbb << 16));
+      acca = fmaf(fmaf(-16.f, fsa, fba), sx, acca);
+      accb = fmaf(fmaf(-16.f, fsb, fbb), sx, accb);
+    }
+  }
+}
+
+template <int KS, int NG>
+__device__ __forceinline__ void qmxm_body(const long long* __restrict__ D) {
+  constexpr int TPB = 4 / KS;  // row tiles per block step
+  extern __shared__ uint2 qxs[];
+  __shared__ float sh[32];
+  __shared__ float red[2][4][16];
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  const int g = lane >> 2, t = lane & 3, ws = w / KS, kp = w % KS;
+  const int n = (int)D[0], in = (int)D[1], ntiles = (int)D[20];
+  const int ngr = in / 64, wpr = in / 8, gpr = in / 64, gk = ngr / KS, G1 = kp * gk, G2 = G1 + gk;
+  float* sxg = reinterpret_cast<float*>(qxs + ngr * 64);
+  const uint2* xb = qxs + t * 4 + min(g, 3);
+  const int nsteps = (ntiles + TPB - 1) / TPB;
+
+  const long long* I = D + QB_ITEM;
+  int r0 = 0, out = 1;
+  const uint2 *Wa = nullptr, *Wb = nullptr;
+  const u16 *Sa = nullptr, *Sb = nullptr, *Ba = nullptr, *Bb = nullptr;
+  auto setup = [&](int step) {
+    const int wt = min(step * TPB + ws, ntiles - 1);
+    int it = 0;
+    for (int i = 1; i < n; i++)
+      if ((int)D[QB_ITEM + QB_STRIDE * i + 8] <= wt) it = i;
+    I = D + QB_ITEM + QB_STRIDE * it;
+    out = (int)I[7];
+    r0 = (wt - (int)I[8]) * 16;
+    const int ra = min(r0 + g, out - 1), rb = min(r0 + g + 8, out - 1);
+    Wa = reinterpret_cast<const uint2*>((const u32*)I[0] + (size_t)ra * wpr) + t;
+    Wb = reinterpret_cast<const uint2*>((const u32*)I[0] + (size_t)rb * wpr) + t;
+    Sa = (const u16*)I[1] + (size_t)ra * gpr; Sb = (const u16*)I[1] + (size_t)rb * gpr;
+    Ba = (const u16*)I[2] + (size_t)ra * gpr; Bb = (const u16*)I[2] + (size_t)rb * gpr;
+  };
+  QmxmSet<NG> A, B;
+  int step = blockIdx.x;
+  if (step < nsteps) {
+    setup(step);
+    qmxm_load<NG>(A, Wa, Wb, Sa, Sb, Ba, Bb, G1);
+  }
+  pdl_wait();  // weights and descriptor are static: loaded before the previous kernel ends
+  qmxm_prologue(D, qxs, sxg, sh);
+  __syncthreads();
+  for (int buf = 0; step < nsteps; step += gridDim.x, buf ^= 1) {
+    if (step != (int)blockIdx.x) {
+      setup(step);
+      qmxm_load<NG>(A, Wa, Wb, Sa, Sb, Ba, Bb, G1);
+    }
+    float acca = 0.f, accb = 0.f;
+    for (int G0 = G1; G0 < G2; G0 += 2 * NG) {  // sets A and B in turn
+      if (G0 + NG < G2) qmxm_load<NG>(B, Wa, Wb, Sa, Sb, Ba, Bb, G0 + NG);
+      qmxm_groups<NG>(A, xb, sxg, G0, t, acca, accb);
+      if (G0 + NG >= G2) break;
+      if (G0 + 2 * NG < G2) qmxm_load<NG>(A, Wa, Wb, Sa, Sb, Ba, Bb, G0 + 2 * NG);
+      qmxm_groups<NG>(B, xb, sxg, G0 + NG, t, acca, accb);
+    }
+    acca += __shfl_xor_sync(0xffffffffu, acca, 1);
+    accb += __shfl_xor_sync(0xffffffffu, accb, 1);
+    if (KS > 1) {
+      if (t == 0) { red[buf][w][g] = acca; red[buf][w][g + 8] = accb; }
+      __syncthreads();
+      if (kp == 0 && t == 0) {
+        acca = accb = 0.f;
+#pragma unroll
+        for (int k = 0; k < KS; k++) { acca += red[buf][w + k][g]; accb += red[buf][w + k][g + 8]; }
+      }
+    }
+    if (kp == 0 && t == 0 && step * TPB + ws < ntiles) {
+      if (r0 + g < out) qb_store(I, r0 + g, acca, 0.f);
+      if (r0 + g + 8 < out) qb_store(I, r0 + g + 8, accb, 0.f);
+    }
+  }
+}
+
+// qmxm4_<KS>_<NG>[b]: b = at least 4 blocks per SM asked of the register
+// allocator.
+#define QMXMK(KS, NG)                                                                                                    \
+  extern "C" __global__ void __launch_bounds__(128) qmxm4_##KS##_##NG(const long long* D) { qmxm_body<KS, NG>(D); }     \
+  extern "C" __global__ void __launch_bounds__(128, 4) qmxm4_##KS##_##NG##b(const long long* D) { qmxm_body<KS, NG>(D); }
+QMXMK(1, 4)
+QMXMK(2, 4)
+QMXMK(4, 4)
+QMXMK(1, 8)
+QMXMK(2, 8)
+QMXMK(4, 8)

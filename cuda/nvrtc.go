@@ -234,7 +234,7 @@ func (d *device) rawLaunch(f uintptr, grid, block [3]int, smem int) error {
 			uintptr(unsafe.Pointer(&d.params[0])), 0)
 	}
 	if d.prof != nil {
-		return d.launchProfiled(f, l)
+		return d.launchProfiled(f, grid, l)
 	}
 	return check(l(), "cuLaunchKernel")
 }

@@ -11,8 +11,12 @@ import (
 // Options.Profile or FMOE_CUDA_PROFILE=1): per kernel name, the launch count,
 // the GPU time between the events and the host time spent in cuLaunchKernel.
 // The events themselves cost host time, so a profiled run is slower; the
-// per-kernel GPU times are what it is for.
+// per-kernel GPU times are what it is for. With byGrid (FMOE_CUDA_PROFILE=grid)
+// launches of one kernel with different grids count apart (name/gN: the
+// call sites of the decode matvec differ in grid, e.g. a layer's input
+// projection, its router, the lm_head).
 type profiler struct {
+	byGrid  bool
 	names   map[uintptr]string
 	pending []profRec
 	pool    []uintptr
@@ -75,7 +79,7 @@ func (p *profiler) harvest(d *device) error {
 }
 
 // launchProfiled (worker only) is launch with events around the kernel.
-func (d *device) launchProfiled(f uintptr, launch func() uintptr) error {
+func (d *device) launchProfiled(f uintptr, grid [3]int, launch func() uintptr) error {
 	p := d.prof
 	e0, err := p.event(d)
 	if err != nil {
@@ -100,6 +104,9 @@ func (d *device) launchProfiled(f uintptr, launch func() uintptr) error {
 	name := p.names[f]
 	if name == "" {
 		name = fmt.Sprintf("fn%x", f)
+	}
+	if p.byGrid {
+		name = fmt.Sprintf("%s/g%d", name, grid[0]*grid[1]*grid[2])
 	}
 	p.pending = append(p.pending, profRec{name: name, e0: e0, e1: e1, host: host})
 	if len(p.pending) >= 4096 {
