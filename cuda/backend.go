@@ -116,9 +116,6 @@ func Open(opts Options) (*Backend, error) {
 		if b.mod, b.fn, err = d.loadModule(bin, kernelNames()); err != nil {
 			return err
 		}
-		if err := d.setL2Prefetch(b.mod); err != nil {
-			return err
-		}
 		if d.stream, err = d.streamCreateFlags(0); err != nil {
 			return err
 		}
@@ -168,7 +165,6 @@ func kernelNames() []string {
 		}
 	}
 	names = append(names, "qgemm_sum", "moe_combine", "qmvb2", "qmvb4", "qmvb8", "qmvb2o", "qmvb4o", "qmvb8o", "moe_dnc2", "moe_dnc4", "moe_dnc8", "qmma4", "qmmae4_1", "qmmad4_1", "qmmae4_2", "qmmad4_2", "qmmae4_4", "qmmad4_4", "moe_slots")
-	names = append(names, qmxmKernelNames()...)
 	return append(names, qmxKernelNames()...)
 }
 

@@ -276,7 +276,7 @@ func decodeShapeVariants() []string {
 	if v := os.Getenv("FMOE_BENCH_VARIANTS"); v != "" {
 		return strings.Split(v, ",")
 	}
-	return []string{"r8u1", "k8", "qmvb", "qmx8p", "qmx8n", "qmx4p", "qmx4n", "qmxm"}
+	return []string{"r8u1", "k8", "qmvb", "qmx8p", "qmx8n", "qmx4p", "qmx4n"}
 }
 
 // BenchmarkDecodeShapes: the decode matvec variants on every matrix shape of
@@ -311,12 +311,6 @@ func BenchmarkDecodeShapes(b *testing.B) {
 			b.Run(fmt.Sprintf("%dx%d/%s", rows, cols, v), func(b *testing.B) {
 				QMVVariant = v
 				step := func(w *Weight) error { return be.matmul(yt.p, w, xt.p, 1) }
-				// qmxm (tensor cores) only where named
-				os.Setenv("FMOE_CUDA_QMXM", map[bool]string{true: "1", false: "0"}[v == "qmxm"])
-				defer os.Unsetenv("FMOE_CUDA_QMXM")
-				if v == "qmxm" {
-					v = "qmx8p"
-				}
 				if strings.HasPrefix(v, "qmx") {
 					// the persistent fused kernel (qmx.go), tile and prefetch after the name
 					os.Setenv("FMOE_CUDA_QMX", v[3:])

@@ -314,9 +314,6 @@ func (b *Backend) launchBatch(bt *fBatch, tk *topk) error {
 		}
 		D[o+7] = uint64(it.w.out)
 	}
-	if ok, err := b.qmxmLaunch(bt, &D, mode); ok || err != nil {
-		return err
-	}
 	if ok, err := b.qmxLaunch(bt, &D, smem); ok || err != nil {
 		return err
 	}

@@ -25,36 +25,6 @@
 // or TPR when a row takes more: 256 threads for one chunk each of 256).
 __device__ __forceinline__ constexpr int qnt(int tpr) { return tpr > 128 ? tpr : 128; }
 
-// L2 prefetch (sm_90, NVRTC 12+; a no-op elsewhere). The backend sets the
-// two switches after loading the module (backend.go, setL2Prefetch):
-// fmoe_pf_dist = how many of a block's tiles ahead of the one in registers
-// are requested into L2 (0: none), fmoe_pf_exp = 1: qmxe requests the K
-// routed experts' whole blobs and the shared expert's tensors at its start,
-// so qmxd's down rows are in L2 when it runs. A prefetch is a hint (no
-// completion, no effect on results): it puts more bytes in flight than the
-// register double buffer alone.
-__device__ int fmoe_pf_dist;
-__device__ int fmoe_pf_exp;
-
-__device__ __forceinline__ void l2pf(const void* p, size_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDACC_VER_MAJOR__) && __CUDACC_VER_MAJOR__ >= 12
-  u64 a = (u64)p & ~15ull;
-  const u64 e = ((u64)p + bytes + 15) & ~15ull;
-  for (; a < e; a += 65536) {
-    const unsigned n = (unsigned)min(e - a, 65536ull);
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a), "r"(n) : "memory");
-  }
-#endif
-}
-
-// l2pf_rows: rows r0..r0+cnt-1 of a quantized matrix (codes, scales, biases).
-__device__ __forceinline__ void l2pf_rows(const void* w, const void* s, const void* b, int r0, int cnt, int wpr, int gpr) {
-  if (cnt <= 0) return;
-  l2pf((const u32*)w + (size_t)r0 * wpr, (size_t)cnt * wpr * 4);
-  l2pf((const u16*)s + (size_t)r0 * gpr, (size_t)cnt * gpr * 2);
-  l2pf((const u16*)b + (size_t)r0 * gpr, (size_t)cnt * gpr * 2);
-}
-
 template <int BITS, int TPR, int CPT, int U>
 struct QmxTile {
   uint4 q[U][CPT];
@@ -107,26 +77,6 @@ __device__ __forceinline__ void qmx_load(const long long* __restrict__ D, int n,
       T.b[u][cc] = __ldg(B + c * CW / group);
     }
   }
-}
-
-// qmx_pf requests tile t's rows (those qmx_load reads) into L2.
-template <int TPR, int U>
-__device__ __forceinline__ void qmx_pf(const long long* __restrict__ D, int n, int t, int wpr, int gpr) {
-  constexpr int RPB = qnt(TPR) / TPR;
-  if ((int)D[3] & 2) {  // swiglu: the same rows of gate and up
-    const int r0 = t * RPB * (U / 2), cnt = min(RPB * (U / 2), (int)D[QB_ITEM + 7] - r0);
-    for (int i = 0; i < 2; i++) {
-      const long long* I = D + QB_ITEM + QB_STRIDE * i;
-      l2pf_rows((const void*)I[0], (const void*)I[1], (const void*)I[2], r0, cnt, wpr, gpr);
-    }
-    return;
-  }
-  int it = 0;
-  for (int i = 1; i < n; i++)
-    if ((int)D[QB_ITEM + QB_STRIDE * i + 8] <= t) it = i;
-  const long long* I = D + QB_ITEM + QB_STRIDE * it;
-  const int r0 = (t - (int)I[8]) * RPB * U;
-  l2pf_rows((const void*)I[0], (const void*)I[1], (const void*)I[2], r0, min(RPB * U, (int)I[7] - r0), wpr, gpr);
 }
 
 // qmx_prep turns a thread's slice of x into the dot form: sx[cc] = Σ of the
@@ -323,10 +273,6 @@ __device__ __forceinline__ void qmx_body(const long long* __restrict__ D) {
   QmxTile<BITS, TPR, CPT, U> A;
   int t = blockIdx.x;
   if (t < ntiles) qmx_load<BITS, TPR, CPT, U>(D, n, t, sub, ct, wpr, gpr, group, A);
-  const int pfd = fmoe_pf_dist;
-  if (tid == 0)
-    for (int j = 1; j <= pfd; j++)
-      if (t + j * (int)gridDim.x < ntiles) qmx_pf<TPR, U>(D, n, t + j * gridDim.x, wpr, gpr);
   pdl_wait();  // weights and descriptor are static: loaded before the previous kernel ends
 
   // prologue (while the first tile's loads are in flight): x, its norm, Σx.
@@ -337,7 +283,6 @@ __device__ __forceinline__ void qmx_body(const long long* __restrict__ D) {
     QmxTile<BITS, TPR, CPT, U> Bt;
     const int tn = t + gridDim.x;
     if (PF && tn < ntiles) qmx_load<BITS, TPR, CPT, U>(D, n, tn, sub, ct, wpr, gpr, group, Bt);
-    if (tid == 0 && pfd > 0 && t + (pfd + 1) * (int)gridDim.x < ntiles) qmx_pf<TPR, U>(D, n, t + (pfd + 1) * gridDim.x, wpr, gpr);
     float acc[U];
     qmx_dot<BITS, TPR, CPT, U>(A, xv, sx, acc);
     qmx_warps<U>(acc, red[buf], w, lane);
@@ -399,46 +344,6 @@ __device__ __forceinline__ void qmxe_load(const char* const (*ep)[QMX_MAXK + 1],
   }
 }
 
-// qmxe_pf requests tile t's gate and up rows (those qmxe_load reads) into L2.
-template <int TPR, int U>
-__device__ __forceinline__ void qmxe_pf(const char* const (*ep)[QMX_MAXK + 1], int t, int tpe, int rows, int wpr, int gpr) {
-  constexpr int RPB = 128 / TPR;
-  const int k = t / tpe, r0 = (t - k * tpe) * RPB * (U / 2), cnt = min(RPB * (U / 2), rows - r0);
-  l2pf_rows(ep[0][k], ep[1][k], ep[2][k], r0, cnt, wpr, gpr);
-  l2pf_rows(ep[3][k], ep[4][k], ep[5][k], r0, cnt, wpr, gpr);
-}
-
-// qmxe_pf_experts (fmoe_pf_exp): the K routed experts' blobs (esz bytes
-// from base[k]) and the shared expert's nine tensors (SH 0-8), in pieces of
-// 64 KB dealt over every thread of the grid in that order, requested into L2.
-__device__ __forceinline__ void qmxe_pf_experts(const char* const* base, int K, long long esz, const long long* __restrict__ SH, int I, int Hd,
-                                                int group, int bits) {
-  constexpr long long CH = 65536;
-  const long long per = (esz + CH - 1) / CH, mat = (long long)I * Hd * bits / 8, sb = (long long)I * (Hd / group) * 2;
-  const long long dsb = (long long)Hd * (I / group) * 2;
-  const long long segs[9] = {mat, sb, sb, mat, sb, sb, mat, dsb, dsb};
-  long long total = K * per;
-  if (SH != nullptr)
-    for (int j = 0; j < 9; j++) total += (segs[j] + CH - 1) / CH;
-  const long long stride = (long long)gridDim.x * blockDim.x;
-  for (long long c = blockIdx.x + (long long)gridDim.x * threadIdx.x; c < total; c += stride) {
-    if (c < K * per) {
-      const long long off = (c % per) * CH;
-      l2pf(base[c / per] + off, (size_t)min(CH, esz - off));
-      continue;
-    }
-    long long r = c - K * per;
-    for (int j = 0; j < 9; j++) {
-      const long long n = (segs[j] + CH - 1) / CH;
-      if (r < n) {
-        l2pf((const char*)SH[j] + r * CH, (size_t)min(CH, segs[j] - r * CH));
-        break;
-      }
-      r -= n;
-    }
-  }
-}
-
 // qmx_gate_logit: the block's dot product of the shared expert's gate row
 // (SH 9-13, in columns) with x, to every thread.
 __device__ __forceinline__ float qmx_gate_logit(const long long* __restrict__ SH, const float* __restrict__ x, int in, float* sh) {
@@ -457,10 +362,9 @@ __device__ __forceinline__ float qmx_gate_logit(const long long* __restrict__ SH
 
 template <int BITS, int TPR, int CPT, int U>
 __device__ __forceinline__ void qmxe_body(QmxMoE m, const float* __restrict__ x, float* hbuf, int I, int Hd, int group, int K, int t0,
-                                          const long long* __restrict__ SH, long long esz) {
+                                          const long long* __restrict__ SH) {
   constexpr int CW = 4 * (32 / BITS), RPB = 128 / TPR, NW = TPR / 32;
   __shared__ const char* ep[6][QMX_MAXK + 1];
-  __shared__ const char* base[QMX_MAXK];
   __shared__ float red[2][4][U];
   __shared__ float sh[32];
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
@@ -471,7 +375,6 @@ __device__ __forceinline__ void qmxe_body(QmxMoE m, const float* __restrict__ x,
   pdl_wait();  // the ids come from the router
   if (tid < K) {
     const char* e = reinterpret_cast<const char*>(m.table[m.ids[t0 * K + tid]]);
-    base[tid] = e;
     ep[0][tid] = e + m.w0; ep[1][tid] = e + m.s0; ep[2][tid] = e + m.b0;
     ep[3][tid] = e + m.w1; ep[4][tid] = e + m.s1; ep[5][tid] = e + m.b1;
   } else if (SH != nullptr && tid == K) {
@@ -482,11 +385,6 @@ __device__ __forceinline__ void qmxe_body(QmxMoE m, const float* __restrict__ x,
   QmxTile<BITS, TPR, CPT, U> A;
   int t = blockIdx.x;
   if (t < ntiles) qmxe_load<BITS, TPR, CPT, U>(ep, t, tpe, I, sub, ct, wpr, gpr, group, A);
-  const int pfd = fmoe_pf_exp ? 0 : fmoe_pf_dist;
-  if (fmoe_pf_exp) qmxe_pf_experts(base, K, esz, SH, I, Hd, group, BITS);
-  if (tid == 0)
-    for (int j = 1; j <= pfd; j++)
-      if (t + j * (int)gridDim.x < ntiles) qmxe_pf<TPR, U>(ep, t + j * gridDim.x, tpe, I, wpr, gpr);
   float xv[CPT][CW], sx[CPT];
   qmx_xload<BITS, TPR, CPT>(x + (size_t)t0 * Hd, ct, xv);
   qmx_prep<BITS, CPT>(xv, sx);
@@ -498,7 +396,6 @@ __device__ __forceinline__ void qmxe_body(QmxMoE m, const float* __restrict__ x,
     QmxTile<BITS, TPR, CPT, U> Bt;
     const int tn = t + gridDim.x;
     if (tn < ntiles) qmxe_load<BITS, TPR, CPT, U>(ep, tn, tpe, I, sub, ct, wpr, gpr, group, Bt);
-    if (tid == 0 && pfd > 0 && t + (pfd + 1) * (int)gridDim.x < ntiles) qmxe_pf<TPR, U>(ep, t + (pfd + 1) * gridDim.x, tpe, I, wpr, gpr);
     float acc[U];
     qmx_dot<BITS, TPR, CPT, U>(A, xv, sx, acc);
     qmx_warps<U>(acc, red[buf], w, lane);
@@ -552,17 +449,6 @@ __device__ __forceinline__ void qmxd_load(const char* const (*ep)[QMX_MAXK + 1],
   }
 }
 
-// qmxd_pf requests the rows of the step j steps after (t, k) (steps walk
-// the KK experts of a tile, then the block's next tile) into L2.
-template <int TPR, int U>
-__device__ __forceinline__ void qmxd_pf(const char* const (*ep)[QMX_MAXK + 1], int t, int k, int j, int KK, int ntiles, int rows, int wpr, int gpr) {
-  constexpr int RPB = 128 / TPR;
-  const int tt = t + ((k + j) / KK) * gridDim.x, kk = (k + j) % KK;
-  if (tt >= ntiles) return;
-  const int r0 = tt * RPB * U;
-  l2pf_rows(ep[0][kk], ep[1][kk], ep[2][kk], r0, min(RPB * U, rows - r0), wpr, gpr);
-}
-
 template <int BITS, int TPR, int CPT, int U>
 __device__ __forceinline__ void qmxd_body(QmxMoE m, const float* wts, const float* hbuf, float* dst, int Hd, int I, int group, int K, int t0,
                                           int accum, const long long* __restrict__ SH) {
@@ -590,9 +476,6 @@ __device__ __forceinline__ void qmxd_body(QmxMoE m, const float* wts, const floa
   int t = blockIdx.x, k = 0;
   QmxTile<BITS, TPR, CPT, U> A;
   if (t < ntiles) qmxd_load<BITS, TPR, CPT, U>(ep, t, 0, Hd, sub, ct, wpr, gpr, group, A);
-  const int pfd = fmoe_pf_exp ? 0 : fmoe_pf_dist;  // with fmoe_pf_exp qmxe requested the down rows
-  if (tid == 0)
-    for (int j = 1; j <= pfd; j++) qmxd_pf<TPR, U>(ep, t, 0, j, KK, ntiles, Hd, wpr, gpr);
   // stage h: one chunk (CW values) per thread and step
   for (int c = tid; c < KK * nch; c += blockDim.x) {
     const float* src = hbuf + (size_t)t0 * K * I + (size_t)c * CW;
@@ -618,7 +501,6 @@ __device__ __forceinline__ void qmxd_body(QmxMoE m, const float* wts, const floa
     QmxTile<BITS, TPR, CPT, U> Bt;
     const int kn = k + 1 < KK ? k + 1 : 0, tn = k + 1 < KK ? t : t + gridDim.x;
     if (tn < ntiles) qmxd_load<BITS, TPR, CPT, U>(ep, tn, kn, Hd, sub, ct, wpr, gpr, group, Bt);
-    if (tid == 0 && pfd > 0) qmxd_pf<TPR, U>(ep, t, k, pfd + 1, KK, ntiles, Hd, wpr, gpr);
     float xv[CPT][CW], sx[CPT];
 #pragma unroll
     for (int cc = 0; cc < CPT; cc++) {
@@ -679,11 +561,11 @@ __device__ __forceinline__ void qmxd_body(QmxMoE m, const float* wts, const floa
   }
 }
 
-#define QMXE_ARGS const u64 *table, const int *ids, const float *x, float *hbuf, int I, int Hd, int group, int K, int t0, long long gw, long long gs, long long gb, long long uw, long long us, long long ub, const long long *SH, long long esz
+#define QMXE_ARGS const u64 *table, const int *ids, const float *x, float *hbuf, int I, int Hd, int group, int K, int t0, long long gw, long long gs, long long gb, long long uw, long long us, long long ub, const long long *SH
 #define QMXD_ARGS const u64 *table, const int *ids, const float *wts, const float *hbuf, float *dst, int Hd, int I, int group, int K, int t0, long long dw, long long ds, long long db, int accum, const long long *SH
 #define QMXM(BITS, TPR, CPT, U)                                                                                                       \
   extern "C" __global__ void __launch_bounds__(128) qmxe##BITS##_##TPR##_##CPT##_##U(QMXE_ARGS) {                                     \
-    qmxe_body<BITS, TPR, CPT, U>(QmxMoE{(const u64*)table, ids, gw, gs, gb, uw, us, ub}, x, hbuf, I, Hd, group, K, t0, SH, esz);               \
+    qmxe_body<BITS, TPR, CPT, U>(QmxMoE{(const u64*)table, ids, gw, gs, gb, uw, us, ub}, x, hbuf, I, Hd, group, K, t0, SH);               \
   }                                                                                                                                    \
   extern "C" __global__ void __launch_bounds__(128) qmxd##BITS##_##TPR##_##CPT##_##U(QMXD_ARGS) {                                     \
     qmxd_body<BITS, TPR, CPT, U>(QmxMoE{(const u64*)table, ids, dw, ds, db, 0, 0, 0}, wts, hbuf, dst, Hd, I, group, K, t0, accum, SH);   \

@@ -134,7 +134,7 @@ func (b *Backend) qmxGateUp(c *expertCache, p qmxEx, table uintptr, xt *Tensor, 
 	}
 	return b.d.launch(f, grid1(min(tiles, occ*b.d.sms)), [3]int{128, 1, 1}, 0,
 		table, ids, xt.p, hbuf, l.Intermediate, l.Hidden, l.GroupSize, K, t0,
-		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset, sh, l.Size)
+		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset, sh)
 }
 
 // qmxDown (worker only) launches qmxd for experts ids[0:K] of token t0:
