@@ -196,7 +196,11 @@ func benchFull(c *cli.Context, m *runtime.Model) error {
 		out["decode_counters"] = counterSummary(dec)
 		out["slots"] = map[string]int{"gpu": end.GPUSlots, "host": end.HostSlots}
 	}
-	fl := floors(c, m, dec, decodeN, decode)
+	var pre runtime.ExpertCounters
+	if hasCounters {
+		pre = diffCounters(mid, before)
+	}
+	fl := floors(c, m, pre, dec, len(prompt), prefill, decodeN, decode)
 	for k, v := range fl {
 		out[k] = v
 	}
@@ -215,7 +219,7 @@ func benchFull(c *cli.Context, m *runtime.Model) error {
 		fmt.Fprintf(c.App.Writer, "decode floor %.3f ms/token (%s), E = %.3f\n", v, fl["decode_floor_bound"], fl["decode_E"])
 	}
 	if v, ok := fl["prefill_floor_tok_s"]; ok {
-		fmt.Fprintf(c.App.Writer, "prefill bytes floor %.1f tok/s, E = %.3f\n", v, float64(len(prompt))/prefill.Seconds()/v.(float64))
+		fmt.Fprintf(c.App.Writer, "prefill floor %.1f tok/s (%s), E = %.3f\n", v, fl["prefill_floor_bound"], fl["prefill_E"])
 	}
 	return nil
 }
@@ -249,9 +253,9 @@ func counterSummary(c runtime.ExpertCounters) map[string]any {
 // (hbm), K experts per layer read from GPU memory, and the experts that were
 // not resident (measured counters) copied from pinned host memory (h2d) or
 // read from disk. Copies and reads could overlap compute, so the floor is the
-// largest of the three times. The prefill floor counts bytes only: the
-// non-expert weights once per batch and every expert a batch touches.
-func floors(c *cli.Context, m *runtime.Model, dec runtime.ExpertCounters, n int, decode time.Duration) map[string]any {
+// largest of the three times. The prefill floor (prefillFloor) is built the
+// same way from the prefill's own counters.
+func floors(c *cli.Context, m *runtime.Model, pre, dec runtime.ExpertCounters, P int, prefill time.Duration, n int, decode time.Duration) map[string]any {
 	hbm, h2d, disk := c.Float64("hbm-gbs")*1e9, c.Float64("h2d-gbs")*1e9, c.Float64("disk-gbs")*1e9
 	if hbm <= 0 || n == 0 {
 		return nil
@@ -293,12 +297,37 @@ func floors(c *cli.Context, m *runtime.Model, dec runtime.ExpertCounters, n int,
 	out["decode_floor_ms"] = floor * 1e3
 	out["decode_floor_bound"] = bound
 	out["decode_E"] = floor / meas
-	B := float64(max(1, c.Int("batch")))
+	B := max(1, c.Int("batch"))
 	if c.Int("batch") == 0 {
 		B = 32
 	}
-	touched := float64(E) * (1 - math.Pow(1-float64(K)/float64(E), B))
-	perBatch := float64(dense) + float64(L)*touched*float64(size)
-	out["prefill_floor_tok_s"] = B / (perBatch / hbm)
+	pt, pb := prefillFloor(P, B, dense, size, int(L), int(K), E, pre.HostLoads, pre.DiskLoads, hbm, h2d, disk)
+	out["prefill_floor_tok_s"] = float64(P) / pt
+	out["prefill_floor_bound"] = pb
+	out["prefill_E"] = pt / prefill.Seconds()
 	return out
+}
+
+// prefillFloor is the floor time of a P-token prefill in batches of B and
+// its bound: per batch the non-expert weights (dense bytes) and every expert
+// the batch's tokens touch (E·(1−(1−K/E)^b) per layer for b tokens, uniform
+// routing) read from GPU memory at hbm bytes/s; the experts the prefill
+// copied from pinned host memory (hostLoads, measured) over h2d and those it
+// read from disk (diskLoads) over disk. As for decode, the copies could
+// overlap the compute, so the floor is the largest of the three times.
+func prefillFloor(P, B int, dense, size int64, L, K, E int, hostLoads, diskLoads int64, hbm, h2d, disk float64) (float64, string) {
+	var tHBM float64
+	for done := 0; done < P; done += B {
+		b := float64(min(B, P-done))
+		touched := float64(E) * (1 - math.Pow(1-float64(K)/float64(E), b))
+		tHBM += (float64(dense) + float64(L)*touched*float64(size)) / hbm
+	}
+	floor, bound := tHBM, "hbm"
+	if t := float64(hostLoads) * float64(size) / h2d; h2d > 0 && t > floor {
+		floor, bound = t, "h2d"
+	}
+	if t := float64(diskLoads) * float64(size) / disk; disk > 0 && t > floor {
+		floor, bound = t, "disk"
+	}
+	return floor, bound
 }
