@@ -25,7 +25,7 @@ func TestPrefillFloor(t *testing.T) {
 		{128, 0, 0, 4 * batch(32), "hbm"},
 		{40, 0, 0, batch(32) + batch(8), "hbm"},
 		{1, 0, 0, batch(1), "hbm"},
-		{128, 1, 0, 4 * batch(32), "hbm"},                                // one copy hides under the HBM time
+		{128, 1, 0, 4 * batch(32), "hbm"},                               // one copy hides under the HBM time
 		{128, 60 * 24 * 4, 0, 60 * 24 * 4 * float64(size) / h2d, "h2d"}, // (b): misses of every batch from host memory
 		{128, 60 * 24 * 4, 2000, 2000 * float64(size) / disk, "disk"},
 	}
