@@ -253,10 +253,11 @@ func (b *Backend) fuseAddBatch(d, x *Tensor) bool {
 	return false
 }
 
-// topk is the router's top-K folded into a qmvb launch.
+// topk is the router's top-K folded into a qmvb launch; ov (benchmarks'
+// routing override): pinned host memory whose K ids replace the picks.
 type topk struct {
-	E, K     int
-	ids, wts uintptr
+	E, K         int
+	ids, wts, ov uintptr
 }
 
 // launchBatch (worker only) launches a qmvb batch (tk: router top-K).
@@ -293,7 +294,7 @@ func (b *Backend) launchBatch(bt *fBatch, tk *topk) error {
 		if err != nil {
 			return err
 		}
-		D[14], D[15], D[16], D[17], D[18] = uint64(tk.E), uint64(tk.K), uint64(tk.ids), uint64(tk.wts), uint64(ctr)
+		D[14], D[15], D[16], D[17], D[18], D[21] = uint64(tk.E), uint64(tk.K), uint64(tk.ids), uint64(tk.wts), uint64(ctr), uint64(tk.ov)
 	}
 	smem := 0
 	if tk != nil {

@@ -14,6 +14,8 @@
 //                           block; sw[r] = silu(g[r])·u[r]
 //   14 E 15 K 16 ids 17 wts 18 counter   top-k: the last block to finish
 //                           picks the top-K of item 0's output (router logits)
+//   21 ov                  top-k: ids the host wrote (routing override of the
+//                           benchmarks, pinned memory; 0: none) replace the picks
 //   24 + 10i: item i: W S B x y add gt out blk0 -
 // An item's row r: v = W[r]·x; y[r] = v; gt (if set): gt[r] += γ·v, a = gt[r]
 // (else a = v); add (if set): add[r] += a. Items of one launch share the
@@ -134,7 +136,10 @@ __device__ __forceinline__ void qmvb_body(const long long* __restrict__ D) {
     __syncthreads();
     if (last) {
       __threadfence();
-      if (w == 0) topk_warp((const float*)I[4], (int)D[14], (int)D[15], (int*)D[16], (float*)D[17], qsm);
+      if (w == 0) {
+        topk_warp((const float*)I[4], (int)D[14], (int)D[15], (int*)D[16], (float*)D[17], qsm);
+        topk_override((const int*)D[21], (int)D[15], (int*)D[16]);
+      }
       if (tid == 0) *(unsigned*)D[18] = 0u;
     }
   }

@@ -362,6 +362,16 @@ __device__ __forceinline__ void topk_warp(const float* logits, int E, int K, int
   if (lane < K) wts[lane] /= sum;
 }
 
+// topk_override (benchmarks' routing override, word 21 of a top-K
+// descriptor): after topk_warp, warp 0 replaces the K ids by those the host
+// wrote to pinned memory at ov (read through unified addressing, uncached:
+// the host rewrites them for every token), keeping the router's weights.
+__device__ __forceinline__ void topk_override(const int* ov, int K, int* ids) {
+  const int lane = threadIdx.x & 31;
+  __syncwarp();
+  if (ov != nullptr && lane < K) ids[lane] = __ldcv(ov + lane);
+}
+
 // router_topk: one warp per token; logits [T, E] → top-K ids and weights.
 extern "C" __global__ void router_topk(const float* logits, int E, int K, int* ids, float* wts) { pdl_wait();
   extern __shared__ float sl[];  // E

@@ -252,7 +252,10 @@ __device__ __forceinline__ void qmx_topk(const long long* __restrict__ D, float*
   __syncthreads();
   if (*last) {
     __threadfence();
-    if ((tid >> 5) == 0) topk_warp((const float*)D[QB_ITEM + 4], (int)D[14], (int)D[15], (int*)D[16], (float*)D[17], sl);
+    if ((tid >> 5) == 0) {
+      topk_warp((const float*)D[QB_ITEM + 4], (int)D[14], (int)D[15], (int*)D[16], (float*)D[17], sl);
+      topk_override((const int*)D[21], (int)D[15], (int*)D[16]);
+    }
     if (tid == 0) *(unsigned*)D[18] = 0u;
   }
 }

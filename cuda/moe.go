@@ -509,12 +509,26 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 			return err
 		}
 	}
-	if nrm != nil || (T == 1 && !b.fuseOff() && fusableMV(rw, xt) && E <= 12*1024) {
-		// router matvec (after the fused norm) and top-K in one launch
-		bt := &fBatch{x: xt, norm: nrm, items: []fItem{{w: rw, x: xt, y: &Tensor{p: logits, rows: 1, cols: E}}}}
-		if err := b.launchBatch(bt, &topk{E: E, K: K, ids: ids, wts: wts}); err != nil {
+	// The benchmarks' routing override: its ids go through a pinned buffer
+	// per layer, read by the router launch itself (a fused one-token router)
+	// or copied on the compute stream after it; no host sync either way.
+	var ovp unsafe.Pointer
+	if b.override != nil {
+		if ovp, err = c.layerBuf(b, &c.ovBuf, p.Layer, T*K); err != nil {
 			return err
 		}
+		b.override(p.Layer, T, K, unsafe.Slice((*int32)(ovp), T*K))
+	}
+	if nrm != nil || (T == 1 && !b.fuseOff() && fusableMV(rw, xt) && E <= 12*1024) {
+		// router matvec (after the fused norm) and top-K in one launch; an
+		// override's ids replace its picks in the same launch (a copy node
+		// would break the decode graph's programmatic-launch chain: resident
+		// K=4 decode 148-149 tok/s with it, 155-158 with the model's routing)
+		bt := &fBatch{x: xt, norm: nrm, items: []fItem{{w: rw, x: xt, y: &Tensor{p: logits, rows: 1, cols: E}}}}
+		if err := b.launchBatch(bt, &topk{E: E, K: K, ids: ids, wts: wts, ov: uintptr(ovp)}); err != nil {
+			return err
+		}
+		ovp = nil
 	} else {
 		if err := b.matmul(logits, rw, xt.p, T); err != nil {
 			return err
@@ -523,17 +537,8 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 			return err
 		}
 	}
-	if b.override != nil {
-		// The override's ids go through a pinned buffer per layer and an
-		// async copy on the compute stream: no host sync (the resident path
-		// has none either), and part of a decode step's graph.
-		hp, err := c.layerBuf(b, &c.ovBuf, p.Layer, T*K)
-		if err != nil {
-			return err
-		}
-		hid := unsafe.Slice((*int32)(hp), T*K)
-		b.override(p.Layer, T, K, hid)
-		if err := b.d.copyAsync(ids, hp, T*K*4); err != nil {
+	if ovp != nil {
+		if err := b.d.copyAsync(ids, ovp, T*K*4); err != nil {
 			return err
 		}
 	}

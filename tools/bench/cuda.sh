@@ -32,7 +32,7 @@ nproc; free -g | head -2; df -h "$PWD" /tmp | tail -2
 for st in $STAGES; do case $st in
 check)
 	say check: cuda
-	(cd cuda && FMOE_REQUIRE_CUDA=1 "$D/cuda.test" -test.run 'Conformance|MatMulKernels|SmallCacheChunks|MixersLarge|MoELarge|FusedDecode|CachePolicy|QMX|SplitMoE|Launch' -test.count 1 2>&1 | tail -15) | tee "$OUT/check.txt"
+	(cd cuda && FMOE_REQUIRE_CUDA=1 "$D/cuda.test" -test.run 'Conformance|MatMulKernels|SmallCacheChunks|MixersLarge|MoELarge|FusedDecode|CachePolicy|QMX|SplitMoE|MergedShared|RouteOverride|Launch' -test.count 1 2>&1 | tail -15) | tee "$OUT/check.txt"
 	say check: runtime on cuda
 	(cd runtime && FMOE_BACKEND=cuda "$D/runtime.test" -test.count 1 2>&1 | tail -8) | tee -a "$OUT/check.txt"
 	;;
@@ -82,7 +82,7 @@ full)
 		r=$("$F" bench --model "$W/model" --backend cuda --mode full --json --hbm-gbs "$HBM" --h2d-gbs "$H2D" --disk-gbs "$DISK" "$@" 2>"$OUT/err.txt")
 		if [ -n "$r" ]; then
 			echo "$r" | tr -d '\n' | sed "s/^{/{\"label\":\"$l\",/" >>"$OUT/full.jsonl"; echo >>"$OUT/full.jsonl"
-			echo "$r" | awk -v l="$l" '/"decode_tok_s"|"prefill_tok_s"|"decode_E"|"gpu_hit_rate"|"decode_floor_ms"/ {gsub(/[",]/,""); s=s" "$1$2} END {print l":"s}'
+			echo "$r" | awk -v l="$l" '/"decode_tok_s"|"prefill_tok_s"|"decode_E"|"prefill_E"|"gpu_hit_rate"|"decode_floor_ms"/ {gsub(/[",]/,""); s=s" "$1$2} END {print l":"s}'
 		else echo "$l: FAILED: $(tail -3 "$OUT/err.txt")"; fi
 	}
 	P=${PREFILL:-256}

@@ -19,7 +19,7 @@ date -u +%Y-%m-%dT%H:%MZ
 t0=$(date +%s)
 if [ -z "${SKIPCHECK-}" ]; then
 	echo "== check"
-	(cd cuda && FMOE_REQUIRE_CUDA=1 "$D/cuda.test" -test.run 'Conformance|MatMulKernels|SmallCacheChunks|MixersLarge|MoELarge|FusedDecode|CachePolicy|QMX|SplitMoE|Launch' -test.count 1 -test.v 2>&1) >"$OUT/check.txt"
+	(cd cuda && FMOE_REQUIRE_CUDA=1 "$D/cuda.test" -test.run 'Conformance|MatMulKernels|SmallCacheChunks|MixersLarge|MoELarge|FusedDecode|CachePolicy|QMX|SplitMoE|MergedShared|RouteOverride|Launch' -test.count 1 -test.v 2>&1) >"$OUT/check.txt"
 	grep -E "^(--- FAIL|FAIL|ok|PASS)|graph replays|panic|error" "$OUT/check.txt" | head -20
 	(cd runtime && FMOE_BACKEND=cuda "$D/runtime.test" -test.count 1 2>&1 | tail -4)
 	echo "== check $(( $(date +%s) - t0 )) s"
@@ -42,7 +42,7 @@ bench() { # label, env, flags
 	cat "$OUT/last.err" >>"$OUT/decode.err"
 	if [ -n "$r" ]; then
 		echo "$r" | tr -d '\n' | sed "s/^{/{\"label\":\"$l\",/" >>"$OUT/decode.jsonl"; echo >>"$OUT/decode.jsonl"
-		echo "$r" | awk -v l="$l" '/"decode_tok_s"|"prefill_tok_s"|"decode_E"|"gpu_hit_rate"|"decode_floor_ms"/ {gsub(/[",]/,""); s=s" "$1$2} END {print l":"s}'
+		echo "$r" | awk -v l="$l" '/"decode_tok_s"|"prefill_tok_s"|"decode_E"|"prefill_E"|"gpu_hit_rate"|"decode_floor_ms"/ {gsub(/[",]/,""); s=s" "$1$2} END {print l":"s}'
 	else echo "$l: FAILED: $(tail -3 "$OUT/last.err")"; fi
 	rm -f "$OUT/last.err"
 }
