@@ -123,12 +123,17 @@ func Open(opts Options) (*Backend, error) {
 		if os.Getenv("FMOE_CUDA_DELTA2") == "0" {
 			disableDelta2 = true // benchmarks: the shared-memory delta kernel
 		}
-		if pv := os.Getenv("FMOE_CUDA_PROFILE"); opts.Profile || pv == "1" || pv == "grid" {
-			names := make(map[uintptr]string, len(b.fn))
-			for n, f := range b.fn {
-				names[f] = n
+		d.names = make(map[uintptr]string, len(b.fn))
+		for n, f := range b.fn {
+			d.names[f] = n
+		}
+		if traceOn() {
+			if err := b.startTrace(); err != nil {
+				return err
 			}
-			d.prof = newProfiler(names)
+		}
+		if pv := os.Getenv("FMOE_CUDA_PROFILE"); opts.Profile || pv == "1" || pv == "grid" {
+			d.prof = newProfiler(d.names)
 			d.prof.byGrid = pv == "grid"
 		} else if !opts.NoGraphs && os.Getenv("FMOE_CUDA_GRAPHS") != "0" {
 			d.graphs = &grapher{match: true}
@@ -164,7 +169,7 @@ func kernelNames() []string {
 			names = append(names, "qgemm"+bits+"_"+v)
 		}
 	}
-	names = append(names, "qgemm_sum", "moe_combine", "qmvb2", "qmvb4", "qmvb8", "qmvb2o", "qmvb4o", "qmvb8o", "moe_dnc2", "moe_dnc4", "moe_dnc8", "qmma4", "qmmae4_1", "qmmad4_1", "qmmae4_2", "qmmad4_2", "qmmae4_4", "qmmad4_4", "moe_slots")
+	names = append(names, "qgemm_sum", "moe_combine", "qmvb2", "qmvb4", "qmvb8", "qmvb2o", "qmvb4o", "qmvb8o", "moe_dnc2", "moe_dnc4", "moe_dnc8", "qmma4", "qmmae4_1", "qmmad4_1", "qmmae4_2", "qmmad4_2", "qmmae4_4", "qmmad4_4", "moe_slots", "step_probe", "barrier_probe")
 	return append(names, qmxKernelNames()...)
 }
 
@@ -184,6 +189,13 @@ func (b *Backend) Close() error {
 	if b.d.prof != nil {
 		if st, err := b.Profile(); err == nil {
 			WriteProfile(os.Stderr, st)
+		}
+	}
+	if b.d.trace != nil {
+		if st, n, err := b.Trace(); err == nil {
+			WriteTrace(os.Stderr, st, n)
+		} else {
+			fmt.Fprintln(os.Stderr, err)
 		}
 	}
 	b.closed = true

@@ -364,3 +364,59 @@ func BenchmarkDecodeShapes(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkStepLatency measures what one dependent step of a decode token
+// costs, apart from its work: a chain of 437 launches (a resident 397B-shape
+// token's count) of a kernel that only reads what the step before wrote, in
+// CUDA graphs with programmatic dependent launch as decode runs them
+// ("graph") and issued one by one ("eager"), against the same 437 steps in
+// one persistent launch separated by grid-wide barriers ("barrier"). blocks
+// = blocks per step (one or four per SM). Reports µs per step.
+func BenchmarkStepLatency(b *testing.B) {
+	const steps = 437
+	for _, mode := range []string{"graph", "eager", "barrier"} {
+		for _, per := range []int{1, 4} {
+			if mode == "barrier" && per > 1 {
+				continue // every block of a barrier kernel must be resident: one per SM
+			}
+			b.Run(fmt.Sprintf("%s/blocks=%dxSM", mode, per), func(b *testing.B) {
+				be := openOrSkip(b, Options{NoGraphs: mode != "graph"})
+				defer be.Close()
+				n := per * be.d.sms
+				var buf, bar uintptr
+				if err := be.run(func() (err error) {
+					if buf, err = be.alloc(2 * n * 4); err != nil {
+						return err
+					}
+					if bar, err = be.alloc(8); err != nil {
+						return err
+					}
+					if err := be.d.memset(buf, 2*n*4); err != nil {
+						return err
+					}
+					return be.d.memset(bar, 8)
+				}); err != nil {
+					b.Fatal(err)
+				}
+				chain := func() error {
+					if mode == "barrier" {
+						return be.d.launch(be.fn["barrier_probe"], grid1(n), [3]int{128, 1, 1}, 0, buf, bar, steps)
+					}
+					for i := 0; i < steps; i++ {
+						if err := be.d.launch(be.fn["step_probe"], grid1(n), [3]int{128, 1, 1}, 0, buf, i); err != nil {
+							return err
+						}
+					}
+					return nil
+				}
+				for b.Loop() {
+					ms := gpuMillis(b, be, 1, chain)
+					b.ReportMetric(ms*1e3/steps, "µs/step")
+				}
+				if g := be.d.graphs; g != nil {
+					b.ReportMetric(float64(g.Replays), "graph-launches")
+				}
+			})
+		}
+	}
+}

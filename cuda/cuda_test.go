@@ -379,3 +379,25 @@ func TestQMXExperts(t *testing.T) {
 		}
 	}
 }
+
+// TestGraphChunks: a segment's graphs tile its launches without gaps, the
+// first ones ramp up (graphRamp) and later ones take graphChunk each.
+func TestGraphChunks(t *testing.T) {
+	prev := 0
+	for k := 0; k < 12; k++ {
+		lo, hi := chunk(k)
+		want := graphChunk
+		if os.Getenv("FMOE_CUDA_GRAPH_RAMP") != "0" && k < len(graphRamp) {
+			want = graphRamp[k]
+		}
+		if lo != prev || hi-lo != want {
+			t.Fatalf("chunk %d = [%d, %d), want [%d, %d)", k, lo, hi, prev, prev+want)
+		}
+		for _, i := range []int{lo, hi - 1} {
+			if chunkAt(i) != k {
+				t.Fatalf("launch %d in chunk %d, want %d", i, chunkAt(i), k)
+			}
+		}
+		prev = hi
+	}
+}

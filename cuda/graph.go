@@ -2,6 +2,8 @@ package cuda
 
 import (
 	"fmt"
+	"os"
+	"sort"
 	"unsafe"
 )
 
@@ -37,6 +39,42 @@ type grapher struct {
 // graphChunk is the number of launches per graph: small enough that the GPU
 // starts on a step while the host still walks through its later layers.
 const graphChunk = 128
+
+// graphRamp is the size of a segment's first graphs, before graphChunk: the
+// GPU waits for a segment's first graph while the host walks through its
+// launches, so the first ones are short (FMOE_CUDA_GRAPH_RAMP=0: every graph
+// graphChunk launches).
+var graphRamp = []int{8, 16, 32, 64}
+
+// chunkEnds lists where the graphs of a segment end (launch counts), as far
+// as segments go in practice; later launches take graphChunk each.
+var chunkEnds = func() []int {
+	ramp := graphRamp
+	if os.Getenv("FMOE_CUDA_GRAPH_RAMP") == "0" {
+		ramp = nil
+	}
+	var ends []int
+	for end := 0; end < 1<<16; {
+		n := graphChunk
+		if len(ends) < len(ramp) {
+			n = ramp[len(ends)]
+		}
+		end += n
+		ends = append(ends, end)
+	}
+	return ends
+}()
+
+// chunk returns the launch range [lo, hi) of a segment's graph k.
+func chunk(k int) (lo, hi int) {
+	if k > 0 {
+		lo = chunkEnds[k-1]
+	}
+	return lo, chunkEnds[k]
+}
+
+// chunkAt returns the graph that launch i of a segment belongs to.
+func chunkAt(i int) int { return sort.SearchInts(chunkEnds, i+1) }
 
 // gop is one recorded launch: a kernel (f != 0) or a pinned host-to-device
 // copy on the compute stream.
@@ -85,8 +123,8 @@ func (g *grapher) add(d *device, op gop) error {
 	if !g.hot || !g.match {
 		return g.issue(d, len(g.cur))
 	}
-	if (i+1)%graphChunk == 0 {
-		return g.replay(d, i/graphChunk)
+	if k := chunkAt(i); chunkEnds[k] == i+1 {
+		return g.replay(d, k)
 	}
 	return nil
 }
@@ -114,10 +152,11 @@ func (d *device) issueOp(op *gop) error {
 	return d.rawLaunch(op.f, op.grid, op.block, op.smem)
 }
 
-// replay (worker only) runs chunk k of the recording (cur[k*graphChunk:…],
-// all matched) as a graph, capturing it first if needed.
+// replay (worker only) runs chunk k of the recording (cur[chunk(k)], all
+// matched) as a graph, capturing it first if needed.
 func (g *grapher) replay(d *device, k int) error {
-	lo, hi := k*graphChunk, min((k+1)*graphChunk, len(g.rec))
+	lo, hi := chunk(k)
+	hi = min(hi, len(g.rec))
 	for len(g.execs) <= k {
 		g.execs = append(g.execs, 0)
 	}
@@ -170,7 +209,7 @@ func (g *grapher) barrier(d *device) error {
 	var err error
 	full := g.match && len(g.cur) == len(g.rec)
 	if g.hot && full && g.issued < len(g.cur) {
-		err = g.replay(d, g.issued/graphChunk)
+		err = g.replay(d, chunkAt(g.issued))
 	} else {
 		err = g.issue(d, len(g.cur))
 	}
@@ -213,6 +252,11 @@ func (g *grapher) drop(d *device) error {
 
 // barrier (worker only) ends the grapher's segment, if graphs are on.
 func (d *device) barrier() error {
+	if d.trace != nil {
+		if n := len(d.trace.names); n > 0 && d.trace.names[n-1] != "" {
+			d.trace.names = append(d.trace.names, "")
+		}
+	}
 	if d.graphs == nil {
 		return nil
 	}

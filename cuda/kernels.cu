@@ -21,11 +21,29 @@ __device__ __forceinline__ float silu(float x) { return x / (1.f + expf(-x)); }
 // grid be scheduled as this one's blocks retire (a no-op without PDL, and
 // before sm_90). Since every kernel waits, completion is transitive: a kernel
 // past its wait sees the writes of all earlier kernels.
+//
+// With FMOE_CUDA_TRACE (trace.go) fmoe_trace points at a device buffer: word
+// 0 counts kernels, and thread 0 of block 0 of every kernel appends the
+// global timer at the moment its wait returned, i.e. when the kernel before
+// it had finished. Consecutive entries time each kernel as it runs in the
+// decode graphs, programmatic launch included.
+#define FMOE_TRACE_CAP (1 << 20)
+__device__ unsigned long long* fmoe_trace;
+
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
+  if ((blockIdx.x | blockIdx.y | blockIdx.z | threadIdx.x | threadIdx.y | threadIdx.z) == 0) {
+    unsigned long long* tr = fmoe_trace;
+    if (tr != nullptr) {
+      unsigned long long t;
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+      const unsigned long long i = atomicAdd(tr, 1ull);
+      if (i + 1 < FMOE_TRACE_CAP) tr[i + 1] = t;
+    }
+  }
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -237,4 +255,52 @@ extern "C" __global__ void sigmoid_gate_add(float* dst, const float* x, const fl
   const float s = sigm(gate[blockIdx.x]);
   const size_t base = (size_t)blockIdx.x * cols;
   for (int c = threadIdx.x; c < cols; c += blockDim.x) dst[base + c] += s * x[base + c];
+}
+
+// ---- step-latency probes (BenchmarkStepLatency) ----
+//
+// step_probe is one step of a chain of dependent launches: every block waits
+// for the grid before it (pdl_wait), then thread 0 reads a word the previous
+// step wrote (of another block) and writes its own, in the half of buf of
+// step i's parity. barrier_probe runs n such steps in one persistent launch
+// (one block per SM, all resident) with a grid-wide barrier between steps:
+// a counter and a generation word (bar[0], bar[1]). Nothing reads the
+// results; they measure what a dependent step costs.
+extern "C" __global__ void step_probe(unsigned* buf, int i) {
+  pdl_wait();
+  if (threadIdx.x == 0) {
+    const unsigned n = gridDim.x, b = blockIdx.x, rd = (i & 1) ? 0 : n, wr = (i & 1) ? n : 0;
+    buf[wr + b] = ((volatile unsigned*)buf)[rd + (b + 1) % n] + 1u;
+  }
+}
+
+__device__ __forceinline__ void grid_barrier(unsigned* bar) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    volatile unsigned* gen = bar + 1;
+    const unsigned g = *gen;
+    __threadfence();
+    if (atomicAdd(bar, 1u) == gridDim.x - 1) {
+      bar[0] = 0u;
+      __threadfence();
+      atomicAdd(bar + 1, 1u);
+    } else {
+      while (*gen == g) {
+      }
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+extern "C" __global__ void barrier_probe(unsigned* buf, unsigned* bar, int steps) {
+  pdl_wait();
+  const unsigned n = gridDim.x, b = blockIdx.x;
+  for (int i = 0; i < steps; i++) {
+    if (threadIdx.x == 0) {
+      const unsigned rd = (i & 1) ? 0 : n, wr = (i & 1) ? n : 0;
+      buf[wr + b] = ((volatile unsigned*)buf)[rd + (b + 1) % n] + 1u;
+    }
+    grid_barrier(bar);
+  }
 }

@@ -74,6 +74,7 @@ type driverAPI struct {
 	cuMemAlloc, cuMemFree, cuMemGetInfo, cuMemsetD8, cuMemHostAlloc, cuMemFreeHost            uintptr
 	cuMemcpyHtoD, cuMemcpyDtoH, cuMemcpyDtoD, cuMemcpyHtoDAsync, cuMemcpyDtoHAsync            uintptr
 	cuModuleLoadData, cuModuleGetFunction, cuModuleUnload, cuLaunchKernel, cuFuncSetAttribute uintptr
+	cuModuleGetGlobal                                                                         uintptr
 	cuStreamCreate, cuStreamDestroy, cuStreamSynchronize, cuStreamWaitEvent                   uintptr
 	cuEventCreate, cuEventRecord, cuEventSynchronize, cuEventElapsedTime, cuEventDestroy      uintptr
 	cuStreamBeginCapture, cuStreamEndCapture, cuGraphInstantiateWithFlags, cuGraphLaunch      uintptr
@@ -106,6 +107,7 @@ func (d *driverAPI) table() []symbol {
 		{&d.cuModuleLoadData, []string{"cuModuleLoadData"}},
 		{&d.cuModuleGetFunction, []string{"cuModuleGetFunction"}},
 		{&d.cuModuleUnload, []string{"cuModuleUnload"}},
+		{&d.cuModuleGetGlobal, []string{"cuModuleGetGlobal_v2"}},
 		{&d.cuLaunchKernel, []string{"cuLaunchKernel"}},
 		{&d.cuFuncSetAttribute, []string{"cuFuncSetAttribute"}},
 		{&d.cuStreamCreate, []string{"cuStreamCreate"}},

@@ -205,6 +205,9 @@ func (d *device) launch(f uintptr, grid, block [3]int, smem int, args ...karg) e
 			return nil // empty launch
 		}
 	}
+	if d.trace != nil {
+		d.traceLaunch(f, grid, d.names)
+	}
 	if d.graphs != nil {
 		return d.graphs.launch(d, f, grid, block, smem, len(args))
 	}

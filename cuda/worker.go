@@ -39,7 +39,9 @@ type device struct {
 	// copies use), so that a decode step can be captured into a CUDA graph.
 	stream uintptr
 	prof   *profiler // per-kernel GPU-event timing (nil: off)
-	graphs *grapher  // CUDA graph capture and replay of repeated launch sequences (nil: off)
+	trace  *tracer   // per-kernel GPU timer trace (nil: off)
+	names  map[uintptr]string
+	graphs *grapher // CUDA graph capture and replay of repeated launch sequences (nil: off)
 
 	occ map[[3]uintptr]int // blocks per SM by (function, threads, shared memory)
 

@@ -1,0 +1,151 @@
+package cuda
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"unsafe"
+)
+
+// tracer (FMOE_CUDA_TRACE=1) times every kernel as it runs, graphs and
+// programmatic dependent launch included, unlike the profiler's events
+// around eager launches: each kernel appends the GPU's global timer when
+// its pdl_wait returns (kernels.cu, fmoe_trace), which is when the kernel
+// before it on the stream finished. The host records the launch order (the
+// order the GPU runs them: graph replays keep it) with a mark at every
+// barrier; the difference between a kernel's time and the next one's, both
+// inside one segment between barriers, is the kernel's share of the
+// critical path; for the last kernel of a segment ("|name") it also holds
+// the barrier: the host's sync, its work and its next launches. Printed by
+// Close (Backend.WriteTrace).
+type tracer struct {
+	buf   uintptr  // device: count, then one timestamp per kernel
+	names []string // per launch: kernel/grid; "" marks a barrier
+}
+
+const traceCap = 1 << 20 // FMOE_TRACE_CAP in kernels.cu
+
+// startTrace (worker only) allocates the buffer and points fmoe_trace at it.
+func (b *Backend) startTrace() error {
+	p, err := b.alloc(traceCap * 8)
+	if err != nil {
+		return err
+	}
+	if err := b.d.memset(p, 8); err != nil {
+		return err
+	}
+	var g, n uintptr
+	cn := cstring("fmoe_trace")
+	if err := check(call(b.d.l.drv.cuModuleGetGlobal, uintptr(unsafe.Pointer(&g)), uintptr(unsafe.Pointer(&n)), b.mod, uintptr(unsafe.Pointer(&cn[0]))),
+		"cuModuleGetGlobal fmoe_trace"); err != nil {
+		return err
+	}
+	if err := b.d.htod(g, unsafe.Pointer(&p), 8); err != nil {
+		return err
+	}
+	b.d.trace = &tracer{buf: p}
+	return nil
+}
+
+// traceLaunch (worker only) records a launch of f.
+func (d *device) traceLaunch(f uintptr, grid [3]int, names map[uintptr]string) {
+	n := names[f]
+	if n == "" {
+		n = fmt.Sprintf("fn%x", f)
+	}
+	d.trace.names = append(d.trace.names, fmt.Sprintf("%s/g%d", n, grid[0]*grid[1]*grid[2]))
+}
+
+// TraceStat is one kernel's share of a trace.
+type TraceStat struct {
+	Name     string
+	Launches int
+	Nanos    int64 // sum of the kernel's critical-path time
+}
+
+// Trace returns the per-kernel sums so far, largest first, and the number
+// of kernels timed (nil, 0 when tracing is off).
+func (b *Backend) Trace() ([]TraceStat, int, error) {
+	t := b.d.trace
+	if t == nil {
+		return nil, 0, nil
+	}
+	var ts []int64
+	if err := b.run(func() error {
+		if err := b.d.sync(); err != nil {
+			return err
+		}
+		var cnt uint64
+		if err := b.d.dtoh(unsafe.Pointer(&cnt), t.buf, 8); err != nil {
+			return err
+		}
+		cnt = min(cnt, traceCap-1)
+		ts = make([]int64, cnt)
+		if cnt == 0 {
+			return nil
+		}
+		return b.d.dtoh(unsafe.Pointer(&ts[0]), t.buf+8, int(cnt)*8)
+	}); err != nil {
+		return nil, 0, err
+	}
+	var kernels []string // launch names, barrier marks kept as ""
+	kernels = append(kernels, t.names...)
+	nk := 0
+	for _, n := range kernels {
+		if n != "" {
+			nk++
+		}
+	}
+	if nk != len(ts) {
+		return nil, 0, fmt.Errorf("cuda trace: %d kernels launched, %d timestamps (a kernel without exactly one pdl_wait?)", nk, len(ts))
+	}
+	by := map[string]*TraceStat{}
+	k := 0
+	for i, n := range kernels {
+		if n == "" {
+			continue
+		}
+		// the next kernel of the same segment ends this one; across a
+		// barrier the time also holds the host's turn (sync, download,
+		// its next launches): counted apart, as "|" + the last kernel
+		key := n
+		if i+1 < len(kernels) && kernels[i+1] == "" {
+			key = "|" + n
+		}
+		if k+1 < len(ts) {
+			s := by[key]
+			if s == nil {
+				s = &TraceStat{Name: key}
+				by[key] = s
+			}
+			s.Launches++
+			s.Nanos += ts[k+1] - ts[k]
+		}
+		k++
+	}
+	out := make([]TraceStat, 0, len(by))
+	for _, s := range by {
+		out = append(out, *s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Nanos > out[j].Nanos })
+	return out, nk, nil
+}
+
+// WriteTrace prints the trace as a table.
+func WriteTrace(w io.Writer, stats []TraceStat, kernels int) {
+	var tot int64
+	var n int
+	for _, s := range stats {
+		tot += s.Nanos
+		n += s.Launches
+	}
+	fmt.Fprintf(w, "cuda trace: %d kernels, %d timed, %.3f ms (|name: the last kernel before a barrier, with the barrier)\n", kernels, n, float64(tot)/1e6)
+	fmt.Fprintf(w, "%-26s %9s %11s %9s %6s\n", "kernel/grid", "launches", "ms", "µs/l", "%")
+	for _, s := range stats {
+		fmt.Fprintf(w, "%-26s %9d %11.3f %9.2f %6.1f\n", s.Name, s.Launches, float64(s.Nanos)/1e6,
+			float64(s.Nanos)/1e3/float64(s.Launches), 100*float64(s.Nanos)/float64(max(tot, 1)))
+	}
+}
+
+func traceOn() bool { return os.Getenv("FMOE_CUDA_TRACE") == "1" }
