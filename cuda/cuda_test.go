@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"testing"
 	"unsafe"
 
@@ -399,5 +400,26 @@ func TestGraphChunks(t *testing.T) {
 			}
 		}
 		prev = hi
+	}
+}
+
+// TestTraceStats: a kernel's time runs to the next kernel's start, the last
+// one before a barrier counts apart ("|" + name), the very last one has no
+// end, and a trace whose timestamps do not match its kernels is an error.
+func TestTraceStats(t *testing.T) {
+	names := []string{"a/g1", "b/g2", "", "a/g1", "b/g2", "c/g3"}
+	got, err := traceStats(names, []int64{0, 10, 30, 34, 40})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []TraceStat{{"|b/g2", 1, 20}, {"a/g1", 2, 14}, {"b/g2", 1, 6}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+	if _, err := traceStats(names, []int64{0, 10}); err == nil {
+		t.Fatal("5 kernels with 2 timestamps: no error")
+	}
+	if cut := firstKernels(names, 3); !slices.Equal(cut, names[:4]) {
+		t.Fatalf("first 3 kernels: %q", cut)
 	}
 }

@@ -80,7 +80,10 @@ func (b *Backend) Trace() ([]TraceStat, int, error) {
 		if err := b.d.dtoh(unsafe.Pointer(&cnt), t.buf, 8); err != nil {
 			return err
 		}
-		cnt = min(cnt, traceCap-1)
+		if cnt > traceCap-1 { // the buffer is full: the first kernels only
+			cnt = traceCap - 1
+			t.names = firstKernels(t.names, int(cnt))
+		}
 		ts = make([]int64, cnt)
 		if cnt == 0 {
 			return nil
@@ -89,28 +92,32 @@ func (b *Backend) Trace() ([]TraceStat, int, error) {
 	}); err != nil {
 		return nil, 0, err
 	}
-	var kernels []string // launch names, barrier marks kept as ""
-	kernels = append(kernels, t.names...)
+	out, err := traceStats(t.names, ts)
+	return out, len(ts), err
+}
+
+// traceStats adds up a trace: names are the launches in order with "" at
+// each barrier, ts one GPU time per kernel. A kernel's time runs to the next
+// kernel's; the last kernel before a barrier counts apart as "|" + its name
+// (its time holds the barrier), and the very last one has no end.
+func traceStats(names []string, ts []int64) ([]TraceStat, error) {
 	nk := 0
-	for _, n := range kernels {
+	for _, n := range names {
 		if n != "" {
 			nk++
 		}
 	}
 	if nk != len(ts) {
-		return nil, 0, fmt.Errorf("cuda trace: %d kernels launched, %d timestamps (a kernel without exactly one pdl_wait?)", nk, len(ts))
+		return nil, fmt.Errorf("cuda trace: %d kernels launched, %d timestamps (a kernel without exactly one pdl_wait?)", nk, len(ts))
 	}
 	by := map[string]*TraceStat{}
 	k := 0
-	for i, n := range kernels {
+	for i, n := range names {
 		if n == "" {
 			continue
 		}
-		// the next kernel of the same segment ends this one; across a
-		// barrier the time also holds the host's turn (sync, download,
-		// its next launches): counted apart, as "|" + the last kernel
 		key := n
-		if i+1 < len(kernels) && kernels[i+1] == "" {
+		if i+1 < len(names) && names[i+1] == "" {
 			key = "|" + n
 		}
 		if k+1 < len(ts) {
@@ -128,8 +135,8 @@ func (b *Backend) Trace() ([]TraceStat, int, error) {
 	for _, s := range by {
 		out = append(out, *s)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Nanos > out[j].Nanos })
-	return out, nk, nil
+	sort.Slice(out, func(i, j int) bool { return out[i].Nanos > out[j].Nanos || out[i].Nanos == out[j].Nanos && out[i].Name < out[j].Name })
+	return out, nil
 }
 
 // WriteTrace prints the trace as a table.
@@ -149,3 +156,16 @@ func WriteTrace(w io.Writer, stats []TraceStat, kernels int) {
 }
 
 func traceOn() bool { return os.Getenv("FMOE_CUDA_TRACE") == "1" }
+
+// firstKernels cuts names after its n-th kernel.
+func firstKernels(names []string, n int) []string {
+	for i, name := range names {
+		if name != "" {
+			if n == 0 {
+				return names[:i]
+			}
+			n--
+		}
+	}
+	return names
+}
