@@ -135,7 +135,9 @@ func traceStats(names []string, ts []int64) ([]TraceStat, error) {
 	for _, s := range by {
 		out = append(out, *s)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Nanos > out[j].Nanos || out[i].Nanos == out[j].Nanos && out[i].Name < out[j].Name })
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].Nanos > out[j].Nanos || out[i].Nanos == out[j].Nanos && out[i].Name < out[j].Name
+	})
 	return out, nil
 }
 
