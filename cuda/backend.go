@@ -76,8 +76,9 @@ type Backend struct {
 	hosts  []unsafe.Pointer // pinned host allocations
 	scr    map[string]*scratch
 	moe    *expertCache
-	fz     fuser    // pending decode work (fuse.go)
-	tail   *moeTail // a split MoE's deferred missing experts (moe.go)
+	fz     fuser          // pending decode work (fuse.go)
+	tail   *moeTail       // a split MoE's deferred missing experts (moe.go)
+	amOut  unsafe.Pointer // pinned: Argmax's result (argmax_f writes it)
 	closed bool
 	err    error // deferred error from Reset (no error return there)
 	// override replaces routed expert ids (benchmarks; runtime.RouteOverrider).
@@ -148,7 +149,7 @@ func Open(opts Options) (*Backend, error) {
 }
 
 func kernelNames() []string {
-	names := []string{"fmm", "embedf", "rmsnorm", "rmsnorm4", "add_f", "swiglu_f", "sigmoid_gate_add", "sigmoid_gate_add2",
+	names := []string{"argmax_f", "fmm", "embedf", "rmsnorm", "rmsnorm4", "add_f", "swiglu_f", "sigmoid_gate_add", "sigmoid_gate_add2",
 		"attn_prep", "attn_split", "attn_combine", "delta_conv", "delta_rule", "router_topk"}
 	for _, r := range []string{"1", "2", "4", "8", "16", "32"} {
 		names = append(names, "delta_rule2_"+r)

@@ -313,10 +313,10 @@ func TestLaunchStructs(t *testing.T) {
 	}
 }
 
-// TestQMXExperts checks the one-token expert kernels (qmxe gate/up, qmxd
-// down with the routing weights) against the CPU backend on the shapes they
-// take (4-, 8- and 2-bit; 32, 64 and 128 threads per row; K up to 10; every
-// down-projection tile), and the fallback path with them off.
+// TestQMXExperts checks the one-token expert kernels (qmxe gate/up, qmxd or
+// qmxs down with the routing weights) against the CPU backend on the shapes
+// they take (4-, 8- and 2-bit; 32, 64 and 128 threads per row; K up to 32;
+// every down-projection tile), and the fallback path with them off.
 func TestQMXExperts(t *testing.T) {
 	// wider rows are not built: they keep the older expert kernels
 	if g, _, _ := qmxMoEKernel("qmxe", 4, 64, 8192, 8); g != "" {
@@ -328,6 +328,7 @@ func TestQMXExperts(t *testing.T) {
 	r := rand.New(rand.NewPCG(51, 52))
 	for _, c := range []struct{ E, K, H, I, bits int }{
 		{8, 4, 4096, 1024, 4}, {12, 10, 1024, 1024, 4}, {6, 4, 2048, 2048, 8}, {6, 3, 2048, 2048, 2}, {8, 2, 4096, 2048, 4},
+		{40, 32, 1024, 1024, 4},
 	} {
 		if g, _, _ := qmxMoEKernel("qmxe", c.bits, 64, c.H, 8); g == "" {
 			t.Fatalf("%+v: no qmxe kernel", c)
@@ -368,14 +369,18 @@ func TestQMXExperts(t *testing.T) {
 		cb := cpu.New()
 		want := run(cb)
 		cb.Close()
-		for _, v := range []struct{ qmxe, du string }{{"1", "4"}, {"1", "2"}, {"1", "8"}, {"0", "4"}} {
+		for _, v := range []struct{ qmxe, du, dn string }{
+			{"1", "4", "walk"}, {"1", "2", "walk"}, {"1", "8", "walk"},
+			{"1", "4", "split"}, {"1", "2", "split"}, {"1", "8", "split"}, {"0", "4", ""},
+		} {
 			t.Setenv("FMOE_CUDA_QMXE", v.qmxe)
 			t.Setenv("FMOE_CUDA_QMXD_U", v.du)
+			t.Setenv("FMOE_CUDA_QMXD", v.dn)
 			g := openOrSkip(t, Options{})
 			got := run(g)
 			g.Close()
 			if ok, maxErr, maxRef := closeTo(got, want, 2e-5); !ok {
-				t.Fatalf("%+v qmxe %s down tile %s: cuda vs cpu max error %g (max |ref| %g)", c, v.qmxe, v.du, maxErr, maxRef)
+				t.Fatalf("%+v qmxe %s down %s tile %s: cuda vs cpu max error %g (max |ref| %g)", c, v.qmxe, v.dn, v.du, maxErr, maxRef)
 			}
 		}
 	}

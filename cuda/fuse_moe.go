@@ -48,11 +48,11 @@ func mergeShared() bool {
 // with all experts resident when the shared expert may join them; false:
 // not held (the caller launches them).
 func (b *Backend) holdMoE(c *expertCache, table uintptr, xt, d *Tensor, ids, wts, hbuf, part uintptr, K int) bool {
-	if b.fuseOff() || !mergeShared() || xt.rows != 1 || K+1 > 32 {
+	if b.fuseOff() || !mergeShared() || xt.rows != 1 || K+1 > qmxMaxK {
 		return false
 	}
 	p, ok := c.qmxPlanExperts(K)
-	if !ok || p.dn == "" || c.qmxdSmem(K+1) > 48<<10 {
+	if !ok || p.dn == "" || (!p.split && c.qmxdSmem(K+1) > 48<<10) {
 		return false
 	}
 	b.fz.moe = &pendMoE{c: c, p: p, table: table, x: xt, d: d, ids: ids, wts: wts, hbuf: hbuf, part: part, K: K}

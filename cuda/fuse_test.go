@@ -170,22 +170,25 @@ func sameSteps(t *testing.T, label string, got, want [][]float32, names []string
 // TestMergedShared runs fusedSteps where the shared expert has the routed
 // experts' shape and every expert is resident, so each step's MoE runs with
 // its shared expert merged into qmxe/qmxd (fuse_moe.go), with graphs on and
-// off, and compares every tensor with the CPU backend and with the merge off.
+// off, and compares every tensor with the CPU backend and with the merge off,
+// for both down-projection kernels (qmxd, qmxs).
 func TestMergedShared(t *testing.T) {
 	for _, gb := range []int{4, 8} { // the sigmoid gate row at 4 bits, and at 8 as in MLX checkpoints
 		run, names, want := qmxeSteps(t, 61, decodeCase{H: 1024, Q: 512, S: 1024, E: 8, K: 4, I: 1024, steps: 4, gateBits: gb})
 		for _, c := range []struct {
-			opts  Options
-			merge string
-		}{{Options{}, "1"}, {Options{NoGraphs: true}, "1"}, {Options{}, "0"}} {
+			opts      Options
+			merge, dn string
+		}{{Options{}, "1", "walk"}, {Options{}, "1", "split"}, {Options{NoGraphs: true}, "1", "split"}, {Options{}, "0", "split"}} {
 			t.Setenv("FMOE_CUDA_SHARED", c.merge)
+			t.Setenv("FMOE_CUDA_QMXD", c.dn)
 			g := openOrSkip(t, c.opts)
 			got := run(g)
 			merged := g.fz.merged
 			g.Close()
-			sameSteps(t, fmt.Sprintf("gate %d-bit %+v merge %s", gb, c.opts, c.merge), got, want, names)
+			label := fmt.Sprintf("gate %d-bit %+v merge %s down %s", gb, c.opts, c.merge, c.dn)
+			sameSteps(t, label, got, want, names)
 			if (merged > 0) != (c.merge == "1") {
-				t.Fatalf("gate %d-bit %+v merge %s: %d merged launches", gb, c.opts, c.merge, merged)
+				t.Fatalf("%s: %d merged launches", label, merged)
 			}
 		}
 	}
@@ -198,12 +201,13 @@ func TestMergedShared(t *testing.T) {
 // queued in between) and must match the CPU backend, with fusions on and off.
 func TestSplitMoE(t *testing.T) {
 	run, names, want := qmxeSteps(t, 41, decodeCase{H: 1024, Q: 512, S: 512, E: 12, K: 4, I: 1024, steps: 12})
-	for _, opts := range []Options{{CacheExperts: 6, NoLayerFill: true}, {CacheExperts: 6, NoLayerFill: true, NoFusion: true}} {
+	for i, opts := range []Options{{CacheExperts: 6, NoLayerFill: true}, {CacheExperts: 6, NoLayerFill: true}, {CacheExperts: 6, NoLayerFill: true, NoFusion: true}} {
+		t.Setenv("FMOE_CUDA_QMXD", []string{"split", "walk", "split"}[i])
 		g := openOrSkip(t, opts)
 		got := run(g)
 		st := g.Stats()
 		g.Close()
-		sameSteps(t, fmt.Sprintf("%+v", opts), got, want, names)
+		sameSteps(t, fmt.Sprintf("%+v down %s", opts, os.Getenv("FMOE_CUDA_QMXD")), got, want, names)
 		t.Logf("%+v: hits %d misses %d split %d", opts, st.Hits, st.Misses, st.Split)
 		if st.Split == 0 {
 			t.Fatalf("%+v: no MoE call was split (hits %d, misses %d)", opts, st.Hits, st.Misses)

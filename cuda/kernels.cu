@@ -257,6 +257,58 @@ extern "C" __global__ void sigmoid_gate_add(float* dst, const float* x, const fl
   for (int c = threadIdx.x; c < cols; c += blockDim.x) dst[base + c] += s * x[base + c];
 }
 
+// ---- argmax (greedy decoding, runtime.Argmaxer) ----
+//
+// am_key orders (value, -index) as one integer: a larger value wins, then a
+// lower index (runtime.Argmax's rule); NaN never wins and -0 counts as +0.
+__device__ __forceinline__ unsigned long long am_key(float v, int i) {
+  const unsigned int b = __float_as_uint(v == 0.f ? 0.f : v);
+  const unsigned int o = v != v ? 0u : ((b & 0x80000000u) ? ~b : (b | 0x80000000u));
+  return ((unsigned long long)o << 32) | (unsigned long long)(0xffffffffu - (unsigned int)i);
+}
+
+__device__ __forceinline__ unsigned long long block_max_u64(unsigned long long v, unsigned long long* sh) {
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  __syncthreads();
+  if (lane == 0) sh[w] = v;
+  __syncthreads();
+  const int nw = (blockDim.x + 31) >> 5;
+  v = lane < nw ? sh[lane] : 0ull;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// argmax_f writes the index of the largest of x[0..n) to *out (pinned host
+// memory). Each block writes its best key to part[block]; the last block to
+// finish (count) reduces them in a fixed order and resets count for the next
+// launch.
+extern "C" __global__ void argmax_f(const float* __restrict__ x, int n, unsigned long long* part, unsigned int* count, int* out) {
+  pdl_wait();
+  __shared__ unsigned long long sh[32];
+  __shared__ bool last;
+  unsigned long long best = 0ull;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) best = max(best, am_key(x[i], i));
+  best = block_max_u64(best, sh);
+  if (threadIdx.x == 0) {
+    part[blockIdx.x] = best;
+    __threadfence();
+    last = atomicAdd(count, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  best = 0ull;
+  for (int i = threadIdx.x; i < gridDim.x; i += blockDim.x) best = max(best, ((volatile unsigned long long*)part)[i]);
+  best = block_max_u64(best, sh);
+  if (threadIdx.x == 0) {
+    *out = (int)(0xffffffffu - (unsigned int)(best & 0xffffffffull));
+    *count = 0u;
+  }
+}
+
 // ---- step-latency probes (BenchmarkStepLatency) ----
 //
 // step_probe is one step of a chain of dependent launches: every block waits

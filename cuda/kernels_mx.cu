@@ -433,11 +433,11 @@ __device__ __forceinline__ void qmxe_body(QmxMoE m, const float* __restrict__ x,
 // a tile is U rows per row group, walked expert by expert, the next (tile,
 // expert) step's weights loaded before the current one is computed.
 template <int BITS, int TPR, int CPT, int U>
-__device__ __forceinline__ void qmxd_load(const char* const (*ep)[QMX_MAXK + 1], int tile, int k, int rows, int sub, int ct, int wpr, int gpr,
+__device__ __forceinline__ void qmxd_load(const char* w, const char* s, const char* b, int tile, int rows, int sub, int ct, int wpr, int gpr,
                                           int group, QmxTile<BITS, TPR, CPT, U>& T) {
   constexpr int CW = 4 * (32 / BITS), RPB = 128 / TPR;
-  const u32* W0 = (const u32*)ep[0][k];
-  const u16 *S0 = (const u16*)ep[1][k], *B0 = (const u16*)ep[2][k];
+  const u32* W0 = (const u32*)w;
+  const u16 *S0 = (const u16*)s, *B0 = (const u16*)b;
 #pragma unroll
   for (int u = 0; u < U; u++) {
     const size_t row = (size_t)min(tile * RPB * U + sub * U + u, rows - 1);
@@ -478,7 +478,7 @@ __device__ __forceinline__ void qmxd_body(QmxMoE m, const float* wts, const floa
   __syncthreads();
   int t = blockIdx.x, k = 0;
   QmxTile<BITS, TPR, CPT, U> A;
-  if (t < ntiles) qmxd_load<BITS, TPR, CPT, U>(ep, t, 0, Hd, sub, ct, wpr, gpr, group, A);
+  if (t < ntiles) qmxd_load<BITS, TPR, CPT, U>(ep[0][0], ep[1][0], ep[2][0], t, Hd, sub, ct, wpr, gpr, group, A);
   // stage h: one chunk (CW values) per thread and step
   for (int c = tid; c < KK * nch; c += blockDim.x) {
     const float* src = hbuf + (size_t)t0 * K * I + (size_t)c * CW;
@@ -503,7 +503,7 @@ __device__ __forceinline__ void qmxd_body(QmxMoE m, const float* wts, const floa
     // next step: the same tile's next expert, or the next tile's first
     QmxTile<BITS, TPR, CPT, U> Bt;
     const int kn = k + 1 < KK ? k + 1 : 0, tn = k + 1 < KK ? t : t + gridDim.x;
-    if (tn < ntiles) qmxd_load<BITS, TPR, CPT, U>(ep, tn, kn, Hd, sub, ct, wpr, gpr, group, Bt);
+    if (tn < ntiles) qmxd_load<BITS, TPR, CPT, U>(ep[0][kn], ep[1][kn], ep[2][kn], tn, Hd, sub, ct, wpr, gpr, group, Bt);
     float xv[CPT][CW], sx[CPT];
 #pragma unroll
     for (int cc = 0; cc < CPT; cc++) {
@@ -564,14 +564,91 @@ __device__ __forceinline__ void qmxd_body(QmxMoE m, const float* wts, const floa
   }
 }
 
+// qmxs: qmxd's result with the experts split across blocks. Block
+// tile·KK + k computes tile's rows of expert k's down projection alone
+// (one load of U rows per row group, no loop), writes the unweighted sums to
+// part[row·KK + k] and counts itself in cnt[tile]; the tile's last block adds
+// the KK partial rows with their weights in k order (deterministic) and
+// writes dst (accum: adds), the shared expert's own output (SH[18]) and the
+// residual (SH[19]) as qmxd does, then resets the count. An expert's
+// weights are loaded before pdl_wait: the ids were written by the router,
+// which finished before the kernel this launch depends on began (qmxe), and
+// the shared expert's weights are static; only h waits.
+template <int BITS, int TPR, int CPT, int U>
+__device__ __forceinline__ void qmxs_body(QmxMoE m, const float* wts, const float* hbuf, float* dst, int Hd, int I, int group, int K, int t0,
+                                          int accum, const long long* __restrict__ SH, float* part, unsigned int* cnt) {
+  constexpr int PER = 32 / BITS, CW = 4 * PER, RPB = 128 / TPR, NW = TPR / 32;
+  __shared__ float red[4][U];
+  __shared__ bool last;
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  const int sub = tid / TPR, ct = tid % TPR;
+  const int wpr = I / PER, gpr = I / group;
+  const int KK = K + (SH != nullptr ? 1 : 0);
+  const int tile = blockIdx.x / KK, k = blockIdx.x - tile * KK;
+  const char *W0, *S0, *B0;
+  if (k < K) {
+    const char* e = reinterpret_cast<const char*>(m.table[m.ids[t0 * K + k]]);
+    W0 = e + m.w0; S0 = e + m.s0; B0 = e + m.b0;
+  } else {
+    W0 = (const char*)SH[6]; S0 = (const char*)SH[7]; B0 = (const char*)SH[8];
+  }
+  QmxTile<BITS, TPR, CPT, U> A;
+  qmxd_load<BITS, TPR, CPT, U>(W0, S0, B0, tile, Hd, sub, ct, wpr, gpr, group, A);
+  pdl_wait();  // h comes from qmxe
+  float xv[CPT][CW], sx[CPT];
+  qmx_xload<BITS, TPR, CPT>(hbuf + (size_t)(t0 * K + k) * I, ct, xv);
+  qmx_prep<BITS, CPT>(xv, sx);
+  float acc[U];
+  qmx_dot<BITS, TPR, CPT, U>(A, xv, sx, acc);
+  qmx_warps<U>(acc, red, w, lane);
+  __syncthreads();
+  if (tid < RPB * U) {
+    const int g0 = tid / U, u = tid % U;
+    float v = 0.f;
+#pragma unroll
+    for (int j = 0; j < NW; j++) v += red[g0 * NW + j][u];
+    const int row = tile * RPB * U + g0 * U + u;
+    if (row < Hd) part[(size_t)row * KK + k] = v;
+  }
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) last = atomicAdd(cnt + tile, 1u) == (unsigned int)KK - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  if (tid < RPB * U) {
+    const int row = tile * RPB * U + tid;
+    if (row < Hd) {
+      const volatile float* pr = part + (size_t)row * KK;
+      float v = 0.f;
+      for (int j = 0; j < K; j++) v = fmaf(wts[t0 * K + j], pr[j], v);
+      if (SH != nullptr) {
+        const float vs = pr[K];
+        v = fmaf(sigm(((const float*)SH[17])[0]), vs, v);
+        ((float*)SH[18])[row] = vs;
+      }
+      float* o = dst + (size_t)t0 * Hd + row;
+      v = accum ? *o + v : v;
+      *o = v;
+      if (SH != nullptr && SH[19]) ((float*)SH[19])[row] += v;
+    }
+  }
+  if (tid == 0) cnt[tile] = 0u;
+}
+
 #define QMXE_ARGS const u64 *table, const int *ids, const float *x, float *hbuf, int I, int Hd, int group, int K, int t0, long long gw, long long gs, long long gb, long long uw, long long us, long long ub, const long long *SH
 #define QMXD_ARGS const u64 *table, const int *ids, const float *wts, const float *hbuf, float *dst, int Hd, int I, int group, int K, int t0, long long dw, long long ds, long long db, int accum, const long long *SH
+#define QMXS_ARGS QMXD_ARGS, float *part, unsigned int *cnt
 #define QMXM(BITS, TPR, CPT, U)                                                                                                       \
   extern "C" __global__ void __launch_bounds__(128) qmxe##BITS##_##TPR##_##CPT##_##U(QMXE_ARGS) {                                     \
     qmxe_body<BITS, TPR, CPT, U>(QmxMoE{(const u64*)table, ids, gw, gs, gb, uw, us, ub}, x, hbuf, I, Hd, group, K, t0, SH);               \
   }                                                                                                                                    \
   extern "C" __global__ void __launch_bounds__(128) qmxd##BITS##_##TPR##_##CPT##_##U(QMXD_ARGS) {                                     \
     qmxd_body<BITS, TPR, CPT, U>(QmxMoE{(const u64*)table, ids, dw, ds, db, 0, 0, 0}, wts, hbuf, dst, Hd, I, group, K, t0, accum, SH);   \
+  }                                                                                                                                    \
+  extern "C" __global__ void __launch_bounds__(128) qmxs##BITS##_##TPR##_##CPT##_##U(QMXS_ARGS) {                                     \
+    qmxs_body<BITS, TPR, CPT, U>(QmxMoE{(const u64*)table, ids, dw, ds, db, 0, 0, 0}, wts, hbuf, dst, Hd, I, group, K, t0, accum, SH,    \
+                                 part, cnt);                                                                                           \
   }
 QMXM(4, 128, 1, 8)
 QMXM(4, 128, 1, 4)

@@ -74,15 +74,16 @@ func TestWriteCache(t *testing.T) {
 	}
 }
 
-// TestQMXNamesBuilt: every qmx, qmxe and qmxd kernel the backend looks up
+// TestQMXNamesBuilt: every qmx, qmxe, qmxd and qmxs kernel the backend looks up
 // (qmxKernelNames, loaded by name at start) is instantiated in kernels_mx.cu,
 // and every instantiation is looked up.
 func TestQMXNamesBuilt(t *testing.T) {
 	built := map[string]bool{}
 	for _, m := range regexp.MustCompile(`(?m)^QMX(M?)\((\d+), (\d+), (\d+), (\d+)\)$`).FindAllStringSubmatch(kernelsMX, -1) {
 		if m[1] == "M" {
-			built["qmxe"+m[2]+"_"+m[3]+"_"+m[4]+"_"+m[5]] = true
-			built["qmxd"+m[2]+"_"+m[3]+"_"+m[4]+"_"+m[5]] = true
+			for _, pf := range []string{"qmxe", "qmxd", "qmxs"} {
+				built[pf+m[2]+"_"+m[3]+"_"+m[4]+"_"+m[5]] = true
+			}
 		} else {
 			built["qmx"+m[2]+"_"+m[3]+"_"+m[4]+"_"+m[5]+"p"] = true
 			built["qmx"+m[2]+"_"+m[3]+"_"+m[4]+"_"+m[5]+"n"] = true

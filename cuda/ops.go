@@ -340,3 +340,61 @@ func (b *Backend) gateAddOp(d, x, gate *Tensor) error {
 	n := d.rows * d.cols
 	return b.d.launch(b.fn["sigmoid_gate_add2"], ewGrid(n), blk, 0, d.p, x.p, gate.p, d.cols, int64(n))
 }
+
+// amBlocks is argmax_f's grid: enough blocks to stream a vocabulary-sized
+// row at HBM speed, few enough for one block to reduce their results.
+const amBlocks = 256
+
+// Argmax implements runtime.Argmaxer: argmax_f reduces row 0 of t on the GPU
+// and writes the index into pinned host memory, so a greedy decoding step
+// waits for the stream and reads 4 bytes instead of downloading the logits.
+// FMOE_CUDA_ARGMAX=0 downloads the row and scans it on the host instead (the
+// path of backends without Argmax; for A/B timing).
+func (b *Backend) Argmax(t runtime.Tensor, n int) (int, error) {
+	ts, err := tensors(t)
+	if err != nil {
+		return 0, err
+	}
+	x := ts[0]
+	if n < 1 || n > x.cols {
+		return 0, fmt.Errorf("%w: argmax over %d of a row of %d values", ErrShape, n, x.cols)
+	}
+	if os.Getenv("FMOE_CUDA_ARGMAX") == "0" {
+		v := make([]float32, x.rows*x.cols)
+		if err := b.Download(x, v); err != nil {
+			return 0, err
+		}
+		return runtime.Argmax(v[:x.cols], n), nil
+	}
+	var idx int32
+	err = b.run(func() error {
+		if b.amOut == nil {
+			h, err := b.d.hostAlloc(4)
+			if err != nil {
+				return err
+			}
+			b.hosts = append(b.hosts, h)
+			b.amOut = h
+		}
+		part, err := b.scratchBuf("argmax", amBlocks*8+8) // block results, then the arrival count
+		if err != nil {
+			return err
+		}
+		if err := b.d.launch(b.fn["argmax_f"], grid1(min(amBlocks, cdiv(n, 4*ewBlock))), blk, 0,
+			x.p, n, part, part+amBlocks*8, uintptr(b.amOut)); err != nil {
+			return err
+		}
+		if err := b.d.sync(); err != nil {
+			return err
+		}
+		idx = *(*int32)(b.amOut)
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	if idx < 0 || int(idx) >= n {
+		return 0, fmt.Errorf("cuda: argmax returned %d for %d values", idx, n)
+	}
+	return int(idx), nil
+}

@@ -70,8 +70,25 @@ func qmxMoEKernel(prefix string, bits, group, in, u int) (name string, tpr, tile
 // (116.5 → 104.9 tok/s), so larger K keep moe_dn + moe_combine.
 var QMXExperts = true
 
-// QMXDownMaxK is the largest K whose down projections run as qmxd.
+// QMXDownMaxK is the largest K whose down projections run as qmxd (the
+// walking form; qmxs takes any K).
 var QMXDownMaxK = 4
+
+// QMXSplitDown runs the one-token down projections as qmxs (kernels_mx.cu:
+// one block per tile and expert, the experts' sums added by each tile's last
+// block) instead of qmxd (one block per tile walking its experts in turn);
+// FMOE_CUDA_QMXD=walk picks qmxd, =split qmxs.
+var QMXSplitDown = true
+
+func qmxSplitDown() bool {
+	switch os.Getenv("FMOE_CUDA_QMXD") {
+	case "walk":
+		return false
+	case "split":
+		return true
+	}
+	return QMXSplitDown
+}
 
 func qmxExperts() bool {
 	if u, _ := qmxVariant(); u == 0 {
@@ -83,10 +100,14 @@ func qmxExperts() bool {
 	return QMXExperts
 }
 
+// qmxMaxK is QMX_MAXK (kernels_mx.cu): the most experts per token.
+const qmxMaxK = 32
+
 // qmxEx is the plan of one token's expert kernels: qmxe (gate/up) and, when
 // dn is set, qmxd (down with the routing weights).
 type qmxEx struct {
 	gu, dn      string
+	split       bool // dn is a qmxs kernel
 	gtpr, gtile int
 	dtpr, dtile int
 }
@@ -95,7 +116,7 @@ type qmxEx struct {
 // experts do not apply.
 func (c *expertCache) qmxPlanExperts(K int) (p qmxEx, ok bool) {
 	l := c.layout
-	if !c.fast || !qmxExperts() || K > 32 || l.Up.Bits != l.Gate.Bits {
+	if !c.fast || !qmxExperts() || K > qmxMaxK || l.Up.Bits != l.Gate.Bits {
 		return p, false
 	}
 	p.gu, p.gtpr, p.gtile = qmxMoEKernel("qmxe", l.Gate.Bits, l.GroupSize, l.Hidden, 8)
@@ -106,7 +127,11 @@ func (c *expertCache) qmxPlanExperts(K int) (p qmxEx, ok bool) {
 	if v := os.Getenv("FMOE_CUDA_QMXD_U"); v != "" {
 		fmt.Sscan(v, &du)
 	}
-	if K <= QMXDownMaxK && c.qmxdSmem(K) <= 48<<10 {
+	switch {
+	case qmxSplitDown():
+		p.dn, p.dtpr, p.dtile = qmxMoEKernel("qmxs", l.Down.Bits, l.GroupSize, l.Intermediate, du)
+		p.split = true
+	case K <= QMXDownMaxK && c.qmxdSmem(K) <= 48<<10:
 		p.dn, p.dtpr, p.dtile = qmxMoEKernel("qmxd", l.Down.Bits, l.GroupSize, l.Intermediate, du)
 	}
 	return p, true
@@ -137,8 +162,8 @@ func (b *Backend) qmxGateUp(c *expertCache, p qmxEx, table uintptr, xt *Tensor, 
 		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset, sh)
 }
 
-// qmxDown (worker only) launches qmxd for experts ids[0:K] of token t0:
-// dst = Σ_k wts·down (accum: dst +=; sh: the shared expert merged, as in
+// qmxDown (worker only) launches qmxd or qmxs for experts ids[0:K] of token
+// t0: dst = Σ_k wts·down (accum: dst +=; sh: the shared expert merged, as in
 // qmxGateUp).
 func (b *Backend) qmxDown(c *expertCache, p qmxEx, table uintptr, d *Tensor, ids, wts, hbuf uintptr, t0, K int, accum bool, sh uintptr) error {
 	l := c.layout
@@ -146,15 +171,31 @@ func (b *Backend) qmxDown(c *expertCache, p qmxEx, table uintptr, d *Tensor, ids
 	if sh != 0 {
 		kk++
 	}
-	f, smem := b.fn[p.dn], c.qmxdSmem(kk)
-	tiles := cdiv(l.Hidden, (128/p.dtpr)*p.dtile)
-	occ, err := b.d.occupancy(f, 128, smem)
-	if err != nil {
-		return err
-	}
 	a := 0
 	if accum {
 		a = 1
+	}
+	f := b.fn[p.dn]
+	tiles := cdiv(l.Hidden, (128/p.dtpr)*p.dtile)
+	if p.split {
+		// partial rows for up to QMX_MAXK+1 experts and a count per tile
+		// (sized once: a larger scratch would mean a sync to reallocate)
+		part, err := b.scratchBuf("qmxs_part", l.Hidden*(qmxMaxK+1)*4)
+		if err != nil {
+			return err
+		}
+		cnt, err := b.scratchBuf("qmxs_cnt", l.Hidden*4)
+		if err != nil {
+			return err
+		}
+		return b.d.launch(f, grid1(tiles*kk), [3]int{128, 1, 1}, 0,
+			table, ids, wts, hbuf, d.p, l.Hidden, l.Intermediate, l.GroupSize, K, t0,
+			l.Down.WOffset, l.Down.SOffset, l.Down.BOffset, a, sh, part, cnt)
+	}
+	smem := c.qmxdSmem(kk)
+	occ, err := b.d.occupancy(f, 128, smem)
+	if err != nil {
+		return err
 	}
 	return b.d.launch(f, grid1(min(tiles, occ*b.d.sms)), [3]int{128, 1, 1}, smem,
 		table, ids, wts, hbuf, d.p, l.Hidden, l.Intermediate, l.GroupSize, K, t0,
@@ -188,7 +229,9 @@ func (b *Backend) qmxRunExperts(c *expertCache, table uintptr, xt, d *Tensor, id
 func qmxKernelNames() []string {
 	var names []string
 	for _, s := range qmxMoEShapes {
-		names = append(names, fmt.Sprintf("qmxe%d_%d_%d_%d", s[0], s[1], s[2], s[3]), fmt.Sprintf("qmxd%d_%d_%d_%d", s[0], s[1], s[2], s[3]))
+		for _, pf := range []string{"qmxe", "qmxd", "qmxs"} {
+			names = append(names, fmt.Sprintf("%s%d_%d_%d_%d", pf, s[0], s[1], s[2], s[3]))
+		}
 	}
 	for _, s := range qmxShapes {
 		for _, u := range qmxTiles(s.bits) {

@@ -153,6 +153,15 @@ type Syncer interface {
 	Sync() error
 }
 
+// Argmaxer is an optional Backend capability: Argmax returns the index of
+// the largest of the first n values of row 0 of t (lowest index on ties; NaN
+// never wins), computed where t lives. Greedy decoding uses it so that a
+// token costs a 4-byte read instead of a logits download (vocab × 4 bytes)
+// and a host scan.
+type Argmaxer interface {
+	Argmax(t Tensor, n int) (int, error)
+}
+
 // ExpertSource provides the packed bytes of routed experts, one layer at a
 // time. Implementations read from per-expert or per-layer files (pread into
 // reused buffers) or serve from memory.

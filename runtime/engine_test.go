@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/fmoe/fmoe/formats"
@@ -161,6 +162,78 @@ func TestGenerateGreedyAndStop(t *testing.T) {
 	b := run(map[int32]bool{a[2]: true}, 6)
 	if len(b) != 3 {
 		t.Fatalf("stop token %d: generated %v", a[2], b)
+	}
+}
+
+// argmaxBackend is the CPU backend with an Argmaxer that records its calls.
+type argmaxBackend struct {
+	runtime.Backend
+	calls []int // n of each call
+}
+
+func (b *argmaxBackend) Argmax(x runtime.Tensor, n int) (int, error) {
+	b.calls = append(b.calls, n)
+	v := make([]float32, x.Rows()*x.Cols())
+	if err := b.Download(x, v); err != nil {
+		return 0, err
+	}
+	return runtime.Argmax(v[:x.Cols()], n), nil
+}
+
+// Greedy generation asks an Argmaxer backend for each token (the prompt's
+// next token and every decode step, with the sampler's vocabulary limit) and
+// generates what the plain path generates; sampling never calls it.
+func TestGenerateUsesArgmaxer(t *testing.T) {
+	dir := tinyModel(t, testmodel.Options{Seed: 3, Bits: 4})
+	gen := func(be runtime.Backend, o runtime.SamplerOptions) []int32 {
+		m := open(t, dir, runtime.Options{Backend: be})
+		s, err := m.NewSession()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []int32
+		if _, err := s.Generate(context.Background(), prompt, 5, runtime.NewSampler(o), nil,
+			func(id int32) error { out = append(out, id); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	V := testmodel.Tiny().VocabSize
+	for _, limit := range []int{0, V - 7} {
+		o := runtime.SamplerOptions{VocabLimit: limit}
+		ab := &argmaxBackend{Backend: cpu.New()}
+		got, want := gen(ab, o), gen(cpu.New(), o)
+		if !slices.Equal(got, want) {
+			t.Fatalf("limit %d: with Argmaxer %v, without %v", limit, got, want)
+		}
+		wantN := limit
+		if wantN == 0 {
+			wantN = V
+		}
+		if len(ab.calls) != 5 || ab.calls[0] != wantN {
+			t.Fatalf("limit %d: Argmax calls %v, want 5 of n=%d", limit, ab.calls, wantN)
+		}
+	}
+	ab := &argmaxBackend{Backend: cpu.New()}
+	gen(ab, runtime.SamplerOptions{Temperature: 0.8, Seed: 1})
+	if len(ab.calls) != 0 {
+		t.Fatalf("sampling called Argmax %d times", len(ab.calls))
+	}
+}
+
+func TestArgmaxNaN(t *testing.T) {
+	nan := float32(math.NaN())
+	for _, c := range []struct {
+		v    []float32
+		want int
+	}{
+		{[]float32{nan, 1, 3, 3}, 2},
+		{[]float32{nan, nan}, 0},
+		{[]float32{-1, nan, -0.5}, 2},
+	} {
+		if got := runtime.Argmax(c.v, 0); got != c.want {
+			t.Errorf("Argmax(%v) = %d, want %d", c.v, got, c.want)
+		}
 	}
 }
 

@@ -137,6 +137,51 @@ func (s *Session) scratchFor(T int) (*scratch, error) {
 // model's Batch size. With all it returns logits for every token ([len(ids),
 // vocab] row-major), otherwise only for the last token ([vocab]).
 func (s *Session) Forward(ctx context.Context, ids []int32, all bool) ([]float32, error) {
+	var out []float32
+	if all {
+		out = make([]float32, 0, len(ids)*s.m.Config.VocabSize)
+	}
+	last, err := s.forward(ctx, ids, all, func(logits Tensor) error {
+		l, err := s.download(logits)
+		out = append(out, l...)
+		return err
+	})
+	if err != nil || all {
+		return out, err
+	}
+	return s.download(last)
+}
+
+// ForwardGreedy is Forward followed by Argmax over the last token's logits
+// (the first limit of them; limit ≤ 0: all). A backend that implements
+// Argmaxer finds the maximum itself and the logits are never downloaded.
+func (s *Session) ForwardGreedy(ctx context.Context, ids []int32, limit int) (int32, error) {
+	last, err := s.forward(ctx, ids, false, nil)
+	if err != nil {
+		return 0, err
+	}
+	V := s.m.Config.VocabSize
+	if limit <= 0 || limit > V {
+		limit = V
+	}
+	if am, ok := s.m.backend.(Argmaxer); ok {
+		i, err := am.Argmax(last, limit)
+		if err != nil {
+			return 0, fmt.Errorf("runtime: argmax: %w", err)
+		}
+		return int32(i), nil
+	}
+	logits, err := s.download(last)
+	if err != nil {
+		return 0, err
+	}
+	return int32(Argmax(logits, limit)), nil
+}
+
+// forward runs ids in batches. With all, each batch's logits tensor
+// ([rows, vocab]) goes to each before the next batch runs and the result is
+// nil; otherwise the result holds the last token's logits ([1, vocab]).
+func (s *Session) forward(ctx context.Context, ids []int32, all bool, each func(Tensor) error) (Tensor, error) {
 	if len(ids) == 0 {
 		return nil, fmt.Errorf("runtime: Forward of no tokens")
 	}
@@ -149,11 +194,8 @@ func (s *Session) Forward(ctx context.Context, ids []int32, all bool) ([]float32
 			return nil, fmt.Errorf("runtime: token id %d outside the vocabulary [0,%d)", id, V)
 		}
 	}
-	var out []float32
-	if all {
-		out = make([]float32, 0, len(ids)*V)
-	}
 	B := s.m.opts.Batch
+	var last Tensor
 	for i := 0; i < len(ids); i += B {
 		chunk := ids[i:min(i+B, len(ids))]
 		lastChunk := i+B >= len(ids)
@@ -162,17 +204,19 @@ func (s *Session) Forward(ctx context.Context, ids []int32, all bool) ([]float32
 			return nil, err
 		}
 		if all {
-			out = append(out, logits...)
+			if err := each(logits); err != nil {
+				return nil, err
+			}
 		} else if lastChunk {
-			out = logits
+			last = logits
 		}
 	}
-	return out, nil
+	return last, nil
 }
 
-// step runs one batch. It returns logits of every row (all) or of the last
-// row (wantLast), else nil.
-func (s *Session) step(ctx context.Context, ids []int32, all, wantLast bool) ([]float32, error) {
+// step runs one batch. It returns the logits tensor of every row (all) or of
+// the last row (wantLast), else nil.
+func (s *Session) step(ctx context.Context, ids []int32, all, wantLast bool) (Tensor, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -326,7 +370,7 @@ func (s *Session) step(ctx context.Context, ids []int32, all, wantLast bool) ([]
 		}
 		s.Hidden(len(m.layers), h)
 	}
-	var logits []float32
+	var logits Tensor
 	if all {
 		logits, err = s.head(sc.normed, T, &sc.logitsT)
 	} else {
@@ -343,8 +387,8 @@ func (s *Session) step(ctx context.Context, ids []int32, all, wantLast bool) ([]
 	return logits, nil
 }
 
-// head computes lm_head over all T rows of h.
-func (s *Session) head(h Tensor, T int, buf *Tensor) ([]float32, error) {
+// head computes lm_head over all T rows of h into *buf (allocated on first use).
+func (s *Session) head(h Tensor, T int, buf *Tensor) (Tensor, error) {
 	be := s.m.backend
 	V := s.m.Config.VocabSize
 	if *buf == nil {
@@ -357,11 +401,11 @@ func (s *Session) head(h Tensor, T int, buf *Tensor) ([]float32, error) {
 	if err := be.MatMul(*buf, s.m.lmHead, h); err != nil {
 		return nil, fmt.Errorf("runtime: lm_head: %w", err)
 	}
-	return s.download(*buf)
+	return *buf, nil
 }
 
 // lastLogits computes lm_head for the last row of h only.
-func (s *Session) lastLogits(h Tensor, T int) ([]float32, error) {
+func (s *Session) lastLogits(h Tensor, T int) (Tensor, error) {
 	be := s.m.backend
 	if s.last == nil {
 		s.last = &scratch{}

@@ -35,19 +35,26 @@ func NewSampler(o SamplerOptions) *Sampler {
 	return &Sampler{o: o, rng: rand.New(rand.NewPCG(o.Seed, 0x666d6f65))}
 }
 
+// Greedy reports whether the sampler always picks the most likely token.
+func (s *Sampler) Greedy() bool { return s.o.Temperature <= 0 }
+
 // Argmax returns the index of the largest of the first n logits (n ≤ 0 = all),
-// the lowest index on ties.
+// the lowest index on ties; NaN never wins (0 when all are NaN).
 func Argmax(logits []float32, n int) int {
 	if n <= 0 || n > len(logits) {
 		n = len(logits)
 	}
-	best := 0
-	for i := 1; i < n; i++ {
-		if logits[i] > logits[best] {
+	best := -1
+	for i := 0; i < n; i++ {
+		v := logits[i]
+		if v != v {
+			continue
+		}
+		if best < 0 || v > logits[best] {
 			best = i
 		}
 	}
-	return best
+	return max(best, 0)
 }
 
 // Sample returns the next token id.
@@ -131,15 +138,27 @@ func rate(n int, d time.Duration) float64 {
 func (s *Session) Generate(ctx context.Context, prompt []int32, maxNew int, sm *Sampler, stop map[int32]bool,
 	emit func(id int32) error) (GenerateStats, error) {
 	st := GenerateStats{PromptTokens: len(prompt)}
+	// next runs ids and picks the token after them: greedy decoding asks the
+	// backend for the argmax (no logits download where it can), sampling
+	// downloads the logits.
+	next := func(ids []int32) (int32, error) {
+		if sm.Greedy() {
+			return s.ForwardGreedy(ctx, ids, sm.o.VocabLimit)
+		}
+		logits, err := s.Forward(ctx, ids, false)
+		if err != nil {
+			return 0, err
+		}
+		return sm.Sample(logits), nil
+	}
 	t0 := time.Now()
-	logits, err := s.Forward(ctx, prompt, false)
+	id, err := next(prompt)
 	if err != nil {
 		return st, err
 	}
 	st.Prefill = time.Since(t0)
 	t1 := time.Now()
 	for st.GeneratedTokens < maxNew {
-		id := sm.Sample(logits)
 		st.GeneratedTokens++
 		if err := emit(id); err != nil {
 			st.Decode = time.Since(t1)
@@ -152,7 +171,7 @@ func (s *Session) Generate(ctx context.Context, prompt []int32, maxNew int, sm *
 		if st.GeneratedTokens == maxNew || s.pos >= s.max {
 			break
 		}
-		if logits, err = s.Forward(ctx, []int32{id}, false); err != nil {
+		if id, err = next([]int32{id}); err != nil {
 			st.Decode = time.Since(t1)
 			return st, err
 		}

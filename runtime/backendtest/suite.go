@@ -31,6 +31,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) runtime.Backend) {
 		{"Attention", testAttention},
 		{"DeltaNet", testDeltaNet},
 		{"MoE", testMoE},
+		{"Argmax", testArgmax},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -255,6 +256,53 @@ func testUploadDownload(t *testing.T, b runtime.Backend) {
 		if v != 0 {
 			t.Fatalf("NewTensor not zeroed at %d: %g", i, v)
 		}
+	}
+}
+
+// testArgmax checks the optional Argmaxer against runtime.Argmax on the
+// downloaded row: vocabulary-sized rows, a limit below the length, ties (the
+// lowest index wins), negative values, NaN and infinities.
+func testArgmax(t *testing.T, b runtime.Backend) {
+	am, ok := b.(runtime.Argmaxer)
+	if !ok {
+		t.Skipf("%s does not implement runtime.Argmaxer", b.Name())
+	}
+	r := newRand(12)
+	nan := float32(math.NaN())
+	cases := []struct {
+		name string
+		v    []float32
+		n    int
+	}{
+		{"vocab", randVec(r, 248320, 4), 0},
+		{"limit", randVec(r, 151936, 4), 151643},
+		{"short", []float32{-3, -1, -2}, 0},
+		{"ties", []float32{1, 5, 2, 5, 5, -7}, 0},
+		{"nan", []float32{nan, -1, nan, 4, 2, nan}, 0},
+		{"inf", []float32{float32(math.Inf(-1)), 0, float32(math.Inf(1)), 3}, 0},
+		{"neg-zero", []float32{float32(math.Copysign(0, -1)), 0}, 0},
+	}
+	// a maximum placed past the limit must be ignored
+	cases[1].v[151900] = 1e9
+	// the same maximum twice far apart in a long row
+	cases[0].v[200001], cases[0].v[7] = 100, 100
+	for _, c := range cases {
+		x := upload(t, b, 1, len(c.v), c.v)
+		n := c.n
+		if n == 0 {
+			n = len(c.v)
+		}
+		got, err := am.Argmax(x, n)
+		if err != nil {
+			t.Fatalf("%s: Argmax: %v", c.name, err)
+		}
+		if want := runtime.Argmax(c.v, n); got != want {
+			t.Errorf("%s: Argmax %d (%g), want %d (%g)", c.name, got, c.v[got], want, c.v[want])
+		}
+	}
+	x := upload(t, b, 1, 4, nil)
+	if _, err := am.Argmax(x, 5); err == nil {
+		t.Errorf("Argmax over 5 of 4 values succeeded")
 	}
 }
 
