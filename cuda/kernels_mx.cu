@@ -242,9 +242,21 @@ __device__ __forceinline__ void qmx_store(const long long* __restrict__ D, int t
   }
 }
 
+// qmx_ovid (mode top-K with the benchmarks' routing override, word 21):
+// thread k < K reads override id k from pinned host memory (unified
+// addressing, uncached: the host rewrites it for every token). Called
+// before pdl_wait: the host wrote the ids before it launched this kernel, so
+// the PCIe round trip overlaps the previous kernel instead of ending the
+// router's chain.
+__device__ __forceinline__ int qmx_ovid(const long long* __restrict__ D) {
+  if (((int)D[3] & 8) && D[21] && (int)threadIdx.x < (int)D[15]) return __ldcv((const int*)D[21] + threadIdx.x);
+  return 0;
+}
+
 // qmx_topk (mode top-K): the last block to finish picks the experts from
 // item 0's output (sl: E floats of shared memory).
-__device__ __forceinline__ void qmx_topk(const long long* __restrict__ D, float* sl, int* last) {
+// ovid: lane k of warp 0 holds override id k (qmx_ovid), when word 21 is set.
+__device__ __forceinline__ void qmx_topk(const long long* __restrict__ D, float* sl, int* last, int ovid) {
   const int tid = threadIdx.x;
   __threadfence();
   __syncthreads();
@@ -254,7 +266,8 @@ __device__ __forceinline__ void qmx_topk(const long long* __restrict__ D, float*
     __threadfence();
     if ((tid >> 5) == 0) {
       topk_warp((const float*)D[QB_ITEM + 4], (int)D[14], (int)D[15], (int*)D[16], (float*)D[17], sl);
-      topk_override((const int*)D[21], (int)D[15], (int*)D[16]);
+      __syncwarp();
+      if (D[21] && tid < (int)D[15]) ((int*)D[16])[tid] = ovid;
     }
     if (tid == 0) *(unsigned*)D[18] = 0u;
   }
@@ -276,6 +289,7 @@ __device__ __forceinline__ void qmx_body(const long long* __restrict__ D) {
   QmxTile<BITS, TPR, CPT, U> A;
   int t = blockIdx.x;
   if (t < ntiles) qmx_load<BITS, TPR, CPT, U>(D, n, t, sub, ct, wpr, gpr, group, A);
+  const int ovid = qmx_ovid(D);
   pdl_wait();  // weights and descriptor are static: loaded before the previous kernel ends
 
   // prologue (while the first tile's loads are in flight): x, its norm, Σx.
@@ -297,7 +311,156 @@ __device__ __forceinline__ void qmx_body(const long long* __restrict__ D) {
       qmx_load<BITS, TPR, CPT, U>(D, n, tn, sub, ct, wpr, gpr, group, A);
     }
   }
-  if ((int)D[3] & 8) qmx_topk(D, qsm, &last);
+  if ((int)D[3] & 8) qmx_topk(D, qsm, &last, ovid);
+}
+
+// ---- qmxb: qmx with its tiles brought in by the copy engine ----
+//
+// qmx keeps two tiles of loads in flight per thread (registers: 163 per
+// thread, 3 blocks per SM); ncu measured it latency-bound (DRAM 31%). qmxb
+// computes the same thing tile by tile, but thread 0 issues each tile as bulk
+// copies (cp.async.bulk, Hopper's copy engine; a tile's rows are contiguous in
+// each item: its codes, then its scales, then its biases) into a ring of S
+// shared-memory stages, each completing on its own mbarrier. S−1 tiles
+// stay in flight per block without costing registers; the first S are
+// issued before pdl_wait (static weights). A stage is refilled after the
+// tile's barrier, when every thread has read it. Needs 16-byte aligned
+// codes, scales and biases and rows of scales of a multiple of 16 bytes
+// (Go checks: qmxbOK) and PTX 8.0 (NVRTC 12 or later; with older NVRTC the
+// kernels trap and Go never picks them). Dynamic shared memory: S stages of
+// R rows (codes, scales, biases), then the top-K scratch.
+#if defined(__CUDACC_VER_MAJOR__) && __CUDACC_VER_MAJOR__ >= 12
+#define QMXB_OK 1
+#else
+#define QMXB_OK 0
+#endif
+
+#if QMXB_OK
+__device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void mbar_init(unsigned long long* bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect(unsigned long long* bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(unsigned long long* bar, unsigned parity) {
+  unsigned done;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
+        : "=r"(done)
+        : "r"(smem_u32(bar)), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+__device__ __forceinline__ void bulk_g2s(void* dst, const void* src, unsigned bytes, unsigned long long* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(smem_u32(dst)), "l"(src),
+               "r"(bytes), "r"(smem_u32(bar))
+               : "memory");
+}
+
+// qmxb_issue (one thread): tile t's rows into stage st (R rows of wb code
+// bytes, then R of sb scale bytes, then R of sb bias bytes; with swiglu the
+// first R/2 rows are gate, the rest up). Rows past an item's end are not
+// copied (their results are dropped).
+template <int R>
+__device__ __forceinline__ void qmxb_issue(const long long* __restrict__ D, int n, int t, unsigned wb, unsigned sb, char* st,
+                                           unsigned long long* bar) {
+  char *sw = st, *ss = st + R * wb, *sbb = ss + R * sb;
+  if ((int)D[3] & 2) {
+    const int out = (int)D[QB_ITEM + 7], r0 = t * (R / 2), nr = min(R / 2, out - r0);
+    mbar_expect(bar, 2u * nr * (wb + 2 * sb));
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const long long* I = D + QB_ITEM + h * QB_STRIDE;
+      const unsigned o = h * (R / 2);
+      bulk_g2s(sw + o * wb, (const char*)I[0] + (size_t)r0 * wb, nr * wb, bar);
+      bulk_g2s(ss + o * sb, (const char*)I[1] + (size_t)r0 * sb, nr * sb, bar);
+      bulk_g2s(sbb + o * sb, (const char*)I[2] + (size_t)r0 * sb, nr * sb, bar);
+    }
+    return;
+  }
+  int it = 0;
+  for (int i = 1; i < n; i++)
+    if ((int)D[QB_ITEM + QB_STRIDE * i + 8] <= t) it = i;
+  const long long* I = D + QB_ITEM + QB_STRIDE * it;
+  const int r0 = (t - (int)I[8]) * R, nr = min(R, (int)I[7] - r0);
+  mbar_expect(bar, nr * (wb + 2 * sb));
+  bulk_g2s(sw, (const char*)I[0] + (size_t)r0 * wb, nr * wb, bar);
+  bulk_g2s(ss, (const char*)I[1] + (size_t)r0 * sb, nr * sb, bar);
+  bulk_g2s(sbb, (const char*)I[2] + (size_t)r0 * sb, nr * sb, bar);
+}
+#endif
+
+template <int BITS, int TPR, int CPT, int U, int S>
+__device__ __forceinline__ void qmxb_body(const long long* __restrict__ D) {
+#if QMXB_OK
+  constexpr int PER = 32 / BITS, CW = 4 * PER, NT = qnt(TPR), RPB = NT / TPR, NW = TPR / 32, R = RPB * U;
+  extern __shared__ __align__(128) char qbs[];
+  __shared__ float red[2][NT / 32][U];
+  __shared__ float sh[32];
+  __shared__ int last;
+  __shared__ __align__(8) unsigned long long bar[S];
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  const int sub = tid / TPR, ct = tid % TPR;
+  const int n = (int)D[0], in = (int)D[1], group = (int)D[2];
+  const int ntiles = (int)D[20];
+  const int wpr = in / PER, gpr = in / group;
+  const unsigned wb = wpr * 4, sb = gpr * 2, stage = R * (wb + 2 * sb);
+  const bool sw = (int)D[3] & 2;
+  if (tid == 0) {
+#pragma unroll
+    for (int i = 0; i < S; i++) mbar_init(&bar[i], 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+  if (tid == 0) {
+#pragma unroll
+    for (int i = 0; i < S; i++) {
+      const int t = blockIdx.x + i * gridDim.x;
+      if (t < ntiles) qmxb_issue<R>(D, n, t, wb, sb, qbs + i * stage, &bar[i]);
+    }
+  }
+  const int ovid = qmx_ovid(D);
+  pdl_wait();  // weights and descriptor are static: copied before the previous kernel ends
+
+  float xv[CPT][CW], sx[CPT];
+  const float gam = qmx_prologue<BITS, TPR, CPT>(D, ct, sub, xv, sx, sh);
+
+  int i = 0;
+  for (int buf = 0, t = blockIdx.x; t < ntiles; t += gridDim.x, buf ^= 1, i++) {
+    const int slot = i % S;
+    mbar_wait(&bar[slot], (unsigned)(i / S) & 1u);
+    const char* st = qbs + slot * stage;
+    QmxTile<BITS, TPR, CPT, U> A;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int ri = sw ? (u < U / 2 ? sub * (U / 2) + u : R / 2 + sub * (U / 2) + u - U / 2) : sub * U + u;
+      const uint4* q = reinterpret_cast<const uint4*>(st + ri * wb);
+      const u16* sc = reinterpret_cast<const u16*>(st + R * wb + ri * sb);
+      const u16* bi = reinterpret_cast<const u16*>(st + R * (wb + sb) + ri * sb);
+#pragma unroll
+      for (int cc = 0; cc < CPT; cc++) {
+        const int c = ct + cc * TPR;
+        A.q[u][cc] = q[c];
+        A.s[u][cc] = sc[c * CW / group];
+        A.b[u][cc] = bi[c * CW / group];
+      }
+    }
+    float acc[U];
+    qmx_dot<BITS, TPR, CPT, U>(A, xv, sx, acc);
+    qmx_warps<U>(acc, red[buf], w, lane);
+    __syncthreads();  // every thread has read the stage: refill it
+    if (tid == 0) {
+      const int tn = t + S * gridDim.x;
+      if (tn < ntiles) qmxb_issue<R>(D, n, tn, wb, sb, qbs + slot * stage, &bar[slot]);
+    }
+    qmx_store<U, RPB, NW>(D, t, red[buf], gam);
+  }
+  if ((int)D[3] & 8) qmx_topk(D, reinterpret_cast<float*>(qbs + S * stage), &last, ovid);
+#else
+  __trap();
+#endif
 }
 
 // ---- qmxe / qmxd: the decode expert projections in the same form ----
@@ -685,3 +848,30 @@ QMX(8, 32, 1, 4)
 QMX(2, 128, 1, 4)
 QMX(2, 64, 1, 4)
 QMX(2, 32, 1, 4)
+
+// qmxb<BITS>_<TPR>_<CPT>_<U>_<S>: S shared-memory stages.
+#define QMXB(BITS, TPR, CPT, U, S)                                                                                                     \
+  extern "C" __global__ void __launch_bounds__(TPR > 128 ? TPR : 128) qmxb##BITS##_##TPR##_##CPT##_##U##_##S(const long long* D) {    \
+    qmxb_body<BITS, TPR, CPT, U, S>(D);                                                                                                \
+  }
+QMXB(4, 128, 1, 8, 2)
+QMXB(4, 128, 1, 8, 3)
+QMXB(4, 128, 1, 8, 4)
+QMXB(4, 128, 1, 8, 6)
+QMXB(4, 256, 1, 4, 2)
+QMXB(4, 256, 1, 4, 3)
+QMXB(4, 256, 1, 4, 4)
+QMXB(4, 256, 1, 4, 6)
+QMXB(4, 128, 1, 4, 4)
+QMXB(4, 128, 1, 4, 6)
+QMXB(4, 128, 2, 4, 4)
+QMXB(4, 64, 1, 8, 4)
+QMXB(4, 32, 1, 8, 4)
+QMXB(8, 256, 1, 4, 4)
+QMXB(8, 128, 1, 4, 4)
+QMXB(8, 128, 2, 4, 4)
+QMXB(8, 64, 1, 4, 4)
+QMXB(8, 32, 1, 4, 4)
+QMXB(2, 128, 1, 4, 4)
+QMXB(2, 64, 1, 4, 4)
+QMXB(2, 32, 1, 4, 4)
