@@ -76,15 +76,11 @@ type Backend struct {
 	hosts  []unsafe.Pointer // pinned host allocations
 	scr    map[string]*scratch
 	moe    *expertCache
-	fz     fuser           // pending decode work (fuse.go)
-	tail   *moeTail        // a split MoE's deferred missing experts (moe.go)
-	amOut  unsafe.Pointer  // pinned: Argmax's result (argmax_f writes it)
-	bulk   bool            // qmxb kernels usable (qmx.go)
-	smemOK map[uintptr]int // dynamic shared memory limits raised per function
-	// qmxbLaunches counts qmxb launches (tests).
-	qmxbLaunches int64
-	closed       bool
-	err          error // deferred error from Reset (no error return there)
+	fz     fuser          // pending decode work (fuse.go)
+	tail   *moeTail       // a split MoE's deferred missing experts (moe.go)
+	amOut  unsafe.Pointer // pinned: Argmax's result (argmax_f writes it)
+	closed bool
+	err    error // deferred error from Reset (no error return there)
 	// override replaces routed expert ids (benchmarks; runtime.RouteOverrider).
 	override func(layer, tokens, topK int, ids []int32)
 }
@@ -125,9 +121,6 @@ func Open(opts Options) (*Backend, error) {
 			return err
 		}
 		d.pdl = d.ccMajor >= 9 && !opts.NoPDL && os.Getenv("FMOE_CUDA_PDL") != "0"
-		if maj, _, err := d.nvrtcVersion(); err == nil {
-			b.bulk = d.ccMajor >= 9 && maj >= 12 // qmxb's bulk copies: sm_90 and PTX 8.0
-		}
 		if os.Getenv("FMOE_CUDA_DELTA2") == "0" {
 			disableDelta2 = true // benchmarks: the shared-memory delta kernel
 		}

@@ -74,7 +74,7 @@ func TestWriteCache(t *testing.T) {
 	}
 }
 
-// TestQMXNamesBuilt: every qmx, qmxb, qmxe, qmxd and qmxs kernel the backend looks up
+// TestQMXNamesBuilt: every qmx, qmxe, qmxd and qmxs kernel the backend looks up
 // (qmxKernelNames, loaded by name at start) is instantiated in kernels_mx.cu,
 // and every instantiation is looked up.
 func TestQMXNamesBuilt(t *testing.T) {
@@ -88,9 +88,6 @@ func TestQMXNamesBuilt(t *testing.T) {
 			built["qmx"+m[2]+"_"+m[3]+"_"+m[4]+"_"+m[5]+"p"] = true
 			built["qmx"+m[2]+"_"+m[3]+"_"+m[4]+"_"+m[5]+"n"] = true
 		}
-	}
-	for _, m := range regexp.MustCompile(`(?m)^QMXB\((\d+), (\d+), (\d+), (\d+), (\d+)\)$`).FindAllStringSubmatch(kernelsMX, -1) {
-		built["qmxb"+strings.Join(m[1:], "_")] = true
 	}
 	names := qmxKernelNames()
 	for _, n := range names {

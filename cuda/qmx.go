@@ -233,9 +233,6 @@ func qmxKernelNames() []string {
 			names = append(names, fmt.Sprintf("%s%d_%d_%d_%d", pf, s[0], s[1], s[2], s[3]))
 		}
 	}
-	for _, s := range qmxbShapes {
-		names = append(names, fmt.Sprintf("qmxb%d_%d_%d_%d_%d", s[0], s[1], s[2], s[3], s[4]))
-	}
 	for _, s := range qmxShapes {
 		for _, u := range qmxTiles(s.bits) {
 			for _, pf := range []string{"p", "n"} {
@@ -322,20 +319,6 @@ func (b *Backend) qmxLaunch(bt *fBatch, D *[qbWords]uint64, smem int) (bool, err
 	if pf {
 		pfs = "p"
 	}
-	if st := qmxbStages(); st > 0 && b.bulk && qmxbOK(bt) {
-		if f, ok := b.fn[fmt.Sprintf("qmxb%d_%d_%d_%d_%d", w0.bits, tpr, cpt, u, st)]; ok {
-			sm := st*rpb*u*(w0.in*w0.bits/8+4*(w0.in/w0.group)) + smem
-			if err := b.raiseSmem(f, sm); err != nil {
-				return true, err
-			}
-			occ, err := b.d.occupancy(f, nt, sm)
-			if err != nil {
-				return true, err
-			}
-			b.qmxbLaunches++
-			return true, b.d.launch(f, grid1(min(tiles, occ*b.d.sms)), [3]int{nt, 1, 1}, sm, desc)
-		}
-	}
 	name := fmt.Sprintf("qmx%d_%d_%d_%d%s", w0.bits, tpr, cpt, u, pfs)
 	f := b.fn[name]
 	occ, err := b.d.occupancy(f, nt, smem)
@@ -343,61 +326,6 @@ func (b *Backend) qmxLaunch(bt *fBatch, D *[qbWords]uint64, smem int) (bool, err
 		return true, err
 	}
 	return true, b.d.launch(f, grid1(min(tiles, occ*b.d.sms)), [3]int{nt, 1, 1}, smem, desc)
-}
-
-// QMXBStages is the number of shared-memory stages of qmxb (kernels_mx.cu:
-// qmx with its tiles brought in by the copy engine), 0 off; FMOE_CUDA_QMXB
-// overrides it (2, 3, 4, 6 where built). Used where the GPU is Hopper or
-// later and NVRTC is 12 or later. Off by default: see docs/benchmarks.md,
-// round 8 (correct, and slower than qmx on an H200).
-var QMXBStages = 0
-
-func qmxbStages() int {
-	if v, ok := os.LookupEnv("FMOE_CUDA_QMXB"); ok {
-		n := 0
-		fmt.Sscan(v, &n)
-		return n
-	}
-	return QMXBStages
-}
-
-// qmxbShapes are the qmxb kernels built: bits, threads per row, chunks per
-// thread, tile U, stages.
-var qmxbShapes = [][5]int{
-	{4, 128, 1, 8, 2}, {4, 128, 1, 8, 3}, {4, 128, 1, 8, 4}, {4, 128, 1, 8, 6},
-	{4, 256, 1, 4, 2}, {4, 256, 1, 4, 3}, {4, 256, 1, 4, 4}, {4, 256, 1, 4, 6},
-	{4, 128, 1, 4, 4}, {4, 128, 1, 4, 6}, {4, 128, 2, 4, 4},
-	{4, 64, 1, 8, 4}, {4, 32, 1, 8, 4},
-	{8, 256, 1, 4, 4}, {8, 128, 1, 4, 4}, {8, 128, 2, 4, 4}, {8, 64, 1, 4, 4}, {8, 32, 1, 4, 4},
-	{2, 128, 1, 4, 4}, {2, 64, 1, 4, 4}, {2, 32, 1, 4, 4},
-}
-
-// qmxbOK reports whether the batch's weights suit bulk copies: codes,
-// scales and biases 16-byte aligned, and a row's scales a multiple of 16
-// bytes (each copy is whole 16-byte units).
-func qmxbOK(bt *fBatch) bool {
-	for _, it := range bt.items {
-		w := it.w
-		if w.w%16 != 0 || w.s%16 != 0 || w.z%16 != 0 || (w.in/w.group)%8 != 0 || w.in%w.group != 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// raiseSmem (worker only) lets f take n bytes of dynamic shared memory.
-func (b *Backend) raiseSmem(f uintptr, n int) error {
-	if n <= 48<<10 || b.smemOK[f] >= n {
-		return nil
-	}
-	if err := b.d.setMaxDynamicShared(f, n); err != nil {
-		return err
-	}
-	if b.smemOK == nil {
-		b.smemOK = map[uintptr]int{}
-	}
-	b.smemOK[f] = n
-	return nil
 }
 
 // occupancy (worker only) returns how many blocks of f fit on one SM
