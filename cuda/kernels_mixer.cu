@@ -266,6 +266,11 @@ __device__ __forceinline__ void delta2_body(const float* conv, const float* z, c
   float s[ROWS];
 #pragma unroll
   for (int r = 0; r < ROWS; r++) s[r] = Sg[(size_t)(g + RG * r) * VD + j];
+  // The state is loaded before pdl_wait: only this layer's previous call
+  // wrote it, and that call had finished before the kernel this one waits
+  // for started (each kernel waits for the one before it); a Reset's memset
+  // is not a programmatic edge. The inputs of this call are read after.
+  pdl_wait();
   const float qscale = rsqrtf((float)KD);
   const float A = expf(aLog[h]);
   const float dtb = dtBias[h], nw = normW[j];
@@ -319,7 +324,7 @@ __device__ __forceinline__ void delta2_body(const float* conv, const float* z, c
 
 #define DELTA2_ARGS const float *conv, const float *z, const float *b, const float *a, float *state, const float *dtBias, const float *aLog, const float *normW, float *dst, int T, int KH, int VH, int KD, int VD, float eps
 #define DELTA2(R) \
-  extern "C" __global__ void __launch_bounds__(512) delta_rule2_##R(DELTA2_ARGS) { pdl_wait(); delta2_body<R>(conv, z, b, a, state, dtBias, aLog, normW, dst, T, KH, VH, KD, VD, eps); }
+  extern "C" __global__ void __launch_bounds__(512) delta_rule2_##R(DELTA2_ARGS) { delta2_body<R>(conv, z, b, a, state, dtBias, aLog, normW, dst, T, KH, VH, KD, VD, eps); }
 DELTA2(1)
 DELTA2(2)
 DELTA2(4)

@@ -339,11 +339,17 @@ struct QmxMoE {
 // the MoE output to (0: none).
 #define QMX_MAXK 32
 
+// qmxe_expert: the expert of tile t (tpe tiles per expert). With the
+// shared expert merged (KK = K + 1) its tiles come first, so that blocks can
+// load their first tile of it before pdl_wait (its weights are static, the
+// routed experts' ids are not).
+__device__ __forceinline__ int qmxe_expert(int t, int tpe, int K, int KK) { return KK > K ? (t / tpe + K) % KK : t / tpe; }
+
 template <int BITS, int TPR, int CPT, int U>
 __device__ __forceinline__ void qmxe_load(const char* const (*ep)[QMX_MAXK + 1], int t, int tpe, int rows, int sub, int ct, int wpr, int gpr,
-                                          int group, QmxTile<BITS, TPR, CPT, U>& T) {
+                                          int group, int K, int KK, QmxTile<BITS, TPR, CPT, U>& T) {
   constexpr int CW = 4 * (32 / BITS), RPB = 128 / TPR;
-  const int k = t / tpe, tt = t - k * tpe;
+  const int k = qmxe_expert(t, tpe, K, KK), tt = t % tpe;
 #pragma unroll
   for (int u = 0; u < U; u++) {
     const int j = u >= U / 2 ? 3 : 0;
@@ -389,19 +395,26 @@ __device__ __forceinline__ void qmxe_body(QmxMoE m, const float* __restrict__ x,
   const int wpr = Hd / (32 / BITS), gpr = Hd / group;
   const int KK = K + (SH != nullptr ? 1 : 0);
   const int tpe = (I + RPB * (U / 2) - 1) / (RPB * (U / 2)), ntiles = KK * tpe;
+  QmxTile<BITS, TPR, CPT, U> A;
+  int t = blockIdx.x;
+  // a first tile of the shared expert (static weights) loads before the wait
+  const bool pre = SH != nullptr && t < tpe && t < ntiles;
+  if (SH != nullptr) {
+    if (tid == 0) {
+#pragma unroll
+      for (int j = 0; j < 6; j++) ep[j][K] = (const char*)SH[j];
+    }
+    __syncthreads();
+    if (pre) qmxe_load<BITS, TPR, CPT, U>(ep, t, tpe, I, sub, ct, wpr, gpr, group, K, KK, A);
+  }
   pdl_wait();  // the ids come from the router
   if (tid < K) {
     const char* e = reinterpret_cast<const char*>(m.table[m.ids[t0 * K + tid]]);
     ep[0][tid] = e + m.w0; ep[1][tid] = e + m.s0; ep[2][tid] = e + m.b0;
     ep[3][tid] = e + m.w1; ep[4][tid] = e + m.s1; ep[5][tid] = e + m.b1;
-  } else if (SH != nullptr && tid == K) {
-#pragma unroll
-    for (int j = 0; j < 6; j++) ep[j][K] = (const char*)SH[j];
   }
   __syncthreads();
-  QmxTile<BITS, TPR, CPT, U> A;
-  int t = blockIdx.x;
-  if (t < ntiles) qmxe_load<BITS, TPR, CPT, U>(ep, t, tpe, I, sub, ct, wpr, gpr, group, A);
+  if (!pre && t < ntiles) qmxe_load<BITS, TPR, CPT, U>(ep, t, tpe, I, sub, ct, wpr, gpr, group, K, KK, A);
   float xv[CPT][CW], sx[CPT];
   qmx_xload<BITS, TPR, CPT>(x + (size_t)t0 * Hd, ct, xv);
   qmx_prep<BITS, CPT>(xv, sx);
@@ -412,7 +425,7 @@ __device__ __forceinline__ void qmxe_body(QmxMoE m, const float* __restrict__ x,
   for (int buf = 0; t < ntiles; t += gridDim.x, buf ^= 1) {
     QmxTile<BITS, TPR, CPT, U> Bt;
     const int tn = t + gridDim.x;
-    if (tn < ntiles) qmxe_load<BITS, TPR, CPT, U>(ep, tn, tpe, I, sub, ct, wpr, gpr, group, Bt);
+    if (tn < ntiles) qmxe_load<BITS, TPR, CPT, U>(ep, tn, tpe, I, sub, ct, wpr, gpr, group, K, KK, Bt);
     float acc[U];
     qmx_dot<BITS, TPR, CPT, U>(A, xv, sx, acc);
     qmx_warps<U>(acc, red[buf], w, lane);
@@ -421,8 +434,8 @@ __device__ __forceinline__ void qmxe_body(QmxMoE m, const float* __restrict__ x,
       const int g0 = tid / (U / 2), j = tid % (U / 2);
       float g, up;
       qmx_pair<U, NW>(red[buf], g0, j, g, up);
-      const int k = t / tpe;
-      const int row = (t - k * tpe) * RPB * (U / 2) + g0 * (U / 2) + j;
+      const int k = qmxe_expert(t, tpe, K, KK);
+      const int row = (t % tpe) * RPB * (U / 2) + g0 * (U / 2) + j;
       if (row < I) {
         const float h = silu(g) * up;
         hbuf[(size_t)(t0 * K + k) * I + row] = h;
