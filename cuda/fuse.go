@@ -357,15 +357,7 @@ var QMVBWarpRows = false
 // QMVBWarpRowsMin is the number of rows from which a batch runs in warp rows.
 var QMVBWarpRowsMin = 8192
 
-func qmvbWarpRows() bool {
-	switch os.Getenv("FMOE_CUDA_QMVB_ROWS") {
-	case "1":
-		return true
-	case "0":
-		return false
-	}
-	return QMVBWarpRows
-}
+func qmvbWarpRows() bool { return envChoice("FMOE_CUDA_QMVB_ROWS", "1", "0", QMVBWarpRows) }
 
 // QMVBVariant is the suffix of the fused decode matvec kernel: "" (qmvb?,
 // 128 registers) or "o" (qmvb?o, capped at 96 registers for 5 blocks per SM;

@@ -80,14 +80,18 @@ var QMXDownMaxK = 4
 // FMOE_CUDA_QMXD=walk picks qmxd, =split qmxs.
 var QMXSplitDown = true
 
-func qmxSplitDown() bool {
-	switch os.Getenv("FMOE_CUDA_QMXD") {
-	case "walk":
-		return false
-	case "split":
+func qmxSplitDown() bool { return envChoice("FMOE_CUDA_QMXD", "split", "walk", QMXSplitDown) }
+
+// envChoice reads a two-valued switch: true when the environment variable
+// name is on, false when it is off, def otherwise.
+func envChoice(name, on, off string, def bool) bool {
+	switch os.Getenv(name) {
+	case on:
 		return true
+	case off:
+		return false
 	}
-	return QMXSplitDown
+	return def
 }
 
 func qmxExperts() bool {
