@@ -61,13 +61,15 @@ func qmxMoEKernel(prefix string, bits, group, in, u int) (name string, tpr, tile
 }
 
 // QMXExperts runs the decode (one token) expert projections as qmxe (gate
-// and up) and, for K ≤ QMXDownMaxK, qmxd (down with the routing weights)
-// when QMX is on; FMOE_CUDA_QMXE=0 turns it off, FMOE_CUDA_QMXD_U picks the
-// down projection's tile (2, 4, 8; default 8). On an H200 (397B shapes,
-// K=4): qmxe 14.6 µs against moe_gu4k's 20.0, qmxd 14.9 µs (tile 4) against
-// moe_dnc4's 13.9 and whole-model decode 140.8 → 144.8 tok/s with tile 8;
-// at K=10 qmxd walks 10 experts per tile in sequence and decode was slower
-// (116.5 → 104.9 tok/s), so larger K keep moe_dn + moe_combine.
+// and up) and qmxs (down with the routing weights; qmxd, the walking form,
+// with FMOE_CUDA_QMXD=walk and K ≤ QMXDownMaxK) when QMX is on;
+// FMOE_CUDA_QMXE=0 turns it off, FMOE_CUDA_QMXD_U picks the down
+// projection's tile (2, 4, 8; default 8). On an H200 (397B shapes, K=4):
+// qmxe 14.6 µs against moe_gu4k's 20.0; qmxd 14.9 µs (tile 4) against
+// moe_dnc4's 13.9, and at K=10 qmxd (10 experts per tile in sequence) was
+// slower than moe_dn + moe_combine (116.5 → 104.9 tok/s); qmxs (round 8,
+// docs/benchmarks.md) 8.5 µs at K=4, and K=10 decode 130.9 → 159.1 tok/s
+// against moe_dn + moe_combine.
 var QMXExperts = true
 
 // QMXDownMaxK is the largest K whose down projections run as qmxd (the
