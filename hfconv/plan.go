@@ -157,7 +157,6 @@ func MakePlan(shapes map[string][]int64, cfg *formats.Config, opt Options) (*Pla
 	type expertSet struct {
 		shape []int64
 		parts []part
-		rows  int
 	}
 	stacked := map[string]*expertSet{} // MLX module -> per-expert parts
 	for _, name := range names {

@@ -33,7 +33,6 @@ type Session struct {
 	max    int
 	bufs   map[int]*scratch
 	last   *scratch
-	hrow   []float32
 	Timing *Timing // when non-nil, Forward adds to it (syncing the backend per step)
 	// Hidden, when non-nil, receives the residual stream after each layer
 	// (layer = NumHiddenLayers is the final-normed state), [T, hidden].
