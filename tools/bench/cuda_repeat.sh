@@ -8,6 +8,9 @@
 #   VARIANTS lines "label|env" (default: as is, FMOE_CUDA_PDL=0, FMOE_CUDA_FUSE=0, FMOE_CUDA_GRAPHS=0)
 #   BIN     test binary (default .devbin/cuda.test)
 #   LIMIT   seconds per variant (default 120)
+# TestFusedDecode runs only the configurations FMOE_TEST_FUSED_CONFIGS lists
+# (e.g. "0"; a variant's env can set it) and logs a hash of each one's
+# outputs: the counts of distinct hashes show whether results vary.
 # A variant's first run compiles the kernels when the kernel cache is cold
 # (about 90 s on an H200); later runs of TestFusedDecode take about 5 s.
 set -u
@@ -28,5 +31,8 @@ echo "$VARIANTS" | while IFS='|' read -r label env; do
 	pass=$(grep -c '^--- PASS' "$log")
 	fail=$(grep -c '^--- FAIL' "$log")
 	echo "$label ($env): $pass passed, $fail failed" | tee -a "$OUT/repeat.txt"
-	grep -E '_test.go:[0-9]+:' "$log" | sed 's/{Device[^}]*}//' | sort | uniq -c | head -5 | tee -a "$OUT/repeat.txt"
+	grep -E '_test.go:[0-9]+:' "$log" | grep -v ': outputs ' | sed 's/{Device[^}]*}//' | sort | uniq -c | head -5 | tee -a "$OUT/repeat.txt"
+	# tests that log "config N: outputs HASH, worst relative error E (where)"
+	# (TestFusedDecode): how many distinct results each configuration gave
+	grep -oE 'config [0-9]+: outputs [0-9a-f]+, worst relative error [^ ]+ \([^)]*\)' "$log" | sort | uniq -c | tee -a "$OUT/repeat.txt"
 done
