@@ -68,20 +68,19 @@ type Options struct {
 
 // Backend runs the runtime's operations on one NVIDIA GPU.
 type Backend struct {
-	d       *device
-	opts    Options
-	mod     uintptr
-	fn      map[string]uintptr
-	allocs  map[uintptr]int  // device allocations owned by the backend
-	hosts   []unsafe.Pointer // pinned host allocations
-	scr     map[string]*scratch
-	moe     *expertCache
-	fz      fuser          // pending decode work (fuse.go)
-	tail    *moeTail       // a split MoE's deferred missing experts (moe.go)
-	smemSet map[string]int // kernels allowed more than 48 KiB of dynamic shared memory, and how much (smemFunc)
-	amOut   unsafe.Pointer // pinned: Argmax's result (argmax_f writes it)
-	closed  bool
-	err     error // deferred error from Reset (no error return there)
+	d      *device
+	opts   Options
+	mod    uintptr
+	fn     map[string]uintptr
+	allocs map[uintptr]int  // device allocations owned by the backend
+	hosts  []unsafe.Pointer // pinned host allocations
+	scr    map[string]*scratch
+	moe    *expertCache
+	fz     fuser          // pending decode work (fuse.go)
+	tail   *moeTail       // a split MoE's deferred missing experts (moe.go)
+	amOut  unsafe.Pointer // pinned: Argmax's result (argmax_f writes it)
+	closed bool
+	err    error // deferred error from Reset (no error return there)
 	// override replaces routed expert ids (benchmarks; runtime.RouteOverrider).
 	override func(layer, tokens, topK int, ids []int32)
 }
@@ -171,7 +170,7 @@ func kernelNames() []string {
 			names = append(names, "qgemm"+bits+"_"+v)
 		}
 	}
-	names = append(names, "qgemm_sum", "moe_combine", "qmvb2", "qmvb4", "qmvb8", "qmvb2o", "qmvb4o", "qmvb8o", "moe_dnc2", "moe_dnc4", "moe_dnc8", "qmma4", "qmmae4_1", "qmmad4_1", "qmmae4_2", "qmmad4_2", "qmmae4_4", "qmmad4_4", "xsplit", "qmmb4", "qmmbe4_1", "qmmbd4_1", "qmmbe4_2", "qmmbd4_2", "qmmbe4_4", "qmmbd4_4", "moe_slots", "step_probe", "barrier_probe")
+	names = append(names, "qgemm_sum", "moe_combine", "qmvb2", "qmvb4", "qmvb8", "qmvb2o", "qmvb4o", "qmvb8o", "moe_dnc2", "moe_dnc4", "moe_dnc8", "qmma4", "qmmae4_1", "qmmad4_1", "qmmae4_2", "qmmad4_2", "qmmae4_4", "qmmad4_4", "moe_slots", "step_probe", "barrier_probe")
 	return append(names, qmxKernelNames()...)
 }
 

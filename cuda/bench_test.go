@@ -128,13 +128,12 @@ func BenchmarkQMatVec(b *testing.B) {
 		ws = append(ws, w.(*Weight))
 	}
 	wbytes := float64(rows*cols/2 + 2*rows*cols/64*2)
-	saveV, saveG, saveM, saveB := QMVVariant, GemmMinTokens, QMMA, QMMB
-	defer func() { QMVVariant, GemmMinTokens, QMMA, QMMB = saveV, saveG, saveM, saveB }()
+	saveV, saveG, saveM := QMVVariant, GemmMinTokens, QMMA
+	defer func() { QMVVariant, GemmMinTokens, QMMA = saveV, saveG, saveM }()
 	type variant struct {
 		name, qmv string
 		gemmFrom  int
 		fp32      bool // the fp32 tiled GEMM, not the tensor cores
-		xsplit    bool // the tensor cores with x split once (qmmb)
 	}
 	var cases []struct {
 		T int
@@ -148,10 +147,10 @@ func BenchmarkQMatVec(b *testing.B) {
 		cases = append(cases, struct {
 			T int
 			v variant
-		}{1, variant{name, v, 2, false, false}})
+		}{1, variant{name, v, 2, false}})
 	}
 	for _, T := range []int{8, 32, 64} {
-		for _, v := range []variant{{"qmmb", saveV, 2, false, true}, {"qmma", saveV, 2, false, false}, {"gemm", saveV, 2, true, false}, {"old", saveV, 1 << 30, true, false}} {
+		for _, v := range []variant{{"qmma", saveV, 2, false}, {"gemm", saveV, 2, true}, {"old", saveV, 1 << 30, true}} {
 			cases = append(cases, struct {
 				T int
 				v variant
@@ -161,7 +160,7 @@ func BenchmarkQMatVec(b *testing.B) {
 	for _, cs := range cases {
 		T := cs.T
 		b.Run(fmt.Sprintf("T=%d/%s", T, cs.v.name), func(b *testing.B) {
-			QMVVariant, GemmMinTokens, QMMA, QMMB = cs.v.qmv, cs.v.gemmFrom, !cs.v.fp32, cs.v.xsplit
+			QMVVariant, GemmMinTokens, QMMA = cs.v.qmv, cs.v.gemmFrom, !cs.v.fp32
 			x, _ := be.NewTensor(T, cols)
 			y, _ := be.NewTensor(T, rows)
 			xv := make([]float32, T*cols)

@@ -145,9 +145,9 @@ func TestMatMulKernels(t *testing.T) {
 	c := cpu.New()
 	defer c.Close()
 	r := rand.New(rand.NewPCG(5, 6))
-	saveV, saveG, saveM, saveS, saveB := QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMB
-	defer func() { QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMB = saveV, saveG, saveM, saveS, saveB }()
-	for _, e := range []string{"FMOE_CUDA_QMMA", "FMOE_CUDA_QMMA_SPLIT", "FMOE_CUDA_QMMB"} {
+	saveV, saveG, saveM, saveS := QMVVariant, GemmMinTokens, QMMA, QMMASplitK
+	defer func() { QMVVariant, GemmMinTokens, QMMA, QMMASplitK = saveV, saveG, saveM, saveS }()
+	for _, e := range []string{"FMOE_CUDA_QMMA", "FMOE_CUDA_QMMA_SPLIT"} {
 		t.Setenv(e, "")
 		os.Unsetenv(e)
 	}
@@ -174,17 +174,16 @@ func TestMatMulKernels(t *testing.T) {
 					variants = append(variants, qmvVariants...)
 				}
 				// the tensor-core GEMM (4-bit, groups of 64; columns split
-				// or not; x split once, qmmb, or by each block, qmma) and
-				// the fp32 one
-				type mm struct{ on, split, b bool }
-				mmas := []mm{{false, false, false}}
+				// or not) and the fp32 one
+				type mm struct{ on, split bool }
+				mmas := []mm{{false, false}}
 				if bits == 4 && sh.group == 64 && T > 1 {
-					mmas = []mm{{true, true, true}, {true, false, true}, {true, true, false}, {true, false, false}, {false, false, false}}
+					mmas = []mm{{true, true}, {true, false}, {false, false}}
 				}
 				for _, v := range variants {
 					for _, gm := range []int{2, 1 << 30} {
 						for _, mma := range mmas {
-							QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMB = v, gm, mma.on, mma.split, mma.b
+							QMVVariant, GemmMinTokens, QMMA, QMMASplitK = v, gm, mma.on, mma.split
 							got := matmulOn(t, g, gw, xv, T, sh.rows, sh.cols)
 							for row := 0; row < T; row++ {
 								var e, m float64
@@ -246,11 +245,9 @@ func TestMoELarge(t *testing.T) {
 	for i := range rv {
 		rv[i] = r.Float32() - 0.5
 	}
-	defer func(m, mb bool) { MoEGateSplit, QMMA, QMMB = true, m, mb }(QMMA, QMMB)
-	for _, e := range []string{"FMOE_CUDA_QMMA", "FMOE_CUDA_QMMB"} {
-		t.Setenv(e, "")
-		os.Unsetenv(e)
-	}
+	defer func(m bool) { MoEGateSplit, QMMA = true, m }(QMMA)
+	t.Setenv("FMOE_CUDA_QMMA", "")
+	os.Unsetenv("FMOE_CUDA_QMMA")
 	// T=3, 20 and 40 (slots of 8, 16 and 32 pairs; at 40, experts with
 	// more than 32 take several)
 	// run grouped on the tensor cores (qmmaExperts) unless QMMA is off
@@ -281,13 +278,13 @@ func TestMoELarge(t *testing.T) {
 		c := cpu.New()
 		want := run(c)
 		c.Close()
-		for _, v := range []struct{ split, mma, qmmb bool }{{true, true, true}, {true, true, false}, {true, false, false}, {false, false, false}} {
-			MoEGateSplit, QMMA, QMMB = v.split, v.mma, v.qmmb
+		for _, v := range []struct{ split, mma bool }{{true, true}, {true, false}, {false, false}} {
+			MoEGateSplit, QMMA = v.split, v.mma
 			g := openOrSkip(t, Options{})
 			got := run(g)
 			g.Close()
 			if ok, maxErr, maxRef := closeTo(got, want, 1e-4); !ok {
-				t.Fatalf("T=%d split %v qmma %v qmmb %v: cuda vs cpu max error %g (max |ref| %g)", T, v.split, v.mma, v.qmmb, maxErr, maxRef)
+				t.Fatalf("T=%d split %v qmma %v: cuda vs cpu max error %g (max |ref| %g)", T, v.split, v.mma, maxErr, maxRef)
 			}
 		}
 	}

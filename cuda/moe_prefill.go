@@ -51,23 +51,7 @@ func (b *Backend) qmmaExperts(c *expertCache, table uintptr, xt, d *Tensor, ids,
 		return true, err
 	}
 	x := xt.p + uintptr(t0*l.Hidden*4)
-	split := qmmbOn()
-	if split {
-		xp, xs, err := b.xsplit("qmmb_x", x, n, l.Hidden)
-		if err != nil {
-			return true, err
-		}
-		f, err := b.smemFunc(fmt.Sprintf("qmmbe4_%d", nt), qmmbSmem(nt))
-		if err != nil {
-			return true, err
-		}
-		err = b.d.launch(f, [3]int{2 * l.Intermediate / 64, np, 1}, [3]int{128, 1, 1}, qmmbSmem(nt),
-			table, slots, xp, xs, n, gbuf, ubuf, l.Intermediate, l.Hidden, K,
-			l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset)
-		if err != nil {
-			return true, err
-		}
-	} else if err := b.d.launch(b.fn[fmt.Sprintf("qmmae4_%d", nt)], [3]int{2 * l.Intermediate / 64, np, 1}, [3]int{128, 1, 1}, 0,
+	if err := b.d.launch(b.fn[fmt.Sprintf("qmmae4_%d", nt)], [3]int{2 * l.Intermediate / 64, np, 1}, [3]int{128, 1, 1}, 0,
 		table, slots, x, gbuf, ubuf, l.Intermediate, l.Hidden, K,
 		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset); err != nil {
 		return true, err
@@ -75,21 +59,7 @@ func (b *Backend) qmmaExperts(c *expertCache, table uintptr, xt, d *Tensor, ids,
 	if err := b.d.launch(b.fn["swiglu_f"], ewGrid(np*l.Intermediate), blk, 0, hbuf, gbuf, ubuf, int64(np*l.Intermediate)); err != nil {
 		return true, err
 	}
-	if split {
-		hp, hs, err := b.xsplit("qmmb_h", hbuf, np, l.Intermediate)
-		if err != nil {
-			return true, err
-		}
-		f, err := b.smemFunc(fmt.Sprintf("qmmbd4_%d", nt), qmmbSmem(nt))
-		if err != nil {
-			return true, err
-		}
-		err = b.d.launch(f, [3]int{cdiv(l.Hidden, 64), np, 1}, [3]int{128, 1, 1}, qmmbSmem(nt),
-			table, slots, hp, hs, np, part, l.Hidden, l.Intermediate, l.Down.WOffset, l.Down.SOffset, l.Down.BOffset)
-		if err != nil {
-			return true, err
-		}
-	} else if err := b.d.launch(b.fn[fmt.Sprintf("qmmad4_%d", nt)], [3]int{cdiv(l.Hidden, 64), np, 1}, [3]int{128, 1, 1}, 0,
+	if err := b.d.launch(b.fn[fmt.Sprintf("qmmad4_%d", nt)], [3]int{cdiv(l.Hidden, 64), np, 1}, [3]int{128, 1, 1}, 0,
 		table, slots, hbuf, part, l.Hidden, l.Intermediate, l.Down.WOffset, l.Down.SOffset, l.Down.BOffset); err != nil {
 		return true, err
 	}

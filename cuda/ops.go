@@ -183,73 +183,18 @@ func (b *Backend) qmma(y uintptr, w *Weight, x uintptr, T int) error {
 	}
 	kc := cdiv(chunks, splits) * 128
 	splits = cdiv(w.in, kc)
+	if splits == 1 {
+		return b.d.launch(b.fn["qmma4"], [3]int{gx, gy, 1}, [3]int{128, 1, 1}, 0, w.w, w.s, w.z, x, y, w.out, w.in, T, kc)
+	}
 	n := T * w.out
-	dst := y
-	if splits > 1 {
-		part, err := b.scratchBuf("gemm_part", splits*n*4)
-		if err != nil {
-			return err
-		}
-		dst = part
-	}
-	var err error
-	if qmmbOn() {
-		xp, xs, e := b.xsplit("qmmb_x", x, T, w.in)
-		if e != nil {
-			return e
-		}
-		f, e := b.smemFunc("qmmb4", qmmbSmem(4))
-		if e != nil {
-			return e
-		}
-		err = b.d.launch(f, [3]int{gx, gy, splits}, [3]int{128, 1, 1}, qmmbSmem(4), w.w, w.s, w.z, xp, xs, dst, w.out, w.in, T, kc)
-	} else {
-		err = b.d.launch(b.fn["qmma4"], [3]int{gx, gy, splits}, [3]int{128, 1, 1}, 0, w.w, w.s, w.z, x, dst, w.out, w.in, T, kc)
-	}
-	if err != nil || splits == 1 {
+	part, err := b.scratchBuf("gemm_part", splits*n*4)
+	if err != nil {
 		return err
 	}
-	return b.d.launch(b.fn["qgemm_sum"], ewGrid(n), blk, 0, dst, y, int64(n), splits)
-}
-
-// QMMB runs the tensor-core prefill GEMMs with x split into its bf16 parts
-// once per call (kernels_mma.cu xsplit, qmmb4, qmmbe4, qmmbd4) instead of
-// by every block of 64 rows (qmma4); FMOE_CUDA_QMMB=0 or 1 overrides it.
-var QMMB = true
-
-func qmmbOn() bool { return envChoice("FMOE_CUDA_QMMB", "1", "0", QMMB) }
-
-// qmmbSmem is the dynamic shared memory of a qmmb kernel of nt n-tiles
-// (kernels_mma.cu QMMB_SMEM).
-func qmmbSmem(nt int) int { return 2 * 3 * 8 * nt * 66 * 4 }
-
-// smemFunc (worker only) returns kernel name, allowed smem bytes of dynamic
-// shared memory (set once when above the default 48 KiB).
-func (b *Backend) smemFunc(name string, smem int) (uintptr, error) {
-	f := b.fn[name]
-	if smem > 48<<10 && b.smemSet[name] < smem {
-		if err := b.d.setMaxDynamicShared(f, smem); err != nil {
-			return 0, err
-		}
-		if b.smemSet == nil {
-			b.smemSet = map[string]int{}
-		}
-		b.smemSet[name] = smem
+	if err := b.d.launch(b.fn["qmma4"], [3]int{gx, gy, splits}, [3]int{128, 1, 1}, 0, w.w, w.s, w.z, x, part, w.out, w.in, T, kc); err != nil {
+		return err
 	}
-	return f, nil
-}
-
-// xsplit (worker only) splits n rows of x (in columns) for the qmmb
-// kernels into the scratch buffers name+"_p" (three bf16 parts) and
-// name+"_s" (Σx per group of 64).
-func (b *Backend) xsplit(name string, x uintptr, n, in int) (xp, xs uintptr, err error) {
-	if xp, err = b.scratchBuf(name+"_p", 3*n*in*2); err != nil {
-		return 0, 0, err
-	}
-	if xs, err = b.scratchBuf(name+"_s", n*(in/64)*4); err != nil {
-		return 0, 0, err
-	}
-	return xp, xs, b.d.launch(b.fn["xsplit"], grid1(cdiv(n*in/8, 128)), [3]int{128, 1, 1}, 0, x, xp, xs, n, in)
+	return b.d.launch(b.fn["qgemm_sum"], ewGrid(n), blk, 0, part, y, int64(n), splits)
 }
 
 // gemm (worker only): the tiled prefill kernel, split over the columns when
