@@ -249,9 +249,9 @@ func TestMoELarge(t *testing.T) {
 	t.Setenv("FMOE_CUDA_QMMA", "")
 	os.Unsetenv("FMOE_CUDA_QMMA")
 	// T=3, 20 and 40 (slots of 8, 16 and 32 pairs; at 40, experts with
-	// more than 32 take several)
+	// more than 32 take several), 128 (the prefill step, PrefillBatch)
 	// run grouped on the tensor cores (qmmaExperts) unless QMMA is off
-	for _, T := range []int{1, 3, 20, 40} {
+	for _, T := range []int{1, 3, 20, 40, 128} {
 		xv := make([]float32, T*H)
 		for i := range xv {
 			xv[i] = 2*r.Float32() - 1

@@ -23,7 +23,7 @@ func newMixerRig(r *rand.Rand) *mixerRig {
 	m := &mixerRig{
 		ap:    runtime.AttentionParams{Heads: 8, KVHeads: 2, HeadDim: 256, RotaryDim: 64, RopeTheta: 1e7, Eps: 1e-6},
 		dp:    runtime.DeltaParams{KeyHeads: 2, ValueHeads: 4, KeyDim: 128, ValueDim: 128, ConvKernel: 4, Eps: 1e-6},
-		steps: []int{37, 1, 1, 1, 1, 1, 1, 5, 1, 1, 1},
+		steps: []int{37, 1, 1, 1, 1, 1, 1, 5, 1, 1, 1, 130, 1}, // 130: a step of more than the CUDA prefill batch (128)
 	}
 	vec := func(n int, s float32) []float32 {
 		v := make([]float32, n)
@@ -58,7 +58,7 @@ func (m *mixerRig) run(t *testing.T, be runtime.Backend) [][]float32 {
 	qn, kn := w("q_norm", 1, 256, m.qn), w("k_norm", 1, 256, m.kn)
 	C := m.dp.ConvDim()
 	conv, dt, al, nm := w("conv", C, 4, m.conv), w("dt", 1, 4, m.dt), w("alog", 1, 4, m.al), w("norm", 1, 128, m.nm)
-	kv, err := be.NewKVCache(m.ap, 64)
+	kv, err := be.NewKVCache(m.ap, 256)
 	must(err)
 	st, err := be.NewDeltaState(m.dp)
 	must(err)

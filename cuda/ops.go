@@ -345,6 +345,17 @@ func (b *Backend) gateAddOp(d, x, gate *Tensor) error {
 // row at HBM speed, few enough for one block to reduce their results.
 const amBlocks = 256
 
+// PrefillBatch is the prompt tokens per forward step the CUDA backend asks
+// for (runtime.PrefillBatcher) when the caller sets none: each step reads
+// every dense weight and every routed expert once, and on an H200 (397B
+// shapes, 32 experts per layer, 128-token prompt) 128-token steps prefill
+// 1057-1104 tok/s at K=4 against 816-830 with 32 (docs/benchmarks.md,
+// round 9).
+var PrefillBatch = 128
+
+// PrefillBatch implements runtime.PrefillBatcher.
+func (b *Backend) PrefillBatch() int { return PrefillBatch }
+
 // Argmax implements runtime.Argmaxer: argmax_f reduces row 0 of t on the GPU
 // and writes the index into pinned host memory, so a greedy decoding step
 // waits for the stream and reads 4 bytes instead of downloading the logits.

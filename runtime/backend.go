@@ -162,6 +162,14 @@ type Argmaxer interface {
 	Argmax(t Tensor, n int) (int, error)
 }
 
+// PrefillBatcher is an optional Backend capability: the number of prompt
+// tokens a forward step should take when Options.Batch leaves it open (32
+// otherwise). A GPU reads each weight once per step, so it gains from
+// larger steps than a CPU does.
+type PrefillBatcher interface {
+	PrefillBatch() int
+}
+
 // ExpertSource provides the packed bytes of routed experts, one layer at a
 // time. Implementations read from per-expert or per-layer files (pread into
 // reused buffers) or serve from memory.

@@ -221,6 +221,45 @@ func TestGenerateUsesArgmaxer(t *testing.T) {
 	}
 }
 
+// batchBackend asks for prefill steps of n tokens (runtime.PrefillBatcher)
+// and records the most rows a MatMul saw.
+type batchBackend struct {
+	runtime.Backend
+	n, maxRows int
+}
+
+func (b *batchBackend) PrefillBatch() int { return b.n }
+
+func (b *batchBackend) MatMul(dst runtime.Tensor, w runtime.Weight, x runtime.Tensor) error {
+	b.maxRows = max(b.maxRows, x.Rows())
+	return b.Backend.MatMul(dst, w, x)
+}
+
+// TestPrefillBatcher: a backend's PrefillBatch sets the step size when
+// Options.Batch is 0 (Options.Batch wins otherwise; 32 without it), and the
+// prompt runs in steps of that many tokens with the same logits.
+func TestPrefillBatcher(t *testing.T) {
+	dir := tinyModel(t, testmodel.Options{Seed: 1, Bits: 4})
+	V := testmodel.Tiny().VocabSize
+	ref := forwardAll(t, open(t, dir, runtime.Options{Backend: cpu.New(), Batch: 1}), prompt)
+	for _, c := range []struct{ ask, opt, want int }{{4, 0, 4}, {4, 2, 2}, {0, 0, 32}} {
+		bb := &batchBackend{Backend: cpu.New(), n: c.ask}
+		m := open(t, dir, runtime.Options{Backend: bb, Batch: c.opt})
+		if m.Batch() != c.want {
+			t.Fatalf("PrefillBatch %d, Options.Batch %d: Batch() = %d, want %d", c.ask, c.opt, m.Batch(), c.want)
+		}
+		got := forwardAll(t, m, prompt)
+		if want := min(c.want, len(prompt)); bb.maxRows != want {
+			t.Fatalf("PrefillBatch %d, Options.Batch %d: steps of up to %d rows, want %d", c.ask, c.opt, bb.maxRows, want)
+		}
+		for p := range prompt {
+			if e := relErr(got[p*V:(p+1)*V], ref[p*V:(p+1)*V]); e > 1e-4 {
+				t.Fatalf("PrefillBatch %d: position %d: relative error %.3g", c.ask, p, e)
+			}
+		}
+	}
+}
+
 func TestArgmaxNaN(t *testing.T) {
 	nan := float32(math.NaN())
 	for _, c := range []struct {

@@ -39,7 +39,7 @@ type Options struct {
 	TwoBit          bool    // use packed_experts_2bit
 	ExpertsPerToken int     // 0 = the config's num_experts_per_tok
 	MaxContext      int     // tokens per sequence; 0 = 4096
-	Batch           int     // prefill tokens per forward call; 0 = 32
+	Batch           int     // prefill tokens per forward call; 0 = the backend's PrefillBatch, else 32
 	DirectIO        bool    // bypass the page cache when reading experts (linux)
 	IOThreads       int     // parallel expert reads; 0 = 8
 	// Experts replaces the file expert source (tests, benchmarks).
@@ -83,6 +83,10 @@ func (m *Model) Backend() Backend { return m.backend }
 // Experts returns the model's expert source.
 func (m *Model) Experts() ExpertSource { return m.experts }
 
+// Batch is the number of prompt tokens a forward step takes (Options.Batch,
+// or its default).
+func (m *Model) Batch() int { return m.opts.Batch }
+
 // Close releases the mapping and expert files (not the backend).
 func (m *Model) Close() error {
 	var errs []error
@@ -115,6 +119,9 @@ func open(ctx context.Context, dir string, opts Options) (m *Model, err error) {
 	}
 	if opts.Batch <= 0 {
 		opts.Batch = defaultBatch
+		if pb, ok := opts.Backend.(PrefillBatcher); ok && pb.PrefillBatch() > 0 {
+			opts.Batch = pb.PrefillBatch()
+		}
 	}
 	if opts.IOThreads <= 0 {
 		opts.IOThreads = 8

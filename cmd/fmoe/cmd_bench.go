@@ -297,11 +297,7 @@ func floors(c *cli.Context, m *runtime.Model, pre, dec runtime.ExpertCounters, P
 	out["decode_floor_ms"] = floor * 1e3
 	out["decode_floor_bound"] = bound
 	out["decode_E"] = floor / meas
-	B := max(1, c.Int("batch"))
-	if c.Int("batch") == 0 {
-		B = 32
-	}
-	pt, pb := prefillFloor(P, B, dense, size, int(L), int(K), E, pre.HostLoads, pre.DiskLoads, hbm, h2d, disk)
+	pt, pb := prefillFloor(P, m.Batch(), dense, size, int(L), int(K), E, pre.HostLoads, pre.DiskLoads, hbm, h2d, disk)
 	out["prefill_floor_tok_s"] = float64(P) / pt
 	out["prefill_floor_bound"] = pb
 	out["prefill_E"] = pt / prefill.Seconds()

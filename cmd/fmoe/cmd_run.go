@@ -64,7 +64,7 @@ func modelFlags() []cli.Flag {
 		&cli.IntFlag{Name: "experts-per-token", Aliases: []string{"k"}, Usage: "routed experts per token (default: the config's num_experts_per_tok)"},
 		&cli.StringFlag{Name: "backend", Value: "auto", Usage: "cpu, cuda or auto (GPU when available, else CPU); metal is a placeholder that reports it is not implemented"},
 		&cli.IntFlag{Name: "ctx", Usage: "context limit in tokens (default 4096)"},
-		&cli.IntFlag{Name: "batch", Usage: "prefill tokens per forward step (default 32)"},
+		&cli.IntFlag{Name: "batch", Usage: "prefill tokens per forward step (default: the backend's, 128 on CUDA, 32 on CPU)"},
 		&cli.BoolFlag{Name: "direct-io", Usage: "read experts with O_DIRECT (bypass the page cache; linux, for cold-read measurements)"},
 		&cli.Float64Flag{Name: "gpu-cache-gb", Usage: "GPU expert cache budget in GB (cuda; default: what fits)"},
 		&cli.Float64Flag{Name: "host-cache-gb", Usage: "pinned host-memory expert tier in GB between the GPU cache and disk (cuda; default none)"},
