@@ -94,7 +94,12 @@ full)
 		grep -E "prefill|total|embed|experts:" | tee "$OUT/timing.txt"
 	for k in 4 10; do
 		bench "a-resident-K$k-uniform" -k $k --prefill "$P" --tokens "$DT" --routing uniform
+		# (b): experts not yet in the host tier come from disk; drop the page
+		# cache first so that those reads are the disk's (as the floor's disk
+		# term assumes), not whatever an earlier stage left cached
+		sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null
 		bench "b-cap-K$k-uniform" -k $k --prefill "$P" --tokens "$DT" --routing uniform --gpu-cache-gb "$CAP" --host-cache-gb 200 --warmup 64
+		sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null
 		bench "b-cap-K$k-skewed" -k $k --prefill "$P" --tokens "$DT" --routing skewed --gpu-cache-gb "$CAP" --host-cache-gb 200 --warmup 64
 	done
 	for k in 4 10; do
