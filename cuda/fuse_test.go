@@ -122,38 +122,31 @@ type steps struct {
 }
 
 // check fails t when a tensor of got differs from want by more than tol
-// relative to stepScale.
+// relative to its scale.
 func (s *steps) check(t *testing.T, label string, got, want [][]float32, tol float64) {
 	t.Helper()
 	for i := range want {
-		e := 0.0
-		for j := range want[i] {
-			e = math.Max(e, math.Abs(float64(got[i][j]-want[i][j])))
-		}
+		_, e, _ := closeTo(got[i], want[i], tol)
 		if sc := s.scale(want, i); e > tol*sc || sc == 0 {
 			t.Fatalf("%s: step %d %s: max error %g of scale %g", label, i/len(s.names), s.names[i%len(s.names)], e, sc)
 		}
 	}
 }
 
-// stepScale is the magnitude against which tensor i of fusedSteps' output
+// scale is the magnitude against which tensor i of fusedSteps' output
 // is compared: its largest reference value, and for the one-value sigmoid
 // gate logit g = w·t (w the gate row, t the step's post-norm output, both
 // of the reference) Σ|w_k·t_k|: rounding and the propagated differences of
 // t scale with the terms, and the sum may cancel to near zero (it did: a
 // logit of 0.013, correct to 1.6e-6, failed a bound relative to itself).
 func (s *steps) scale(want [][]float32, i int) float64 {
-	names, gate := s.names, s.gate
-	ref := 0.0
-	for _, v := range want[i] {
-		ref = math.Max(ref, math.Abs(float64(v)))
-	}
-	if names[i%len(names)] != "sgate" {
+	_, _, ref := closeTo(want[i], want[i], 0)
+	if s.names[i%len(s.names)] != "sgate" {
 		return ref
 	}
-	tt := want[i-i%len(names)+slices.Index(names, "t")]
-	w := make([]float32, gate.Cols)
-	gate.DequantizeRow(w, 0)
+	tt := want[i-i%len(s.names)+slices.Index(s.names, "t")]
+	w := make([]float32, s.gate.Cols)
+	s.gate.DequantizeRow(w, 0)
 	terms := 0.0
 	for k := range w {
 		terms += math.Abs(float64(w[k]) * float64(tt[k]))
@@ -168,10 +161,7 @@ func (s *steps) logOutputs(t *testing.T, config int, got, want [][]float32) {
 	worst, at := 0.0, ""
 	for i := range got {
 		binary.Write(h, binary.LittleEndian, got[i])
-		e := 0.0
-		for j := range want[i] {
-			e = math.Max(e, math.Abs(float64(got[i][j]-want[i][j])))
-		}
+		_, e, _ := closeTo(got[i], want[i], 0)
 		if sc := s.scale(want, i); sc != 0 && e/sc > worst {
 			worst, at = e/sc, fmt.Sprintf("step %d %s", i/len(s.names), s.names[i%len(s.names)])
 		}
