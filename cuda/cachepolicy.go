@@ -168,6 +168,14 @@ func (s *freqSlots) put(slot int, k expertKey) {
 	s.promote(slot)
 }
 
+// putLast records k resident in slot at the eviction end of the probation
+// segment, without promotion (gpuPolicy.putLast).
+func (s *freqSlots) putLast(slot int, k expertKey) {
+	s.owner[slot] = k
+	s.where[k] = slot
+	s.elems[slot] = s.lru.PushBack(slot)
+}
+
 // promote swaps probation slot with the lowest protected one when its
 // expert's score is higher by cacheMargin.
 func (s *freqSlots) promote(slot int) {

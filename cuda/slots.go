@@ -38,6 +38,11 @@ type gpuPolicy interface {
 	touch(slot int)
 	take(protect func(expertKey) bool) (slot int, evicted expertKey, didEvict, ok bool)
 	put(slot int, k expertKey)
+	// putLast records k resident as the next to be evicted: an expert a
+	// prefill step loads is not used again before the next step, so it
+	// must not push out the experts decoding keeps using (a prefill step
+	// sweeps every layer's experts once, a scan).
+	putLast(slot int, k expertKey)
 }
 
 func (s *slotLRU) size() int                        { return s.n }
@@ -76,4 +81,10 @@ func (s *slotLRU) put(slot int, k expertKey) {
 	s.owner[slot] = k
 	s.where[k] = slot
 	s.elems[slot] = s.lru.PushFront(slot)
+}
+
+func (s *slotLRU) putLast(slot int, k expertKey) {
+	s.owner[slot] = k
+	s.where[k] = slot
+	s.elems[slot] = s.lru.PushBack(slot)
 }
