@@ -39,7 +39,6 @@ type expertCache struct {
 	stats      ExpertStats
 	gu, dn     string // kernel names
 	fast       bool   // batched kernels (moe_gu?f, moe_dn?f + moe_combine)
-	scan       bool   // loads of a multi-token (prefill) call: placed to be evicted first (gpuPolicy.putLast)
 }
 
 func sameSource(a, b runtime.ExpertSource) (same bool) {
@@ -295,8 +294,9 @@ func (c *expertCache) gpuSlot(layer int, keep map[int]bool) (int, error) {
 }
 
 // place (worker only) queues the copy of one expert from pinned src into a
-// GPU slot on the copy stream and records it resident.
-func (c *expertCache) place(b *Backend, layer, e int, src unsafe.Pointer, keep map[int]bool) error {
+// GPU slot on the copy stream and records it resident (last: as the next to
+// be evicted, gpuPolicy.putLast, with ScanLoads).
+func (c *expertCache) place(b *Backend, layer, e int, src unsafe.Pointer, keep map[int]bool, last bool) error {
 	slot, err := c.gpuSlot(layer, keep)
 	if err != nil {
 		return err
@@ -305,7 +305,7 @@ func (c *expertCache) place(b *Backend, layer, e int, src unsafe.Pointer, keep m
 	if err := b.d.htodOn(p, src, int(c.layout.Size), c.copyS); err != nil {
 		return err
 	}
-	if c.scan && scanLoads() {
+	if last && scanLoads() {
 		c.gpu.putLast(slot, expertKey{layer, e})
 	} else {
 		c.gpu.put(slot, expertKey{layer, e})
@@ -321,9 +321,10 @@ func (c *expertCache) place(b *Backend, layer, e int, src unsafe.Pointer, keep m
 // ExpertSource (parallel pread) into pinned memory (a host-tier slot, or
 // double-buffered staging), copied on the copy stream while the next batch
 // is read. The compute stream waits for the copies. It updates the host
-// mirror of the table; the caller uploads it.
-func (c *expertCache) load(ctx context.Context, b *Backend, layer int, ids []int, keep map[int]bool, rt *runtime.Routing) error {
-	if err := c.queueLoad(ctx, b, layer, ids, keep, rt); err != nil {
+// mirror of the table; the caller uploads it. last: the experts are placed
+// to be evicted first (a prefill step's loads; place).
+func (c *expertCache) load(ctx context.Context, b *Backend, layer int, ids []int, keep map[int]bool, rt *runtime.Routing, last bool) error {
+	if err := c.queueLoad(ctx, b, layer, ids, keep, rt, last); err != nil {
 		return err
 	}
 	return b.d.streamWaitEvent(b.d.stream, c.copyEv)
@@ -331,7 +332,7 @@ func (c *expertCache) load(ctx context.Context, b *Backend, layer int, ids []int
 
 // queueLoad (worker only) is load without the compute stream's wait: the
 // copies are queued on the copy stream and c.copyEv marks their end.
-func (c *expertCache) queueLoad(ctx context.Context, b *Backend, layer int, ids []int, keep map[int]bool, rt *runtime.Routing) error {
+func (c *expertCache) queueLoad(ctx context.Context, b *Backend, layer int, ids []int, keep map[int]bool, rt *runtime.Routing, last bool) error {
 	// Copies overwrite slots that kernels queued earlier may still read.
 	if err := b.d.eventRecordOn(c.computeEv, b.d.stream); err != nil {
 		return err
@@ -346,7 +347,7 @@ func (c *expertCache) queueLoad(ctx context.Context, b *Backend, layer int, ids 
 		if c.host != nil {
 			if hs, ok := c.host.where[expertKey{layer, e}]; ok {
 				c.host.touch(hs)
-				if err := c.place(b, layer, e, c.hostBuf[hs], keep); err != nil {
+				if err := c.place(b, layer, e, c.hostBuf[hs], keep, last); err != nil {
 					return err
 				}
 				c.stats.HostLoads++
@@ -425,7 +426,7 @@ func (c *expertCache) queueLoad(ctx context.Context, b *Backend, layer int, ids 
 			if c.host != nil {
 				c.host.put(hslots[i], expertKey{layer, e})
 			}
-			if err := c.place(b, layer, e, bufs[i], keep); err != nil {
+			if err := c.place(b, layer, e, bufs[i], keep, last); err != nil {
 				return err
 			}
 		}
@@ -574,7 +575,7 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 		for e := range all {
 			all[e] = e
 		}
-		if err := c.load(ctx, b, p.Layer, all, nil, routing); err != nil {
+		if err := c.load(ctx, b, p.Layer, all, nil, routing, false); err != nil {
 			return err
 		}
 		if err := c.uploadTable(b, p.Layer, table); err != nil {
@@ -676,10 +677,7 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 		if len(miss) > 0 {
 			lsSave := ls
 			c.stats.Layers[p.Layer] = ls
-			c.scan = T > 1
-			err := c.load(ctx, b, p.Layer, miss, keep, routing)
-			c.scan = false
-			if err != nil {
+			if err := c.load(ctx, b, p.Layer, miss, keep, routing, T > 1); err != nil {
 				return err
 			}
 			ls = c.stats.Layers[p.Layer]

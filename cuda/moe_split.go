@@ -66,7 +66,7 @@ func (b *Backend) moeSplit(ctx context.Context, c *expertCache, layer int, table
 	}
 	lsSave := *ls
 	c.stats.Layers[layer] = *ls
-	if err := c.queueLoad(ctx, b, layer, miss, keep, nil); err != nil {
+	if err := c.queueLoad(ctx, b, layer, miss, keep, nil, false); err != nil {
 		return true, err
 	}
 	*ls = c.stats.Layers[layer]
