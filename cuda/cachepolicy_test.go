@@ -10,43 +10,15 @@ import (
 // slot policy the way MoE does and returns the hit rate after a warm-up.
 func simulateCache(t *testing.T, p gpuPolicy, layers, experts, k int, s, reuse float64, tokens int) float64 {
 	t.Helper()
-	r, err := runtime.NewSyntheticRouter(layers, experts, s, reuse, 1)
-	if err != nil {
-		t.Fatal(err)
+	steps := make([]int, tokens)
+	for i := range steps {
+		steps[i] = 1
 	}
-	ids := make([]int32, k)
+	st := simulateSteps(t, p, layers, experts, k, s, reuse, steps, false)
 	var hits, uses int
-	for tok := range tokens {
-		for l := range layers {
-			p.advance(1 / float64(layers))
-			r.Fill(l, 1, k, ids)
-			keep := map[int]bool{}
-			var miss []int
-			for _, e := range ids {
-				key := expertKey{l, int(e)}
-				slot, ok := p.lookup(key)
-				p.use(key)
-				if ok {
-					p.touch(slot)
-					if tok >= tokens/4 {
-						hits++
-					}
-				} else {
-					miss = append(miss, int(e))
-				}
-				keep[int(e)] = true
-				if tok >= tokens/4 {
-					uses++
-				}
-			}
-			for _, e := range miss {
-				slot, _, _, ok := p.take(func(q expertKey) bool { return q.layer == l && keep[q.expert] })
-				if !ok {
-					t.Fatalf("no slot for expert %d of layer %d", e, l)
-				}
-				p.put(slot, expertKey{l, e})
-			}
-		}
+	for _, x := range st[tokens/4:] {
+		hits += x.hits
+		uses += x.uses
 	}
 	return float64(hits) / float64(uses)
 }
@@ -74,16 +46,20 @@ func TestCachePolicyNoThrash(t *testing.T) {
 	}
 }
 
+// stepStats is one simulated forward step: expert uses (token × K), hits
+// among them, and experts loaded.
+type stepStats struct{ uses, hits, loads int }
+
 // simulateSteps runs forward steps of steps[i] tokens through a GPU slot
 // policy the way MoE does (misses placed with putLast in multi-token steps
-// when scan is set) and returns each step's loads.
-func simulateSteps(t *testing.T, p gpuPolicy, layers, experts, k int, s, reuse float64, steps []int, scan bool) []int {
+// when scan is set) and returns each step's counts.
+func simulateSteps(t *testing.T, p gpuPolicy, layers, experts, k int, s, reuse float64, steps []int, scan bool) []stepStats {
 	t.Helper()
 	r, err := runtime.NewSyntheticRouter(layers, experts, s, reuse, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	loads := make([]int, len(steps))
+	st := make([]stepStats, len(steps))
 	for i, T := range steps {
 		ids := make([]int32, T*k)
 		for l := range layers {
@@ -95,8 +71,10 @@ func simulateSteps(t *testing.T, p gpuPolicy, layers, experts, k int, s, reuse f
 				key := expertKey{l, int(e)}
 				slot, ok := p.lookup(key)
 				p.use(key)
+				st[i].uses++
 				if ok {
 					p.touch(slot)
+					st[i].hits++
 				} else if !keep[int(e)] {
 					miss = append(miss, int(e))
 				}
@@ -112,11 +90,11 @@ func simulateSteps(t *testing.T, p gpuPolicy, layers, experts, k int, s, reuse f
 				} else {
 					p.put(slot, expertKey{l, e})
 				}
-				loads[i]++
+				st[i].loads++
 			}
 		}
 	}
-	return loads
+	return st
 }
 
 // TestPrefillScanLoads: after 64 decode tokens, a 128-token prefill step
@@ -146,20 +124,20 @@ func TestPrefillScanLoads(t *testing.T) {
 			k, s := c.k, c.s
 			plain := simulateSteps(t, pol.mk(), layers, experts, k, s, 0.5, steps, false)
 			scan := simulateSteps(t, pol.mk(), layers, experts, k, s, 0.5, steps, true)
-			sum := func(v []int) (n int) {
+			sum := func(v []stepStats) (n int) {
 				for _, x := range v {
-					n += x
+					n += x.loads
 				}
 				return n
 			}
 			pre, after := 64, steps[65:]
 			t.Logf("%s K=%d zipf %g: prefill loads per layer %.1f -> %.1f; decode loads in the %d tokens after %d -> %d", pol.name, k, s,
-				float64(plain[pre])/layers, float64(scan[pre])/layers, len(after), sum(plain[65:]), sum(scan[65:]))
-			if float64(scan[pre])/layers > 24.5+1 {
-				t.Errorf("%s K=%d zipf %g: %.1f loads per layer in the prefill step, want about 24 (the experts not cached)", pol.name, k, s, float64(scan[pre])/layers)
+				float64(plain[pre].loads)/layers, float64(scan[pre].loads)/layers, len(after), sum(plain[65:]), sum(scan[65:]))
+			if float64(scan[pre].loads)/layers > 24.5+1 {
+				t.Errorf("%s K=%d zipf %g: %.1f loads per layer in the prefill step, want about 24 (the experts not cached)", pol.name, k, s, float64(scan[pre].loads)/layers)
 			}
-			if scan[pre] >= plain[pre] {
-				t.Errorf("%s K=%d zipf %g: scan placement loaded %d, plain %d", pol.name, k, s, scan[pre], plain[pre])
+			if scan[pre].loads >= plain[pre].loads {
+				t.Errorf("%s K=%d zipf %g: scan placement loaded %d, plain %d", pol.name, k, s, scan[pre].loads, plain[pre].loads)
 			}
 			if sum(scan[65:]) > sum(plain[65:])*11/10 {
 				t.Errorf("%s K=%d zipf %g: decode after the step loaded %d with scan placement, %d without", pol.name, k, s, sum(scan[65:]), sum(plain[65:]))
