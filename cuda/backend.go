@@ -133,6 +133,11 @@ func Open(opts Options) (*Backend, error) {
 				return err
 			}
 		}
+		if probeOn() {
+			if err := b.startProbe(); err != nil {
+				return err
+			}
+		}
 		if pv := os.Getenv("FMOE_CUDA_PROFILE"); opts.Profile || pv == "1" || pv == "grid" {
 			d.prof = newProfiler(d.names)
 			d.prof.byGrid = pv == "grid"
@@ -190,6 +195,11 @@ func (b *Backend) Close() error {
 	if b.d.prof != nil {
 		if st, err := b.Profile(); err == nil {
 			WriteProfile(os.Stderr, st)
+		}
+	}
+	if b.d.probe != 0 {
+		if err := b.writeProbe(os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, err)
 		}
 	}
 	if b.d.trace != nil {

@@ -276,7 +276,7 @@ func decodeShapeVariants() []string {
 	if v := os.Getenv("FMOE_BENCH_VARIANTS"); v != "" {
 		return strings.Split(v, ",")
 	}
-	return []string{"r8u1", "k8", "qmvb", "qmx8p", "qmx8n", "qmx4p", "qmx4n"}
+	return []string{"r8u1", "k8", "qmvb", "qmx8p", "qmx8n", "qmx4p", "qmx4n", "qmxip", "qmxin", "qmxicp", "qmxicn"}
 }
 
 // BenchmarkDecodeShapes: the decode matvec variants on every matrix shape of
@@ -311,10 +311,20 @@ func BenchmarkDecodeShapes(b *testing.B) {
 			b.Run(fmt.Sprintf("%dx%d/%s", rows, cols, v), func(b *testing.B) {
 				QMVVariant = v
 				step := func(w *Weight) error { return be.matmul(yt.p, w, xt.p, 1) }
+				if strings.HasPrefix(v, "qmxi") {
+					// qmxi (qmx.go), its variant after the name: qmxip, qmxicn
+					os.Setenv("FMOE_CUDA_QMXI", v[4:])
+					defer os.Unsetenv("FMOE_CUDA_QMXI")
+					v = "qmx8p"
+				}
 				if strings.HasPrefix(v, "qmx") {
 					// the persistent fused kernel (qmx.go), tile and prefetch after the name
 					os.Setenv("FMOE_CUDA_QMX", v[3:])
 					defer os.Unsetenv("FMOE_CUDA_QMX")
+					if os.Getenv("FMOE_CUDA_QMXI") == "" {
+						os.Setenv("FMOE_CUDA_QMXI", "0")
+						defer os.Unsetenv("FMOE_CUDA_QMXI")
+					}
 					v = "qmvb"
 				}
 				if strings.HasPrefix(v, "qmvb") {

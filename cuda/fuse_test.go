@@ -177,14 +177,18 @@ func TestFusedDecode(t *testing.T) {
 	cb := cpu.New()
 	want := fs.run(cb)
 	cb.Close()
-	defer func(v string, r bool, m int, x string) { QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX = v, r, m, x }(QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX)
+	defer func(v string, r bool, m int, x, xi string) {
+		QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX, QMXI = v, r, m, x, xi
+	}(QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX, QMXI)
 	v0, r0, m0 := QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin
 	t.Setenv("FMOE_CUDA_QMX", "") // QMX below decides
 	os.Unsetenv("FMOE_CUDA_QMX")
+	t.Setenv("FMOE_CUDA_QMXI", "") // QMXI below decides
+	os.Unsetenv("FMOE_CUDA_QMXI")
 	only := os.Getenv("FMOE_TEST_FUSED_CONFIGS") // e.g. "0,2": run only these (repeated runs of one)
 	for i, opts := range []Options{{}, {NoFusion: true}, {NoGraphs: true}, {NoGraphs: true}, {MaskDequant: true}, {MaskDequant: true},
-		{}, {NoGraphs: true}, {}, {}} {
-		QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX = v0, r0, m0, ""
+		{}, {NoGraphs: true}, {}, {}, {}, {NoGraphs: true}, {}} {
+		QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX, QMXI = v0, r0, m0, "", ""
 		switch i {
 		case 3:
 			QMVBVariant = "o" // the fused kernel capped at 96 registers
@@ -196,6 +200,12 @@ func TestFusedDecode(t *testing.T) {
 			QMX = "4n"
 		case 9:
 			QMX = "4p"
+		case 10:
+			QMX, QMXI = "8p", "p" // the integer tensor-core kernel where it applies
+		case 11:
+			QMX, QMXI = "8p", "cn"
+		case 12:
+			QMX, QMXI = "8p", "cp"
 		}
 		if only != "" && !slices.Contains(strings.Split(only, ","), strconv.Itoa(i)) {
 			continue
@@ -204,7 +214,7 @@ func TestFusedDecode(t *testing.T) {
 		got := fs.run(g)
 		g.Close()
 		fs.logOutputs(t, i, got, want)
-		fs.check(t, fmt.Sprintf("%+v (qmvb variant %q, warp rows %v from %d, qmx %q)", opts, QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX), got, want, 1e-4)
+		fs.check(t, fmt.Sprintf("%+v (qmvb variant %q, warp rows %v from %d, qmx %q, qmxi %q)", opts, QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX, QMXI), got, want, 1e-4)
 	}
 }
 
@@ -304,9 +314,11 @@ func TestSplitMoE(t *testing.T) {
 // output (norm mode, two items), and one matvec with a residual add.
 func TestQMXShapes(t *testing.T) {
 	openOrSkip(t, Options{}).Close()
-	defer func(x string) { QMX = x }(QMX)
+	defer func(x, xi string) { QMX, QMXI = x, xi }(QMX, QMXI)
 	t.Setenv("FMOE_CUDA_QMX", "")
 	os.Unsetenv("FMOE_CUDA_QMX")
+	t.Setenv("FMOE_CUDA_QMXI", "")
+	os.Unsetenv("FMOE_CUDA_QMXI")
 	r := rand.New(rand.NewPCG(41, 42))
 	type shape struct{ bits, in int }
 	var shapes []shape
@@ -333,6 +345,7 @@ func TestQMXShapes(t *testing.T) {
 		w2 := &runtime.WeightData{Name: "w2", Out: o2, In: sh.in, Q: randQuant(r, sh.bits, 64, o2, sh.in)}
 		w3 := &runtime.WeightData{Name: "w3", Out: o1, In: sh.in, Q: randQuant(r, sh.bits, 64, o1, sh.in)}
 		nw, x0, res := vec(sh.in, 1.5), vec(sh.in, 2), vec(o1, 1)
+		x0[7], x0[sh.in-3] = 250, -180 // outliers: qmxi scales x by its largest |x|
 		run := func(be runtime.Backend) [][]float32 {
 			must := func(err error) {
 				t.Helper()
@@ -371,8 +384,11 @@ func TestQMXShapes(t *testing.T) {
 		cb := cpu.New()
 		want := run(cb)
 		cb.Close()
-		for _, v := range []string{"8p", "8n", "4p", "4n"} {
-			QMX = v
+		for _, v := range []string{"8p", "8n", "4p", "4n", "ip", "in", "icp", "icn"} {
+			QMX, QMXI = v, ""
+			if v[0] == 'i' {
+				QMX, QMXI = "8p", v[1:]
+			}
 			g := openOrSkip(t, Options{NoGraphs: true})
 			got := run(g)
 			g.Close()

@@ -30,6 +30,23 @@ __device__ __forceinline__ float silu(float x) { return x / (1.f + expf(-x)); }
 #define FMOE_TRACE_CAP (1 << 20)
 __device__ unsigned long long* fmoe_trace;
 
+// With FMOE_CUDA_PROBE (trace.go) fmoe_probe points at 16 classes × 16
+// words: thread 0 of block 0 of a probed kernel adds, per stage, the SM
+// cycles since the kernel's entry (word stage) and counts its launches
+// (word 15). A diagnostic; the host prints the means at Close.
+// Built only into the source with FMOE_PROBE defined (nvrtc.go): the
+// default kernels carry no probe code.
+__device__ unsigned long long* fmoe_probe;
+__device__ __forceinline__ void probe(long long t0, int cls, int stage) {
+#ifdef FMOE_PROBE
+  unsigned long long* p = fmoe_probe;
+  if (p != nullptr && (blockIdx.x | threadIdx.x) == 0) {
+    atomicAdd(p + cls * 16 + stage, (unsigned long long)(clock64() - t0));
+    if (stage == 0) atomicAdd(p + cls * 16 + 15, 1ull);
+  }
+#endif
+}
+
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");

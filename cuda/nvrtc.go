@@ -44,6 +44,9 @@ func kernelSourceDQ(dq bool) string {
 	if dq {
 		pre = "#define FMOE_DQ 1\n"
 	}
+	if probeOn() {
+		pre += "#define FMOE_PROBE 1\n" // the stage probe (trace.go)
+	}
 	return pre + kernelsCore + "\n" + kernelsMixer + "\n" + kernelsFast + "\n" + kernelsFuse + "\n" + kernelsMX + "\n" + kernelsMMA
 }
 

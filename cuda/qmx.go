@@ -239,6 +239,11 @@ func qmxKernelNames() []string {
 			names = append(names, fmt.Sprintf("%s%d_%d_%d_%d", pf, s[0], s[1], s[2], s[3]))
 		}
 	}
+	for _, s := range qmxiShapes {
+		for _, pf := range []string{"p", "n", "cp", "cn"} {
+			names = append(names, fmt.Sprintf("qmxi4_%d_%d%s", s[0], s[1], pf))
+		}
+	}
 	for _, s := range qmxShapes {
 		for _, u := range qmxTiles(s.bits) {
 			for _, pf := range []string{"p", "n"} {
@@ -290,6 +295,9 @@ func qmxVariant() (u int, pf bool) {
 // qmxLaunch (worker only) fills the tile words of D and launches qmx when it
 // applies to the batch; false: not applicable (D untouched).
 func (b *Backend) qmxLaunch(bt *fBatch, D *[qbWords]uint64, smem int) (bool, error) {
+	if ok, err := b.qmxiLaunch(bt, D, smem); ok || err != nil {
+		return ok, err
+	}
 	u, pf := qmxVariant()
 	if u == 0 {
 		return false, nil
@@ -351,4 +359,90 @@ func (d *device) occupancy(f uintptr, threads, smem int) (int, error) {
 	}
 	d.occ[key] = max(1, int(n))
 	return d.occ[key], nil
+}
+
+// QMXI selects qmxi (kernels_mx.cu), the 4-bit decode matvec on the integer
+// tensor cores, for the batches it takes when QMX is on (4-bit, groups of
+// 64, a width of 64·warps·groups per warp of qmxiShapes, compute capability
+// 8.0 or later): "" off, "p" with the next tile prefetched, "n" without;
+// "cp", "cn": the same with 16-byte loads of group pairs.
+// FMOE_CUDA_QMXI overrides it ("0" off, "1" = "p"); FMOE_CUDA_QMXI_NW=n
+// prefers the shapes of n warps. Default "p": on an H200 (397B shapes, one
+// call, docs/benchmarks.md round 10) resident decode went 183 → 205 tok/s
+// at K=4 and 149 → 165 at K=10 against qmx; "n" gave 204-205, "cp" 193-200.
+var QMXI = "p"
+
+// qmxiShapes are the qmxi kernels built: warps per block, groups per warp
+// (the first whose width matches wins).
+var qmxiShapes = [][2]int{{8, 8}, {16, 8}, {8, 16}, {4, 4}, {4, 8}, {4, 16}}
+
+func qmxiVariant() string {
+	v := QMXI
+	if e, ok := os.LookupEnv("FMOE_CUDA_QMXI"); ok {
+		v = e
+	}
+	switch v {
+	case "", "0", "off":
+		return ""
+	case "1":
+		return "p"
+	case "p", "n", "cp", "cn":
+		return v
+	}
+	return ""
+}
+
+// qmxiPlan returns qmxi's warps and groups per warp for rows of in columns.
+func (b *Backend) qmxiPlan(bits, group, in int) (nw, gw int, ok bool) {
+	if b.d.ccMajor < 8 || bits != 4 || group != 64 {
+		return 0, 0, false
+	}
+	pref := 0
+	fmt.Sscan(os.Getenv("FMOE_CUDA_QMXI_NW"), &pref)
+	for _, pass := range []bool{true, false} {
+		for _, s := range qmxiShapes {
+			if 64*s[0]*s[1] == in && (!pass || pref == 0 || s[0] == pref) {
+				return s[0], s[1], true
+			}
+		}
+	}
+	return 0, 0, false
+}
+
+// qmxiLaunch (worker only) launches qmxi for the batch when it is on and
+// applies; false: not (D's tile words untouched).
+func (b *Backend) qmxiLaunch(bt *fBatch, D *[qbWords]uint64, smem int) (bool, error) {
+	v := qmxiVariant()
+	if u, _ := qmxVariant(); v == "" || u == 0 {
+		return false, nil
+	}
+	w0 := bt.items[0].w
+	nw, gw, ok := b.qmxiPlan(w0.bits, w0.group, w0.in)
+	if !ok {
+		return false, nil
+	}
+	tiles := 0
+	if bt.swiglu != nil {
+		tiles = cdiv(w0.out, 8)
+		for i := range bt.items {
+			D[qbItem+qbStride*i+8] = 1 << 30
+		}
+	} else {
+		for i, it := range bt.items {
+			D[qbItem+qbStride*i+8] = uint64(tiles)
+			tiles += cdiv(it.w.out, 16)
+		}
+	}
+	D[20] = uint64(tiles)
+	desc, err := b.descFor(D)
+	if err != nil {
+		return true, err
+	}
+	f := b.fn[fmt.Sprintf("qmxi4_%d_%d%s", nw, gw, v)]
+	smem += 4*w0.in + 4*(w0.in/64)
+	occ, err := b.d.occupancy(f, 32*nw, smem)
+	if err != nil {
+		return true, err
+	}
+	return true, b.d.launch(f, grid1(min(tiles, occ*b.d.sms)), [3]int{32 * nw, 1, 1}, smem, desc)
 }

@@ -171,3 +171,62 @@ func firstKernels(names []string, n int) []string {
 	}
 	return names
 }
+
+// The stage probe (FMOE_CUDA_PROBE=1, a diagnostic): the decode kernels add
+// the SM cycles from their entry to each stage in block 0 (kernels.cu,
+// fmoe_probe). Classes: 1-4 qmxi router, gate/up, normed, plain; 5 qmxe; 6
+// qmxs; 9-12 qmx as 1-4. Stages: 0 the wait returned, 1 x prepared, 2 the
+// shared expert's gate, 3 the first tile stored, 4 the tiles done, 5 top-K.
+const probeWords = 16 * 16
+
+func probeOn() bool { return os.Getenv("FMOE_CUDA_PROBE") == "1" }
+
+// startProbe (worker only) allocates the probe's sums and points fmoe_probe at them.
+func (b *Backend) startProbe() error {
+	p, err := b.alloc(probeWords * 8)
+	if err != nil {
+		return err
+	}
+	if err := b.d.memset(p, probeWords*8); err != nil {
+		return err
+	}
+	var g, n uintptr
+	cn := cstring("fmoe_probe")
+	if err := check(call(b.d.l.drv.cuModuleGetGlobal, uintptr(unsafe.Pointer(&g)), uintptr(unsafe.Pointer(&n)), b.mod, uintptr(unsafe.Pointer(&cn[0]))),
+		"cuModuleGetGlobal fmoe_probe"); err != nil {
+		return err
+	}
+	if err := b.d.htod(g, unsafe.Pointer(&p), 8); err != nil {
+		return err
+	}
+	b.d.probe = p
+	return nil
+}
+
+// writeProbe prints the probe's mean cycles per class and stage.
+func (b *Backend) writeProbe(w io.Writer) error {
+	var v [probeWords]uint64
+	if err := b.run(func() error {
+		if err := b.d.sync(); err != nil {
+			return err
+		}
+		return b.d.dtoh(unsafe.Pointer(&v[0]), b.d.probe, probeWords*8)
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "cuda probe: mean SM cycles from entry, block 0 (class: launches: stage=cycles)")
+	for c := 0; c < 16; c++ {
+		n := v[c*16+15]
+		if n == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "class %2d: %6d:", c, n)
+		for st := 0; st < 15; st++ {
+			if v[c*16+st] != 0 {
+				fmt.Fprintf(w, " %d=%d", st, v[c*16+st]/n)
+			}
+		}
+		fmt.Fprintln(w)
+	}
+	return nil
+}

@@ -27,6 +27,7 @@ type device struct {
 	ctx     uintptr
 	name    string
 	ccMajor int
+	probe   uintptr // FMOE_CUDA_PROBE's sums (trace.go); 0 off
 	ccMinor int
 	sms     int
 	smemOpt int
