@@ -128,12 +128,13 @@ func BenchmarkQMatVec(b *testing.B) {
 		ws = append(ws, w.(*Weight))
 	}
 	wbytes := float64(rows*cols/2 + 2*rows*cols/64*2)
-	saveV, saveG, saveM := QMVVariant, GemmMinTokens, QMMA
-	defer func() { QMVVariant, GemmMinTokens, QMMA = saveV, saveG, saveM }()
+	saveV, saveG, saveM, saveT := QMVVariant, GemmMinTokens, QMMA, QMMAMT
+	defer func() { QMVVariant, GemmMinTokens, QMMA, QMMAMT = saveV, saveG, saveM, saveT }()
 	type variant struct {
 		name, qmv string
 		gemmFrom  int
 		fp32      bool // the fp32 tiled GEMM, not the tensor cores
+		mt        int  // qmma's 16-row tiles per warp
 	}
 	var cases []struct {
 		T int
@@ -147,10 +148,10 @@ func BenchmarkQMatVec(b *testing.B) {
 		cases = append(cases, struct {
 			T int
 			v variant
-		}{1, variant{name, v, 2, false}})
+		}{1, variant{name, v, 2, false, 1}})
 	}
 	for _, T := range []int{8, 32, 64} {
-		for _, v := range []variant{{"qmma", saveV, 2, false}, {"gemm", saveV, 2, true}, {"old", saveV, 1 << 30, true}} {
+		for _, v := range []variant{{"qmma", saveV, 2, false, 1}, {"qmma-m2", saveV, 2, false, 2}, {"gemm", saveV, 2, true, 1}, {"old", saveV, 1 << 30, true, 1}} {
 			cases = append(cases, struct {
 				T int
 				v variant
@@ -160,7 +161,7 @@ func BenchmarkQMatVec(b *testing.B) {
 	for _, cs := range cases {
 		T := cs.T
 		b.Run(fmt.Sprintf("T=%d/%s", T, cs.v.name), func(b *testing.B) {
-			QMVVariant, GemmMinTokens, QMMA = cs.v.qmv, cs.v.gemmFrom, !cs.v.fp32
+			QMVVariant, GemmMinTokens, QMMA, QMMAMT = cs.v.qmv, cs.v.gemmFrom, !cs.v.fp32, cs.v.mt
 			x, _ := be.NewTensor(T, cols)
 			y, _ := be.NewTensor(T, rows)
 			xv := make([]float32, T*cols)

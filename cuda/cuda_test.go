@@ -145,9 +145,9 @@ func TestMatMulKernels(t *testing.T) {
 	c := cpu.New()
 	defer c.Close()
 	r := rand.New(rand.NewPCG(5, 6))
-	saveV, saveG, saveM, saveS := QMVVariant, GemmMinTokens, QMMA, QMMASplitK
-	defer func() { QMVVariant, GemmMinTokens, QMMA, QMMASplitK = saveV, saveG, saveM, saveS }()
-	for _, e := range []string{"FMOE_CUDA_QMMA", "FMOE_CUDA_QMMA_SPLIT"} {
+	saveV, saveG, saveM, saveS, saveT := QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMAMT
+	defer func() { QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMAMT = saveV, saveG, saveM, saveS, saveT }()
+	for _, e := range []string{"FMOE_CUDA_QMMA", "FMOE_CUDA_QMMA_SPLIT", "FMOE_CUDA_QMMA_MT"} {
 		t.Setenv(e, "")
 		os.Unsetenv(e)
 	}
@@ -175,15 +175,18 @@ func TestMatMulKernels(t *testing.T) {
 				}
 				// the tensor-core GEMM (4-bit, groups of 64; columns split
 				// or not) and the fp32 one
-				type mm struct{ on, split bool }
-				mmas := []mm{{false, false}}
+				type mm struct {
+					on, split bool
+					mt        int // 16-row tiles per warp
+				}
+				mmas := []mm{{false, false, 1}}
 				if bits == 4 && sh.group == 64 && T > 1 {
-					mmas = []mm{{true, true}, {true, false}, {false, false}}
+					mmas = []mm{{true, true, 1}, {true, false, 1}, {true, true, 2}, {true, false, 2}, {false, false, 1}}
 				}
 				for _, v := range variants {
 					for _, gm := range []int{2, 1 << 30} {
 						for _, mma := range mmas {
-							QMVVariant, GemmMinTokens, QMMA, QMMASplitK = v, gm, mma.on, mma.split
+							QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMAMT = v, gm, mma.on, mma.split, mma.mt
 							got := matmulOn(t, g, gw, xv, T, sh.rows, sh.cols)
 							for row := 0; row < T; row++ {
 								var e, m float64

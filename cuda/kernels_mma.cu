@@ -54,7 +54,7 @@ __device__ __forceinline__ u32 q2bf(u32 w, int n) {
 // qmma_tile: the block's 64 rows from r0 of W (rows out, in columns) times
 // up to 32 token rows: xrow(i) is token slot i's x (nullptr: zeros), put(i,
 // row, v) stores a result (rows ≥ out are not passed).
-template <int NT, class XR, class PUT>
+template <int NT, int MT = 1, class XR, class PUT>
 __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* __restrict__ S, const u16* __restrict__ B, int out, int in,
                                           int r0, XR xrow, PUT put, int k0 = 0, int k1 = 1 << 30) {
   k1 = min(k1, in);
@@ -63,29 +63,40 @@ __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* 
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int wpr = in / 8, gpr = in / 64;
-  // this thread's rows g and g+8 of the warp's 16 (clamped: results dropped)
-  const int ra = min(r0 + w * 16 + g, out - 1), rb = min(r0 + w * 16 + g + 8, out - 1);
-  const uint2* Wa = reinterpret_cast<const uint2*>(W + (size_t)ra * wpr) + t;
-  const uint2* Wb = reinterpret_cast<const uint2*>(W + (size_t)rb * wpr) + t;
-  float acc[NT][4];
+  // this thread's rows g and g+8 of each of the warp's MT tiles of 16
+  // (clamped: results dropped)
+  int ra[MT], rb[MT];
+  const uint2 *Wa[MT], *Wb[MT];
 #pragma unroll
-  for (int i = 0; i < NT; i++)
+  for (int m = 0; m < MT; m++) {
+    ra[m] = min(r0 + (w * MT + m) * 16 + g, out - 1);
+    rb[m] = min(r0 + (w * MT + m) * 16 + g + 8, out - 1);
+    Wa[m] = reinterpret_cast<const uint2*>(W + (size_t)ra[m] * wpr) + t;
+    Wb[m] = reinterpret_cast<const uint2*>(W + (size_t)rb[m] * wpr) + t;
+  }
+  float acc[MT][NT][4];
 #pragma unroll
-    for (int j = 0; j < 4; j++) acc[i][j] = 0.f;
+  for (int m = 0; m < MT; m++)
+#pragma unroll
+    for (int i = 0; i < NT; i++)
+#pragma unroll
+      for (int j = 0; j < 4; j++) acc[m][i][j] = 0.f;
   // codes: per group, 2 words (uint2 #t of the group's 4) of each row
-  uint2 qa[2], qb[2];
-  u16 sa[2], sb[2], ba[2], bb[2];
+  uint2 qa[MT][2], qb[MT][2];
+  u16 sa[MT][2], sb[MT][2], ba[MT][2], bb[MT][2];
   auto load = [&](int c0) {
 #pragma unroll
-    for (int h = 0; h < 2; h++) {
-      const int gi = c0 / 64 + h;
-      qa[h] = __ldg(Wa + gi * 4);
-      qb[h] = __ldg(Wb + gi * 4);
-      sa[h] = __ldg(S + (size_t)ra * gpr + gi);
-      sb[h] = __ldg(S + (size_t)rb * gpr + gi);
-      ba[h] = __ldg(B + (size_t)ra * gpr + gi);
-      bb[h] = __ldg(B + (size_t)rb * gpr + gi);
-    }
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        const int gi = c0 / 64 + h;
+        qa[m][h] = __ldg(Wa[m] + gi * 4);
+        qb[m][h] = __ldg(Wb[m] + gi * 4);
+        sa[m][h] = __ldg(S + (size_t)ra[m] * gpr + gi);
+        sb[m][h] = __ldg(S + (size_t)rb[m] * gpr + gi);
+        ba[m][h] = __ldg(B + (size_t)ra[m] * gpr + gi);
+        bb[m][h] = __ldg(B + (size_t)rb[m] * gpr + gi);
+      }
   };
   // x: float4 #lane of token slot it·4 + w of a chunk, 8 per thread
   const float* xp[2 * NT];
@@ -123,58 +134,74 @@ __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* 
       }
     }
     __syncthreads();
-    uint2 ca[2] = {qa[0], qa[1]}, cb[2] = {qb[0], qb[1]};
-    float fsa[2], fsb[2], fba[2], fbb[2];
+    uint2 ca[MT][2], cb[MT][2];
+    float fsa[MT][2], fsb[MT][2], fba[MT][2], fbb[MT][2];
 #pragma unroll
-    for (int h = 0; h < 2; h++) {
-      fsa[h] = bf16f(sa[h]); fsb[h] = bf16f(sb[h]); fba[h] = bf16f(ba[h]); fbb[h] = bf16f(bb[h]);
-    }
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        ca[m][h] = qa[m][h]; cb[m][h] = qb[m][h];
+        fsa[m][h] = bf16f(sa[m][h]); fsb[m][h] = bf16f(sb[m][h]); fba[m][h] = bf16f(ba[m][h]); fbb[m][h] = bf16f(bb[m][h]);
+      }
     if (c0 + QMMA_KC < k1) {
       load(c0 + QMMA_KC);
       loadx(c0 + QMMA_KC);
     }
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-      float tacc[NT][4];
+      float tacc[MT][NT][4];
 #pragma unroll
-      for (int i = 0; i < NT; i++)
+      for (int m = 0; m < MT; m++)
 #pragma unroll
-        for (int j = 0; j < 4; j++) tacc[i][j] = 0.f;
+        for (int i = 0; i < NT; i++)
+#pragma unroll
+          for (int j = 0; j < 4; j++) tacc[m][i][j] = 0.f;
 #pragma unroll
       for (int s = 0; s < 4; s++) {
-        const u32 wa = s < 2 ? ca[h].x : ca[h].y, wb = s < 2 ? cb[h].x : cb[h].y;
         const int nb = 4 * (s & 1);
-        const u32 a0 = q2bf(wa, nb), a2 = q2bf(wa, nb + 2), a1 = q2bf(wb, nb), a3 = q2bf(wb, nb + 2);
+        u32 a0[MT], a1[MT], a2[MT], a3[MT];
+#pragma unroll
+        for (int m = 0; m < MT; m++) {
+          const u32 wa = s < 2 ? ca[m][h].x : ca[m][h].y, wb = s < 2 ? cb[m][h].x : cb[m][h].y;
+          a0[m] = q2bf(wa, nb); a2[m] = q2bf(wa, nb + 2); a1[m] = q2bf(wb, nb); a3[m] = q2bf(wb, nb + 2);
+        }
         const int kw = (h * 64 + 16 * t + 4 * s) / 2;  // u32 word of the 4 x values
         // parts outer, n-tiles inner: consecutive MMAs feed different
-        // accumulators (none waits on the previous one's result)
+        // accumulators (none waits on the previous one's result); each B
+        // fragment serves the warp's MT row tiles
 #pragma unroll
         for (int p = 0; p < 3; p++) {
 #pragma unroll
           for (int nt = 0; nt < NT; nt++) {
             const uint2 bv = *reinterpret_cast<const uint2*>(&xs[p][nt * 8 + g][kw]);
-            mma_bf16(tacc[nt], a0, a1, a2, a3, bv.x, bv.y);
+#pragma unroll
+            for (int m = 0; m < MT; m++) mma_bf16(tacc[m][nt], a0[m], a1[m], a2[m], a3[m], bv.x, bv.y);
           }
         }
       }
 #pragma unroll
       for (int nt = 0; nt < NT; nt++) {
         const float x0 = sxs[nt * 8 + 2 * t][h], x1 = sxs[nt * 8 + 2 * t + 1][h];
-        acc[nt][0] = fmaf(fsa[h], tacc[nt][0], fmaf(fba[h], x0, acc[nt][0]));
-        acc[nt][1] = fmaf(fsa[h], tacc[nt][1], fmaf(fba[h], x1, acc[nt][1]));
-        acc[nt][2] = fmaf(fsb[h], tacc[nt][2], fmaf(fbb[h], x0, acc[nt][2]));
-        acc[nt][3] = fmaf(fsb[h], tacc[nt][3], fmaf(fbb[h], x1, acc[nt][3]));
+#pragma unroll
+        for (int m = 0; m < MT; m++) {
+          acc[m][nt][0] = fmaf(fsa[m][h], tacc[m][nt][0], fmaf(fba[m][h], x0, acc[m][nt][0]));
+          acc[m][nt][1] = fmaf(fsa[m][h], tacc[m][nt][1], fmaf(fba[m][h], x1, acc[m][nt][1]));
+          acc[m][nt][2] = fmaf(fsb[m][h], tacc[m][nt][2], fmaf(fbb[m][h], x0, acc[m][nt][2]));
+          acc[m][nt][3] = fmaf(fsb[m][h], tacc[m][nt][3], fmaf(fbb[m][h], x1, acc[m][nt][3]));
+        }
       }
     }
   }
 #pragma unroll
-  for (int nt = 0; nt < NT; nt++) {
+  for (int m = 0; m < MT; m++)
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-      const int row = r0 + w * 16 + g + (i >= 2 ? 8 : 0);
-      if (row < out) put(nt * 8 + 2 * t + (i & 1), row, acc[nt][i]);
+    for (int nt = 0; nt < NT; nt++) {
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        const int row = r0 + (w * MT + m) * 16 + g + (i >= 2 ? 8 : 0);
+        if (row < out) put(nt * 8 + 2 * t + (i & 1), row, acc[m][nt][i]);
+      }
     }
-  }
 }
 
 // qmma4: y[T, out] = x·Wᵀ, block (row tile, 32-token tile, k split z):
@@ -186,6 +213,22 @@ extern "C" __global__ void __launch_bounds__(128) qmma4(const u32* __restrict__ 
   float* yz = y + (size_t)blockIdx.z * T * out;
   qmma_tile<4>(
       W, S, B, out, in, blockIdx.x * 64, [&](int i) { return n0 + i < T ? x + (size_t)(n0 + i) * in : (const float*)nullptr; },
+      [&](int i, int row, float v) {
+        if (n0 + i < T) yz[(size_t)(n0 + i) * out + row] = v;
+      },
+      blockIdx.z * kc, (blockIdx.z + 1) * kc);
+}
+
+// qmma4m2: qmma4 with two 16-row tiles per warp (128 rows per block): each
+// B fragment read from shared memory serves two MMAs, and the x staging is
+// shared by twice the rows (QMMAMT = 2, experiment).
+extern "C" __global__ void __launch_bounds__(128) qmma4m2(const u32* __restrict__ W, const u16* __restrict__ S, const u16* __restrict__ B,
+                                                           const float* __restrict__ x, float* __restrict__ y, int out, int in, int T, int kc) {
+  pdl_wait();
+  const int n0 = blockIdx.y * 32;
+  float* yz = y + (size_t)blockIdx.z * T * out;
+  qmma_tile<4, 2>(
+      W, S, B, out, in, blockIdx.x * 128, [&](int i) { return n0 + i < T ? x + (size_t)(n0 + i) * in : (const float*)nullptr; },
       [&](int i, int row, float v) {
         if (n0 + i < T) yz[(size_t)(n0 + i) * out + row] = v;
       },

@@ -171,7 +171,11 @@ var QMMASplitK = true
 // qmma (worker only): the tensor-core prefill GEMM, split over the columns
 // into partial sums added by qgemm_sum when the tiles are few.
 func (b *Backend) qmma(y uintptr, w *Weight, x uintptr, T int) error {
-	gx, gy := cdiv(w.out, 64), cdiv(T, 32)
+	name, rows := "qmma4", 64
+	if qmmaMT() == 2 {
+		name, rows = "qmma4m2", 128
+	}
+	gx, gy := cdiv(w.out, rows), cdiv(T, 32)
 	chunks := w.in / 128
 	splits := 1
 	on := QMMASplitK
@@ -184,17 +188,31 @@ func (b *Backend) qmma(y uintptr, w *Weight, x uintptr, T int) error {
 	kc := cdiv(chunks, splits) * 128
 	splits = cdiv(w.in, kc)
 	if splits == 1 {
-		return b.d.launch(b.fn["qmma4"], [3]int{gx, gy, 1}, [3]int{128, 1, 1}, 0, w.w, w.s, w.z, x, y, w.out, w.in, T, kc)
+		return b.d.launch(b.fn[name], [3]int{gx, gy, 1}, [3]int{128, 1, 1}, 0, w.w, w.s, w.z, x, y, w.out, w.in, T, kc)
 	}
 	n := T * w.out
 	part, err := b.scratchBuf("gemm_part", splits*n*4)
 	if err != nil {
 		return err
 	}
-	if err := b.d.launch(b.fn["qmma4"], [3]int{gx, gy, splits}, [3]int{128, 1, 1}, 0, w.w, w.s, w.z, x, part, w.out, w.in, T, kc); err != nil {
+	if err := b.d.launch(b.fn[name], [3]int{gx, gy, splits}, [3]int{128, 1, 1}, 0, w.w, w.s, w.z, x, part, w.out, w.in, T, kc); err != nil {
 		return err
 	}
 	return b.d.launch(b.fn["qgemm_sum"], ewGrid(n), blk, 0, part, y, int64(n), splits)
+}
+
+// QMMAMT is the number of 16-row MMA tiles per warp of the dense prefill
+// GEMM: 1 (qmma4) or 2 (qmma4m2, 128 rows per block); FMOE_CUDA_QMMA_MT
+// overrides it. Default 2: on an H200, 16384×4096 (BenchmarkQMatVec, round
+// 10 in docs/benchmarks.md) T=8 / 32 / 64 took 72 / 75 / 141 µs against
+// qmma4's 92 / 97 / 181.
+var QMMAMT = 2
+
+func qmmaMT() int {
+	if v := os.Getenv("FMOE_CUDA_QMMA_MT"); v == "1" || v == "2" {
+		return int(v[0] - '0')
+	}
+	return QMMAMT
 }
 
 // gemm (worker only): the tiled prefill kernel, split over the columns when
