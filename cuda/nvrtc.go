@@ -30,6 +30,9 @@ var kernelsFuse string
 //go:embed kernels_mx.cu
 var kernelsMX string
 
+//go:embed kernels_mxi.cu
+var kernelsMXI string
+
 //go:embed kernels_mma.cu
 var kernelsMMA string
 
@@ -47,7 +50,7 @@ func kernelSourceDQ(dq bool) string {
 	if probeOn() {
 		pre += "#define FMOE_PROBE 1\n" // the stage probe (trace.go)
 	}
-	return pre + kernelsCore + "\n" + kernelsMixer + "\n" + kernelsFast + "\n" + kernelsFuse + "\n" + kernelsMX + "\n" + kernelsMMA
+	return pre + kernelsCore + "\n" + kernelsMixer + "\n" + kernelsFast + "\n" + kernelsFuse + "\n" + kernelsMX + "\n" + kernelsMXI + "\n" + kernelsMMA
 }
 
 // ErrCompile reports that NVRTC rejected the kernel source; the error text

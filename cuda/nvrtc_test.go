@@ -89,7 +89,7 @@ func TestQMXNamesBuilt(t *testing.T) {
 			built["qmx"+m[2]+"_"+m[3]+"_"+m[4]+"_"+m[5]+"n"] = true
 		}
 	}
-	for _, m := range regexp.MustCompile(`(?m)^QMXI\((\d+), (\d+)\)$`).FindAllStringSubmatch(kernelsMX, -1) {
+	for _, m := range regexp.MustCompile(`(?m)^QMXI\((\d+), (\d+)\)$`).FindAllStringSubmatch(kernelsMXI, -1) {
 		for _, v := range []string{"p", "n", "cp", "cn"} {
 			built["qmxi4_"+m[1]+"_"+m[2]+v] = true
 		}
