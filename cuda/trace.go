@@ -28,24 +28,31 @@ const traceCap = 1 << 20 // FMOE_TRACE_CAP in kernels.cu
 
 // startTrace (worker only) allocates the buffer and points fmoe_trace at it.
 func (b *Backend) startTrace() error {
-	p, err := b.alloc(traceCap * 8)
+	p, err := b.globalBuffer("fmoe_trace", traceCap*8, 8)
 	if err != nil {
-		return err
-	}
-	if err := b.d.memset(p, 8); err != nil {
-		return err
-	}
-	var g, n uintptr
-	cn := cstring("fmoe_trace")
-	if err := check(call(b.d.l.drv.cuModuleGetGlobal, uintptr(unsafe.Pointer(&g)), uintptr(unsafe.Pointer(&n)), b.mod, uintptr(unsafe.Pointer(&cn[0]))),
-		"cuModuleGetGlobal fmoe_trace"); err != nil {
-		return err
-	}
-	if err := b.d.htod(g, unsafe.Pointer(&p), 8); err != nil {
 		return err
 	}
 	b.d.trace = &tracer{buf: p}
 	return nil
+}
+
+// globalBuffer (worker only) allocates bytes of device memory, zeroes the
+// first zero of them, and points the kernels' __device__ pointer name at it.
+func (b *Backend) globalBuffer(name string, bytes, zero int) (uintptr, error) {
+	p, err := b.alloc(bytes)
+	if err != nil {
+		return 0, err
+	}
+	if err := b.d.memset(p, zero); err != nil {
+		return 0, err
+	}
+	var g, n uintptr
+	cn := cstring(name)
+	if err := check(call(b.d.l.drv.cuModuleGetGlobal, uintptr(unsafe.Pointer(&g)), uintptr(unsafe.Pointer(&n)), b.mod, uintptr(unsafe.Pointer(&cn[0]))),
+		"cuModuleGetGlobal "+name); err != nil {
+		return 0, err
+	}
+	return p, b.d.htod(g, unsafe.Pointer(&p), 8)
 }
 
 // traceLaunch (worker only) records a launch of f.
@@ -183,24 +190,9 @@ func probeOn() bool { return os.Getenv("FMOE_CUDA_PROBE") == "1" }
 
 // startProbe (worker only) allocates the probe's sums and points fmoe_probe at them.
 func (b *Backend) startProbe() error {
-	p, err := b.alloc(probeWords * 8)
-	if err != nil {
-		return err
-	}
-	if err := b.d.memset(p, probeWords*8); err != nil {
-		return err
-	}
-	var g, n uintptr
-	cn := cstring("fmoe_probe")
-	if err := check(call(b.d.l.drv.cuModuleGetGlobal, uintptr(unsafe.Pointer(&g)), uintptr(unsafe.Pointer(&n)), b.mod, uintptr(unsafe.Pointer(&cn[0]))),
-		"cuModuleGetGlobal fmoe_probe"); err != nil {
-		return err
-	}
-	if err := b.d.htod(g, unsafe.Pointer(&p), 8); err != nil {
-		return err
-	}
+	p, err := b.globalBuffer("fmoe_probe", probeWords*8, probeWords*8)
 	b.d.probe = p
-	return nil
+	return err
 }
 
 // writeProbe prints the probe's mean cycles per class and stage.
