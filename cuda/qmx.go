@@ -311,35 +311,47 @@ func (b *Backend) qmxLaunch(bt *fBatch, D *[qbWords]uint64, smem int) (bool, err
 		u = 4 // 256-thread blocks of 8-row tiles: 184 registers, one block per SM
 	}
 	nt := max(128, tpr)
-	rpb := nt / tpr
+	tiles := qmxTileWords(bt, D, nt/tpr*u)
+	pfs := "n"
+	if pf {
+		pfs = "p"
+	}
+	return true, b.qmxPersistent(D, fmt.Sprintf("qmx%d_%d_%d_%d%s", w0.bits, tpr, cpt, u, pfs), nt, smem, tiles)
+}
+
+// qmxTileWords fills D's tile words for tiles of rows rows (with swiglu,
+// rows/2 rows of gate and the same rows of up) and returns the number of
+// tiles.
+func qmxTileWords(bt *fBatch, D *[qbWords]uint64, rows int) int {
 	tiles := 0
 	if bt.swiglu != nil {
-		tiles = cdiv(w0.out, rpb*u/2)
+		tiles = cdiv(bt.items[0].w.out, rows/2)
 		for i := range bt.items {
 			D[qbItem+qbStride*i+8] = 1 << 30
 		}
 	} else {
 		for i, it := range bt.items {
 			D[qbItem+qbStride*i+8] = uint64(tiles)
-			tiles += cdiv(it.w.out, rpb*u)
+			tiles += cdiv(it.w.out, rows)
 		}
 	}
 	D[20] = uint64(tiles)
+	return tiles
+}
+
+// qmxPersistent (worker only) uploads D and launches kernel name with a
+// persistent grid: as many blocks as fit on the GPU at once, at most tiles.
+func (b *Backend) qmxPersistent(D *[qbWords]uint64, name string, threads, smem, tiles int) error {
 	desc, err := b.descFor(D)
 	if err != nil {
-		return true, err
+		return err
 	}
-	pfs := "n"
-	if pf {
-		pfs = "p"
-	}
-	name := fmt.Sprintf("qmx%d_%d_%d_%d%s", w0.bits, tpr, cpt, u, pfs)
 	f := b.fn[name]
-	occ, err := b.d.occupancy(f, nt, smem)
+	occ, err := b.d.occupancy(f, threads, smem)
 	if err != nil {
-		return true, err
+		return err
 	}
-	return true, b.d.launch(f, grid1(min(tiles, occ*b.d.sms)), [3]int{nt, 1, 1}, smem, desc)
+	return b.d.launch(f, grid1(min(tiles, occ*b.d.sms)), [3]int{threads, 1, 1}, smem, desc)
 }
 
 // occupancy (worker only) returns how many blocks of f fit on one SM
@@ -361,7 +373,7 @@ func (d *device) occupancy(f uintptr, threads, smem int) (int, error) {
 	return d.occ[key], nil
 }
 
-// QMXI selects qmxi (kernels_mx.cu), the 4-bit decode matvec on the integer
+// QMXI selects qmxi (kernels_mxi.cu), the 4-bit decode matvec on the integer
 // tensor cores, for the batches it takes when QMX is on (4-bit, groups of
 // 64, a width of 64·warps·groups per warp of qmxiShapes, compute capability
 // 8.0 or later): "" off, "p" with the next tile prefetched, "n" without;
@@ -421,28 +433,7 @@ func (b *Backend) qmxiLaunch(bt *fBatch, D *[qbWords]uint64, smem int) (bool, er
 	if !ok {
 		return false, nil
 	}
-	tiles := 0
-	if bt.swiglu != nil {
-		tiles = cdiv(w0.out, 8)
-		for i := range bt.items {
-			D[qbItem+qbStride*i+8] = 1 << 30
-		}
-	} else {
-		for i, it := range bt.items {
-			D[qbItem+qbStride*i+8] = uint64(tiles)
-			tiles += cdiv(it.w.out, 16)
-		}
-	}
-	D[20] = uint64(tiles)
-	desc, err := b.descFor(D)
-	if err != nil {
-		return true, err
-	}
-	f := b.fn[fmt.Sprintf("qmxi4_%d_%d%s", nw, gw, v)]
-	smem += 4*w0.in + 4*(w0.in/64)
-	occ, err := b.d.occupancy(f, 32*nw, smem)
-	if err != nil {
-		return true, err
-	}
-	return true, b.d.launch(f, grid1(min(tiles, occ*b.d.sms)), [3]int{32 * nw, 1, 1}, smem, desc)
+	tiles := qmxTileWords(bt, D, 16) // the MMA's 16 rows
+	smem += 4*w0.in + 4*(w0.in/64)   // x's parts and Σx per group
+	return true, b.qmxPersistent(D, fmt.Sprintf("qmxi4_%d_%d%s", nw, gw, v), 32*nw, smem, tiles)
 }
