@@ -16,7 +16,10 @@
 // rows of gate as MMA rows 0-7 and the same 8 rows of up as 8-15), warp w
 // takes the columns of groups [w·GW, (w+1)·GW) (in = 64·NW·GW). Thread
 // (g = lane/4, t = lane%4) loads words 2t, 2t+1 of each group of rows g and
-// g+8 (MMA 0 and 1 of the group), and the GW scales and biases of both rows.
+// g+8 (MMA 0 and 1 of the group; the "c" kernels load 16 bytes of a group
+// pair and exchange halves, qmxi_pair), and the GW scales and biases of both
+// rows. The prologue reads x once (its norm's Σx² and max|x| in one block
+// reduction); the norm weights load before pdl_wait with the first tile.
 // Per group the two MMAs' int32 columns (x parts 0-3 in columns 0-3, 4-7
 // zero) are scaled into float accumulators; at the tile's end the parts
 // are weighted and added (lanes t = 0, 1 hold columns 0-3) and the warps'
