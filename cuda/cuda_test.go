@@ -248,9 +248,11 @@ func TestMoELarge(t *testing.T) {
 	for i := range rv {
 		rv[i] = r.Float32() - 0.5
 	}
-	defer func(m bool) { MoEGateSplit, QMMA = true, m }(QMMA)
-	t.Setenv("FMOE_CUDA_QMMA", "")
-	os.Unsetenv("FMOE_CUDA_QMMA")
+	defer func(m bool, mt int) { MoEGateSplit, QMMA, QMMAEMT = true, m, mt }(QMMA, QMMAEMT)
+	for _, e := range []string{"FMOE_CUDA_QMMA", "FMOE_CUDA_QMMAE_MT"} {
+		t.Setenv(e, "")
+		os.Unsetenv(e)
+	}
 	// T=3, 20 and 40 (slots of 8, 16 and 32 pairs; at 40, experts with
 	// more than 32 take several), 128 (the prefill step, PrefillBatch)
 	// run grouped on the tensor cores (qmmaExperts) unless QMMA is off
@@ -281,13 +283,16 @@ func TestMoELarge(t *testing.T) {
 		c := cpu.New()
 		want := run(c)
 		c.Close()
-		for _, v := range []struct{ split, mma bool }{{true, true}, {true, false}, {false, false}} {
-			MoEGateSplit, QMMA = v.split, v.mma
+		for _, v := range []struct {
+			split, mma bool
+			mt         int // the grouped experts' 16-row tiles per warp
+		}{{true, true, 1}, {true, true, 2}, {true, false, 1}, {false, false, 1}} {
+			MoEGateSplit, QMMA, QMMAEMT = v.split, v.mma, v.mt
 			g := openOrSkip(t, Options{})
 			got := run(g)
 			g.Close()
 			if ok, maxErr, maxRef := closeTo(got, want, 1e-4); !ok {
-				t.Fatalf("T=%d split %v qmma %v: cuda vs cpu max error %g (max |ref| %g)", T, v.split, v.mma, maxErr, maxRef)
+				t.Fatalf("T=%d split %v qmma %v mt %d: cuda vs cpu max error %g (max |ref| %g)", T, v.split, v.mma, v.mt, maxErr, maxRef)
 			}
 		}
 	}

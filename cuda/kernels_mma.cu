@@ -221,7 +221,7 @@ extern "C" __global__ void __launch_bounds__(128) qmma4(const u32* __restrict__ 
 
 // qmma4m2: qmma4 with two 16-row tiles per warp (128 rows per block): each
 // B fragment read from shared memory serves two MMAs, and the x staging is
-// shared by twice the rows (QMMAMT = 2, experiment).
+// shared by twice the rows (QMMAMT = 2, the default).
 extern "C" __global__ void __launch_bounds__(128) qmma4m2(const u32* __restrict__ W, const u16* __restrict__ S, const u16* __restrict__ B,
                                                            const float* __restrict__ x, float* __restrict__ y, int out, int in, int T, int kc) {
   pdl_wait();
@@ -273,7 +273,7 @@ extern "C" __global__ void moe_slots(const int* __restrict__ ids, int np, int E,
 
 // qmmae4: gate (row tiles below I) and up projections of slot blockIdx.y's
 // expert for its pairs: gb/ub[p·I + r] (x row of pair p: token p / K).
-template <int NT>
+template <int NT, int MT>
 __device__ __forceinline__ void qmmae_body(const u64* __restrict__ table, const int* __restrict__ slots, const float* __restrict__ x,
                                                           float* __restrict__ gbuf, float* __restrict__ ubuf, int I, int Hd, int K, long long gw,
                                                           long long gs, long long gb, long long uw, long long us, long long ub) {
@@ -281,10 +281,10 @@ __device__ __forceinline__ void qmmae_body(const u64* __restrict__ table, const 
   const int* sl = slots + 1 + blockIdx.y * MOE_SLOT;
   const int n = sl[1];
   const char* e = reinterpret_cast<const char*>(table[sl[0]]);
-  const bool up = (int)blockIdx.x * 64 >= I;
+  const bool up = (int)blockIdx.x * 64 * MT >= I;
   float* dst = up ? ubuf : gbuf;
-  qmma_tile<NT>(
-      (const u32*)(e + (up ? uw : gw)), (const u16*)(e + (up ? us : gs)), (const u16*)(e + (up ? ub : gb)), I, Hd, blockIdx.x * 64 - (up ? I : 0),
+  qmma_tile<NT, MT>(
+      (const u32*)(e + (up ? uw : gw)), (const u16*)(e + (up ? us : gs)), (const u16*)(e + (up ? ub : gb)), I, Hd, blockIdx.x * 64 * MT - (up ? I : 0),
       [&](int i) { return i < n ? x + (size_t)(sl[2 + i] / K) * Hd : (const float*)nullptr; },
       [&](int i, int row, float v) {
         if (i < n) dst[(size_t)sl[2 + i] * I + row] = v;
@@ -293,22 +293,24 @@ __device__ __forceinline__ void qmmae_body(const u64* __restrict__ table, const 
 
 // qmmad4: down projections of slot blockIdx.y's expert: part[p·Hd + r] from
 // h[p·I ..].
-template <int NT>
+template <int NT, int MT>
 __device__ __forceinline__ void qmmad_body(const u64* __restrict__ table, const int* __restrict__ slots, const float* __restrict__ hbuf,
                                                           float* __restrict__ part, int Hd, int I, long long dw, long long ds, long long db) {
   if ((int)blockIdx.y >= slots[0]) return;
   const int* sl = slots + 1 + blockIdx.y * MOE_SLOT;
   const int n = sl[1];
   const char* e = reinterpret_cast<const char*>(table[sl[0]]);
-  qmma_tile<NT>(
-      (const u32*)(e + dw), (const u16*)(e + ds), (const u16*)(e + db), Hd, I, blockIdx.x * 64,
+  qmma_tile<NT, MT>(
+      (const u32*)(e + dw), (const u16*)(e + ds), (const u16*)(e + db), Hd, I, blockIdx.x * 64 * MT,
       [&](int i) { return i < n ? hbuf + (size_t)sl[2 + i] * I : (const float*)nullptr; },
       [&](int i, int row, float v) {
         if (i < n) part[(size_t)sl[2 + i] * Hd + row] = v;
       });
 }
 
-// qmmae4_<NT> / qmmad4_<NT>: slots of up to 8·NT pairs (moe_slots' cap).
+// qmmae4_<NT> / qmmad4_<NT>: slots of up to 8·NT pairs (moe_slots' cap);
+// qmmae4m2_<NT> / qmmad4m2_<NT>: two 16-row tiles per warp (128 rows per
+// block, as qmma4m2; the gate/up boundary I a multiple of 128).
 #define QMMAE_ARGS                                                                                                                     \
   const u64 *table, const int *slots, const float *x, float *gbuf, float *ubuf, int I, int Hd, int K, long long gw, long long gs, \
       long long gb, long long uw, long long us, long long ub
@@ -316,11 +318,19 @@ __device__ __forceinline__ void qmmad_body(const u64* __restrict__ table, const 
 #define QMMAX(NT)                                                                                                                       \
   extern "C" __global__ void __launch_bounds__(128) qmmae4_##NT(QMMAE_ARGS) {                                                         \
     pdl_wait();                                                                                                                         \
-    qmmae_body<NT>(table, slots, x, gbuf, ubuf, I, Hd, K, gw, gs, gb, uw, us, ub);                                                     \
+    qmmae_body<NT, 1>(table, slots, x, gbuf, ubuf, I, Hd, K, gw, gs, gb, uw, us, ub);                                                  \
   }                                                                                                                                     \
   extern "C" __global__ void __launch_bounds__(128) qmmad4_##NT(QMMAD_ARGS) {                                                         \
     pdl_wait();                                                                                                                         \
-    qmmad_body<NT>(table, slots, hbuf, part, Hd, I, dw, ds, db);                                                                       \
+    qmmad_body<NT, 1>(table, slots, hbuf, part, Hd, I, dw, ds, db);                                                                    \
+  }                                                                                                                                     \
+  extern "C" __global__ void __launch_bounds__(128) qmmae4m2_##NT(QMMAE_ARGS) {                                                       \
+    pdl_wait();                                                                                                                         \
+    qmmae_body<NT, 2>(table, slots, x, gbuf, ubuf, I, Hd, K, gw, gs, gb, uw, us, ub);                                                  \
+  }                                                                                                                                     \
+  extern "C" __global__ void __launch_bounds__(128) qmmad4m2_##NT(QMMAD_ARGS) {                                                       \
+    pdl_wait();                                                                                                                         \
+    qmmad_body<NT, 2>(table, slots, hbuf, part, Hd, I, dw, ds, db);                                                                    \
   }
 QMMAX(1)
 QMMAX(2)

@@ -2,6 +2,7 @@ package cuda
 
 import (
 	"fmt"
+	"os"
 
 	"github.com/fmoe/fmoe/runtime"
 )
@@ -51,7 +52,11 @@ func (b *Backend) qmmaExperts(c *expertCache, table uintptr, xt, d *Tensor, ids,
 		return true, err
 	}
 	x := xt.p + uintptr(t0*l.Hidden*4)
-	if err := b.d.launch(b.fn[fmt.Sprintf("qmmae4_%d", nt)], [3]int{2 * l.Intermediate / 64, np, 1}, [3]int{128, 1, 1}, 0,
+	mt, m2 := 1, ""
+	if qmmaeMT() == 2 {
+		mt, m2 = 2, "m2"
+	}
+	if err := b.d.launch(b.fn[fmt.Sprintf("qmmae4%s_%d", m2, nt)], [3]int{2 * l.Intermediate / (64 * mt), np, 1}, [3]int{128, 1, 1}, 0,
 		table, slots, x, gbuf, ubuf, l.Intermediate, l.Hidden, K,
 		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset); err != nil {
 		return true, err
@@ -59,10 +64,25 @@ func (b *Backend) qmmaExperts(c *expertCache, table uintptr, xt, d *Tensor, ids,
 	if err := b.d.launch(b.fn["swiglu_f"], ewGrid(np*l.Intermediate), blk, 0, hbuf, gbuf, ubuf, int64(np*l.Intermediate)); err != nil {
 		return true, err
 	}
-	if err := b.d.launch(b.fn[fmt.Sprintf("qmmad4_%d", nt)], [3]int{cdiv(l.Hidden, 64), np, 1}, [3]int{128, 1, 1}, 0,
+	if err := b.d.launch(b.fn[fmt.Sprintf("qmmad4%s_%d", m2, nt)], [3]int{cdiv(l.Hidden, 64*mt), np, 1}, [3]int{128, 1, 1}, 0,
 		table, slots, hbuf, part, l.Hidden, l.Intermediate, l.Down.WOffset, l.Down.SOffset, l.Down.BOffset); err != nil {
 		return true, err
 	}
 	return true, b.d.launch(b.fn["moe_combine"], [3]int{cdiv(l.Hidden, 256), n, 1}, [3]int{256, 1, 1}, 0,
 		part, pw, d.p+uintptr(t0*l.Hidden*4), l.Hidden, K, 0)
+}
+
+// QMMAEMT is the number of 16-row MMA tiles per warp of the grouped prefill
+// experts (qmmae4/qmmad4: 1; qmmae4m2/qmmad4m2: 2, as QMMAMT for the dense
+// GEMM); FMOE_CUDA_QMMAE_MT overrides it. Default 2: on an H200 (397B
+// shapes, resident, 128-token prefill, docs/benchmarks.md round 10) K=4
+// 1178-1194 → 1252-1293 tok/s, K=10 893-903 → 966-1001; per layer qmmae4
+// 338 → 263 µs, qmmad4 182 → 137.
+var QMMAEMT = 2
+
+func qmmaeMT() int {
+	if v := os.Getenv("FMOE_CUDA_QMMAE_MT"); v == "1" || v == "2" {
+		return int(v[0] - '0')
+	}
+	return QMMAEMT
 }
