@@ -315,23 +315,16 @@ __device__ __forceinline__ void qmmad_body(const u64* __restrict__ table, const 
   const u64 *table, const int *slots, const float *x, float *gbuf, float *ubuf, int I, int Hd, int K, long long gw, long long gs, \
       long long gb, long long uw, long long us, long long ub
 #define QMMAD_ARGS const u64 *table, const int *slots, const float *hbuf, float *part, int Hd, int I, long long dw, long long ds, long long db
-#define QMMAX(NT)                                                                                                                       \
-  extern "C" __global__ void __launch_bounds__(128) qmmae4_##NT(QMMAE_ARGS) {                                                         \
+#define QMMAXV(NT, MT, M)                                                                                                               \
+  extern "C" __global__ void __launch_bounds__(128) qmmae4##M##_##NT(QMMAE_ARGS) {                                                    \
     pdl_wait();                                                                                                                         \
-    qmmae_body<NT, 1>(table, slots, x, gbuf, ubuf, I, Hd, K, gw, gs, gb, uw, us, ub);                                                  \
+    qmmae_body<NT, MT>(table, slots, x, gbuf, ubuf, I, Hd, K, gw, gs, gb, uw, us, ub);                                                 \
   }                                                                                                                                     \
-  extern "C" __global__ void __launch_bounds__(128) qmmad4_##NT(QMMAD_ARGS) {                                                         \
+  extern "C" __global__ void __launch_bounds__(128) qmmad4##M##_##NT(QMMAD_ARGS) {                                                    \
     pdl_wait();                                                                                                                         \
-    qmmad_body<NT, 1>(table, slots, hbuf, part, Hd, I, dw, ds, db);                                                                    \
-  }                                                                                                                                     \
-  extern "C" __global__ void __launch_bounds__(128) qmmae4m2_##NT(QMMAE_ARGS) {                                                       \
-    pdl_wait();                                                                                                                         \
-    qmmae_body<NT, 2>(table, slots, x, gbuf, ubuf, I, Hd, K, gw, gs, gb, uw, us, ub);                                                  \
-  }                                                                                                                                     \
-  extern "C" __global__ void __launch_bounds__(128) qmmad4m2_##NT(QMMAD_ARGS) {                                                       \
-    pdl_wait();                                                                                                                         \
-    qmmad_body<NT, 2>(table, slots, hbuf, part, Hd, I, dw, ds, db);                                                                    \
+    qmmad_body<NT, MT>(table, slots, hbuf, part, Hd, I, dw, ds, db);                                                                   \
   }
+#define QMMAX(NT) QMMAXV(NT, 1, ) QMMAXV(NT, 2, m2)
 QMMAX(1)
 QMMAX(2)
 QMMAX(4)
