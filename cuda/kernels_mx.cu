@@ -180,7 +180,7 @@ template <int BITS, int TPR, int CPT>
 __device__ __forceinline__ float qmx_prologue(const long long* __restrict__ D, int ct, int sub, float (&xv)[CPT][4 * (32 / BITS)],
                                               float (&sx)[CPT], float* sh) {
   constexpr int CW = 4 * (32 / BITS), NT = qnt(TPR), RPB = NT / TPR;
-  const int tid = threadIdx.x, in = (int)D[1], group = (int)D[2], mode = (int)D[3];
+  const int in = (int)D[1], mode = (int)D[3];
   const float* x = (const float*)D[QB_ITEM + 3];
   const float* nw = (mode & 1) ? (const float*)D[6] : nullptr;
   float ss = 0.f;
