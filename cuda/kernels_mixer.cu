@@ -118,24 +118,43 @@ extern "C" __global__ void __launch_bounds__(128) attn_split(const float* q, con
   if (threadIdx.x == 0) { out[HD] = M; out[HD + 1] = L; }
 }
 
-// attn_combine: one block per (token, head): merges the NS partials of
-// attn_split, multiplies by σ(gate) and writes dst [T, H*HD]. Block 0 then
-// advances the cache length *plen by T (every reader of it has finished).
-extern "C" __global__ void attn_combine(const float* part, const float* qg, float* dst, int* plen, int H, int HD, int NS) { pdl_wait();
+// attn_combine: one block per (token, head): merges the NS (≤ 32) partials
+// of attn_split, multiplies by σ(gate) and writes dst [T, H*HD]. Block 0
+// then advances the cache length *plen by T (every reader of it has
+// finished). Warp 0 reads every split's max and sum at once and the
+// splits' rows are read with their loads unrolled: a few L2 round trips,
+// not three per split.
+extern "C" __global__ void attn_combine(const float* part, const float* qg, float* dst, int* plen, int H, int HD, int NS) {
+  __shared__ float ej[32], lj[32];
+  __shared__ float Ls;
+  pdl_wait();
   const int t = blockIdx.x / H, h = blockIdx.x % H;
   const float* pp = part + (size_t)blockIdx.x * NS * (HD + 2);
-  float M = -FINF;
-  for (int j = 0; j < NS; j++) M = fmaxf(M, pp[j * (HD + 2) + HD]);
-  float L = 0.f;
-  for (int j = 0; j < NS; j++) {
-    const float mj = pp[j * (HD + 2) + HD];
-    if (mj > -FINF) L += pp[j * (HD + 2) + HD + 1] * expf(mj - M);
+  if (threadIdx.x < 32) {
+    const int j = threadIdx.x;
+    const float mj = j < NS ? pp[j * (HD + 2) + HD] : -FINF;
+    const float sj = j < NS ? pp[j * (HD + 2) + HD + 1] : 0.f;
+    float M = mj;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+    ej[j] = mj > -FINF ? expf(mj - M) : 0.f;
+    lj[j] = sj;
+    __syncwarp();
+    if (j == 0) {
+      float L = 0.f;
+      for (int i = 0; i < NS; i++)
+        if (ej[i] != 0.f) L += lj[i] * ej[i];
+      Ls = L;
+    }
   }
+  __syncthreads();
+  const float L = Ls;
   for (int d = threadIdx.x; d < HD; d += blockDim.x) {
     float o = 0.f;
+#pragma unroll 8
     for (int j = 0; j < NS; j++) {
-      const float mj = pp[j * (HD + 2) + HD];
-      if (mj > -FINF) o += pp[j * (HD + 2) + d] * expf(mj - M);
+      const float v = pp[j * (HD + 2) + d];
+      if (ej[j] != 0.f) o += v * ej[j];
     }
     o /= L;
     const float g = qg[(size_t)t * H * 2 * HD + (size_t)h * 2 * HD + HD + d];

@@ -31,6 +31,29 @@ struct QmxTile {
   u16 s[U][CPT], b[U][CPT];
 };
 
+// qmx_fold: the xor of every register of a loaded tile (for pdl_pin).
+template <int BITS, int TPR, int CPT, int U>
+__device__ __forceinline__ u32 qmx_fold(const QmxTile<BITS, TPR, CPT, U>& T) {
+  u32 v = 0;
+#pragma unroll
+  for (int u = 0; u < U; u++) {
+#pragma unroll
+    for (int cc = 0; cc < CPT; cc++) v ^= T.q[u][cc].x ^ T.q[u][cc].y ^ T.q[u][cc].z ^ T.q[u][cc].w ^ (((u32)T.s[u][cc] << 16) | T.b[u][cc]);
+  }
+  return v;
+}
+
+// pdl_pin: a branch on v (qmx_fold of the tiles loaded before pdl_wait)
+// ahead of the wait. ptxas may otherwise issue the wait first and the loads
+// after it (a wait has no operands to order it after them): it did for
+// qmxs, whose addresses come from the expert table (SASS: every weight load
+// past the wait), so the first tile's DRAM round trip came after the
+// kernel before it ended instead of during it. The store is never taken
+// in practice and harmless when it is.
+__device__ __forceinline__ void pdl_pin(u32 v, volatile u32* sink) {
+  if (v == 0x9e3779b9u) *sink = v;
+}
+
 // qmx_load issues the loads of tile t (rows clamped to the item: a tile past
 // an item's end reads its last row again, results dropped).
 template <int BITS, int TPR, int CPT, int U>
@@ -420,6 +443,9 @@ __device__ __forceinline__ void qmxe_body(QmxMoE m, const float* __restrict__ x,
   }
   pdl_wait();  // the ids come from the router
   probe(t00, 5, 0);
+  // x's loads go out first: they need no table lookup (ids, then table)
+  float xv[CPT][CW], sx[CPT];
+  qmx_xload<BITS, TPR, CPT>(x + (size_t)t0 * Hd, ct, xv);
   if (tid < K) {
     const char* e = reinterpret_cast<const char*>(m.table[m.ids[t0 * K + tid]]);
     ep[0][tid] = e + m.w0; ep[1][tid] = e + m.s0; ep[2][tid] = e + m.b0;
@@ -427,8 +453,6 @@ __device__ __forceinline__ void qmxe_body(QmxMoE m, const float* __restrict__ x,
   }
   __syncthreads();
   if (!pre && t < ntiles) qmxe_load<BITS, TPR, CPT, U>(ep, t, tpe, I, sub, ct, wpr, gpr, group, K, KK, A);
-  float xv[CPT][CW], sx[CPT];
-  qmx_xload<BITS, TPR, CPT>(x + (size_t)t0 * Hd, ct, xv);
   qmx_prep<BITS, CPT>(xv, sx);
   if (SH != nullptr && blockIdx.x == gridDim.x - 1) {  // the shared expert's gate logit, one block
     const float g = qmx_gate_logit(SH, x + (size_t)t0 * Hd, Hd, sh);
@@ -637,6 +661,8 @@ __device__ __forceinline__ void qmxs_body(QmxMoE m, const float* wts, const floa
   const long long t00 = clock64();
   QmxTile<BITS, TPR, CPT, U> A;
   qmxd_load<BITS, TPR, CPT, U>(W0, S0, B0, tile, Hd, sub, ct, wpr, gpr, group, A);
+  __shared__ u32 pin;
+  pdl_pin(qmx_fold(A), &pin);
   pdl_wait();  // h comes from qmxe
   probe(t00, 6, 0);
   float xv[CPT][CW], sx[CPT];

@@ -33,7 +33,7 @@ func (c *kvCache) Reset() {
 
 // attnSplits is the number of position shares of attn_split: enough blocks
 // to fill the GPU for one decode token, fixed per cache (launches must not
-// change with the position).
+// change with the position); at most 32 (attn_combine's warp reads them).
 func attnSplits(sms, heads, maxTokens int) int {
 	return max(1, min(cdiv(2*sms, heads), cdiv(maxTokens, 16), 32))
 }
