@@ -42,7 +42,39 @@ __device__ __forceinline__ void probe(long long t0, int cls, int stage) {
   unsigned long long* p = fmoe_probe;
   if (p != nullptr && (blockIdx.x | threadIdx.x) == 0) {
     atomicAdd(p + cls * 16 + stage, (unsigned long long)(clock64() - t0));
-    if (stage == 0) atomicAdd(p + cls * 16 + 15, 1ull);
+    if (stage == 0) {
+      atomicAdd(p + cls * 16 + 15, 1ull);
+      unsigned long long t;
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+      atomicExch(p + cls * 16 + 12, t);
+    }
+  }
+#endif
+}
+
+// probe_exit (with the probe; every thread of the block calls it at the
+// block's end): the grid's tail. Block 0's stage 0 stored the global time
+// its wait returned (word 12); each block takes the max of its exit time
+// (word 13) and counts itself (word 14); the last one adds the latest exit
+// minus block 0's wait time to word 11 (ns) and resets words 13 and 14.
+__device__ __forceinline__ void probe_exit(int cls) {
+#ifdef FMOE_PROBE
+  unsigned long long* p = fmoe_probe;
+  if (p == nullptr) return;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    p += cls * 16;
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    atomicMax(p + 13, t);
+    __threadfence();
+    if (atomicAdd(p + 14, 1ull) == gridDim.x - 1) {
+      __threadfence();
+      const unsigned long long mx = atomicAdd(p + 13, 0ull), w0 = atomicAdd(p + 12, 0ull);
+      atomicAdd(p + 11, mx > w0 ? mx - w0 : 0ull);
+      atomicExch(p + 13, 0ull);
+      atomicExch(p + 14, 0ull);
+    }
   }
 #endif
 }

@@ -345,6 +345,7 @@ __device__ __forceinline__ void qmx_body(const long long* __restrict__ D) {
   probe(t00, pc, 4);
   if (mode & 8) qmx_topk(D, qsm, &last, ovid);
   probe(t00, pc, 5);
+  probe_exit(pc);
 }
 
 // ---- qmxe / qmxd: the decode expert projections in the same form ----
@@ -487,6 +488,7 @@ __device__ __forceinline__ void qmxe_body(QmxMoE m, const float* __restrict__ x,
     A = Bt;
   }
   probe(t00, 5, 4);
+  probe_exit(5);
 }
 
 // qmxd: the down projections of the K experts with the routing weights:
@@ -685,7 +687,10 @@ __device__ __forceinline__ void qmxs_body(QmxMoE m, const float* wts, const floa
   __syncthreads();
   if (tid == 0) last = atomicAdd(cnt + tile, 1u) == (unsigned int)KK - 1;
   __syncthreads();
-  if (!last) return;
+  if (!last) {
+    probe_exit(6);
+    return;
+  }
   __threadfence();
   if (tid < RPB * U) {
     const int row = tile * RPB * U + tid;
@@ -705,6 +710,7 @@ __device__ __forceinline__ void qmxs_body(QmxMoE m, const float* wts, const floa
     }
   }
   if (tid == 0) cnt[tile] = 0u;
+  probe_exit(6);
 }
 
 #define QMXE_ARGS const u64 *table, const int *ids, const float *x, float *hbuf, int I, int Hd, int group, int K, int t0, long long gw, long long gs, long long gb, long long uw, long long us, long long ub, const long long *SH

@@ -321,6 +321,7 @@ __device__ __forceinline__ void qmxi_body(const long long* __restrict__ D) {
   probe(t00, pc, 4);
   if (mode & 8) qmx_topk(D, xsum + in / 64, &last, ovid);
   probe(t00, pc, 5);
+  probe_exit(pc);
 }
 
 // qmxi4_<NW>_<GW><c?><p|n>: NW warps, GW groups per warp (in = 64·NW·GW),

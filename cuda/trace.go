@@ -183,7 +183,8 @@ func firstKernels(names []string, n int) []string {
 // the SM cycles from their entry to each stage in block 0 (kernels.cu,
 // fmoe_probe). Classes: 1-4 qmxi router, gate/up, normed, plain; 5 qmxe; 6
 // qmxs; 9-12 qmx as 1-4. Stages: 0 the wait returned, 1 x prepared, 2 the
-// shared expert's gate, 3 the first tile stored, 4 the tiles done, 5 top-K.
+// shared expert's gate, 3 the first tile stored, 4 the tiles done, 5 top-K;
+// word 11: ns from block 0's wait to the last block's exit (probe_exit).
 const probeWords = 16 * 16
 
 func probeOn() bool { return os.Getenv("FMOE_CUDA_PROBE") == "1" }
@@ -213,10 +214,13 @@ func (b *Backend) writeProbe(w io.Writer) error {
 			continue
 		}
 		fmt.Fprintf(w, "class %2d: %6d:", c, n)
-		for st := 0; st < 15; st++ {
+		for st := 0; st < 11; st++ {
 			if v[c*16+st] != 0 {
 				fmt.Fprintf(w, " %d=%d", st, v[c*16+st]/n)
 			}
+		}
+		if t := v[c*16+11]; t != 0 {
+			fmt.Fprintf(w, " tail=%dns", t/n) // block 0's wait to the last block's exit
 		}
 		fmt.Fprintln(w)
 	}
