@@ -24,7 +24,10 @@
 // zero) are scaled into float accumulators; at the tile's end the parts
 // are weighted and added (lanes t = 0, 1 hold columns 0-3) and the warps'
 // sums meet in shared memory as in qmx (fixed order: deterministic).
-// Extra descriptor word: 20 = number of tiles. Dynamic shared memory:
+// Extra descriptor words: 20 = number of tiles; 22 = a tile counter (0:
+// none): block b takes tile b first and then, when there are more tiles
+// than blocks, whichever tile the counter hands out next (qmxi_grab).
+// Dynamic shared memory:
 // 4·in bytes of parts, in/64 floats of Σx, then top-K's E floats.
 
 // imma_u8s8: c += a·b (m16n8k32, u8 × s8, int32 accumulate).
@@ -266,12 +269,24 @@ __device__ __forceinline__ void qmxi_prologue(const long long* __restrict__ D, u
   __syncthreads();
 }
 
+// qmxi_grab: the tile after the grid's first ones that the counter hands
+// out next, ntiles when none is left. Every block grabs until it gets none,
+// so a launch makes exactly ntiles grabs (ntiles − grid that succeed, one
+// that fails per block) and the one that receives ntiles − 1 is the last:
+// it resets the counter for the next launch (which reads it only after this
+// one has ended).
+__device__ __forceinline__ int qmxi_grab(unsigned int* ctr, int ntiles) {
+  const unsigned int r = atomicAdd(ctr, 1u);
+  if (r == (unsigned int)ntiles - 1) atomicExch(ctr, 0u);
+  return min((int)r + (int)gridDim.x, ntiles);
+}
+
 template <int NW, int GW, bool PF, bool CO>
 __device__ __forceinline__ void qmxi_body(const long long* __restrict__ D) {
   extern __shared__ float qsm[];  // parts (in floats' worth), Σx (in/64), top-K (E)
   __shared__ float red[2][NW][16];
   __shared__ float sh[32];
-  __shared__ int last;
+  __shared__ int last, nxt[2];
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g = lane >> 2, t4 = lane & 3;
   const long long t00 = clock64();
   const int in = (int)D[1], ntiles = (int)D[20], g0 = w * GW, mode = (int)D[3];
@@ -292,6 +307,10 @@ __device__ __forceinline__ void qmxi_body(const long long* __restrict__ D) {
   }
   pdl_wait();  // weights, norm weights and descriptor are static: loaded before the previous kernel ends
   probe(t00, pc, 0);
+  unsigned int* ctr = (unsigned int*)D[22];
+  const bool dyn = ctr != nullptr && ntiles > (int)gridDim.x;  // then every block has a first tile
+  int grab = 0;
+  if (dyn && tid == 0) grab = qmxi_grab(ctr, ntiles);  // its round trip overlaps the prologue
   uint2* xq = reinterpret_cast<uint2*>(qsm);
   float* xsum = qsm + in;
   float cw0, cw1;
@@ -299,9 +318,16 @@ __device__ __forceinline__ void qmxi_body(const long long* __restrict__ D) {
   probe(t00, pc, 1);
   const float gam = qmx_gamma<4>(D, sh);
   probe(t00, pc, 2);
-  for (int buf = 0; t < ntiles; t += gridDim.x, buf ^= 1) {
+  if (dyn) {
+    if (tid == 0) nxt[0] = grab;
+    __syncthreads();
+  }
+  for (int buf = 0; t < ntiles; buf ^= 1) {
     QmxiTile<GW> Bt;
-    const int tn = t + gridDim.x;
+    // the next tile: handed out one tile ahead (nxt[buf], published by the
+    // previous tile's barrier), or the static stride
+    const int tn = dyn ? nxt[buf] : t + gridDim.x;
+    if (dyn && tid == 0 && tn < ntiles) grab = qmxi_grab(ctr, ntiles);
     if (PF && tn < ntiles) qmxi_load<GW, CO>(D, tn, g, t4, g0, in, Bt);
     float va, vb;
     qmxi_dot<GW>(A, xq, xsum, g, t4, g0, cw0, cw1, va, vb);
@@ -309,6 +335,7 @@ __device__ __forceinline__ void qmxi_body(const long long* __restrict__ D) {
       red[buf][w][g] = va;
       red[buf][w][g + 8] = vb;
     }
+    if (dyn && tid == 0 && tn < ntiles) nxt[buf ^ 1] = grab;
     __syncthreads();
     qmx_store<16, 1, NW>(D, t, red[buf], gam);
     if (t == (int)blockIdx.x) probe(t00, pc, 3);
@@ -317,6 +344,7 @@ __device__ __forceinline__ void qmxi_body(const long long* __restrict__ D) {
     } else if (tn < ntiles) {
       qmxi_load<GW, CO>(D, tn, g, t4, g0, in, A);
     }
+    t = tn;
   }
   probe(t00, pc, 4);
   if (mode & 8) qmx_topk(D, xsum + in / 64, &last, ovid);

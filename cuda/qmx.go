@@ -339,6 +339,15 @@ func qmxTileWords(bt *fBatch, D *[qbWords]uint64, rows int) int {
 	return tiles
 }
 
+// QMXIDynamic hands qmxi's tiles after each block's first out through an
+// atomic counter (the next one to the block that asks first) instead of
+// block b taking b, b + grid, …: its persistent blocks stream at unequal
+// rates, and a launch lasts as long as its slowest block;
+// FMOE_CUDA_QMXI_DYN=0 or 1 overrides it.
+var QMXIDynamic = true
+
+func qmxiDynamic() bool { return envChoice("FMOE_CUDA_QMXI_DYN", "1", "0", QMXIDynamic) }
+
 // qmxPersistent (worker only) uploads D and launches kernel name with a
 // persistent grid: as many blocks as fit on the GPU at once, at most tiles.
 func (b *Backend) qmxPersistent(D *[qbWords]uint64, name string, threads, smem, tiles int) error {
@@ -435,5 +444,14 @@ func (b *Backend) qmxiLaunch(bt *fBatch, D *[qbWords]uint64, smem int) (bool, er
 	}
 	tiles := qmxTileWords(bt, D, 16) // the MMA's 16 rows
 	smem += 4*w0.in + 4*(w0.in/64)   // x's parts and Σx per group
+	if qmxiDynamic() {
+		// one counter for every qmxi launch: they run one after another,
+		// and each launch's last grab resets it (kernels_mxi.cu)
+		ctr, err := b.scratchBuf("qmxi_tiles", 4)
+		if err != nil {
+			return true, err
+		}
+		D[22] = uint64(ctr)
+	}
 	return true, b.qmxPersistent(D, fmt.Sprintf("qmxi4_%d_%d%s", nw, gw, v), 32*nw, smem, tiles)
 }
