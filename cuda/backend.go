@@ -124,6 +124,9 @@ func Open(opts Options) (*Backend, error) {
 		if os.Getenv("FMOE_CUDA_DELTA2") == "0" {
 			disableDelta2 = true // benchmarks: the shared-memory delta kernel
 		}
+		if os.Getenv("FMOE_CUDA_DELTA_COLS") == "0" {
+			disableDeltaCols = true // benchmarks: prompt steps on delta_rule2
+		}
 		d.names = make(map[uintptr]string, len(b.fn))
 		for n, f := range b.fn {
 			d.names[f] = n
@@ -155,7 +158,8 @@ func Open(opts Options) (*Backend, error) {
 
 func kernelNames() []string {
 	names := []string{"argmax_f", "fmm", "embedf", "rmsnorm", "rmsnorm4", "add_f", "swiglu_f", "sigmoid_gate_add", "sigmoid_gate_add2",
-		"attn_prep", "attn_split", "attn_combine", "delta_conv", "delta_rule", "router_topk"}
+		"attn_prep", "attn_split", "attn_combine", "delta_conv", "delta_rule", "router_topk",
+		"delta_conv_t", "delta_qkg", "delta_gnorm", "delta_cols_4", "delta_cols_8", "delta_cols_16", "delta_cols_32"}
 	for _, r := range []string{"1", "2", "4", "8", "16", "32"} {
 		names = append(names, "delta_rule2_"+r)
 	}

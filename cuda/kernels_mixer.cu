@@ -351,6 +351,208 @@ DELTA2(8)
 DELTA2(16)
 DELTA2(32)
 
+// ---- GatedDeltaNet over a prompt: parallel across columns and tokens ----
+
+// delta_conv_t: delta_conv for a prompt step. A block covers 32 channels ×
+// blockDim.y token groups; the thread of group y runs its channel over
+// tokens [y·TT, (y+1)·TT), so its loads are independent and several are in
+// flight (delta_conv walks all T tokens in one thread). Inputs before the
+// step come from the state; the state's new K-1 inputs are read before the
+// block's barrier and written after it, so no thread reads a state value
+// another has overwritten (each block owns its channels).
+extern "C" __global__ void __launch_bounds__(256) delta_conv_t(const float* __restrict__ qkv, const float* __restrict__ W,
+                                                               float* __restrict__ state, float* __restrict__ out, int T, int C, int K) {
+  const int c = blockIdx.x * 32 + threadIdx.x;
+  const bool on = c < C;
+  float wk[8];
+#pragma unroll
+  for (int k = 0; k < 8; k++) wk[k] = on && k < K ? W[(size_t)c * K + k] : 0.f;
+  pdl_wait();
+  const int TT = (T + blockDim.y - 1) / blockDim.y;
+  const int t0 = threadIdx.y * TT, t1 = min(T, t0 + TT);
+  // x(u): input u of this step; u < 0 reads the state (oldest first).
+  auto x = [&](int u) -> float { return u >= 0 ? qkv[(size_t)u * C + c] : state[(size_t)(K - 1 + u) * C + c]; };
+  float ns[7];
+  if (on) {
+    if (threadIdx.y == 0) {
+#pragma unroll
+      for (int k = 0; k < 7; k++)
+        if (k < K - 1) ns[k] = x(T - (K - 1) + k);
+    }
+    if (t0 < t1) {
+      float hist[7];
+#pragma unroll
+      for (int k = 0; k < 7; k++)
+        if (k < K - 1) hist[k] = x(t0 - (K - 1) + k);
+#pragma unroll 4
+      for (int t = t0; t < t1; t++) {
+        const float cur = qkv[(size_t)t * C + c];
+        float y = 0.f;
+#pragma unroll
+        for (int k = 0; k < 7; k++)
+          if (k < K - 1) y = fmaf(wk[k], hist[k], y);
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+          if (k == K - 1) y = fmaf(wk[k], cur, y);
+        out[(size_t)t * C + c] = silu(y);
+#pragma unroll
+        for (int k = 0; k < 6; k++)
+          if (k < K - 2) hist[k] = hist[k + 1];
+#pragma unroll
+        for (int k = 0; k < 7; k++)
+          if (k == K - 2) hist[k] = cur;
+      }
+    }
+  }
+  __syncthreads();
+  if (on && threadIdx.y == 0) {
+#pragma unroll
+    for (int k = 0; k < 7; k++)
+      if (k < K - 1) state[(size_t)k * C + c] = ns[k];
+  }
+}
+
+// delta_qkg: the per-token inputs of delta_cols that do not depend on the
+// state, once per token instead of once per warp: q and k of each key head
+// L2-normalised in place in the conv output (q also ÷√KD), and per value head
+// the gates (α, β) = (exp(-exp(aLog)·softplus(a+dtBias)), σ(b)). One block per
+// token.
+extern "C" __global__ void delta_qkg(float* conv, const float* b, const float* a, const float* dtBias, const float* aLog,
+                                     float2* gates, int T, int KH, int VH, int KD, int VD) {
+  pdl_wait();
+  const int t = blockIdx.x, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  const int C = 2 * KH * KD + VH * VD;
+  float* row = conv + (size_t)t * C;
+  const float qscale = rsqrtf((float)KD);
+  for (int kh = threadIdx.x >> 5; kh < KH; kh += nw) {
+    float* q = row + kh * KD;
+    float* k = row + KH * KD + kh * KD;
+    float sq = 0.f, sk = 0.f;
+    for (int i = lane; i < KD; i += 32) { sq = fmaf(q[i], q[i], sq); sk = fmaf(k[i], k[i], sk); }
+    sq = warp_sum(sq);
+    sk = warp_sum(sk);
+    const float rq = qscale / sqrtf(sq + 1e-6f), rk = 1.f / sqrtf(sk + 1e-6f);
+    for (int i = lane; i < KD; i += 32) { q[i] *= rq; k[i] *= rk; }
+  }
+  for (int h = threadIdx.x; h < VH; h += blockDim.x) {
+    const float A = expf(aLog[h]);
+    gates[(size_t)t * VH + h] = make_float2(expf(-A * softplus_f(a[(size_t)t * VH + h] + dtBias[h])), sigm(b[(size_t)t * VH + h]));
+  }
+}
+
+// delta_cols: the delta rule for a prompt step, parallel across columns.
+// Column j of a head's state S[KD][VD] evolves on its own (the retrieve
+// Σ_i S[i][j]·k_i and the read Σ_i S[i][j]·q_i need only column j), so the
+// warps walk the tokens side by side with no block barrier. A warp takes 4
+// columns of one head, 8 lanes per column, R = KD/8 rows per lane; the two
+// sums per token are 3 shuffles within the lane's group of 8. q, k (normalised)
+// and the gates come from delta_qkg; the next token's are loaded while the
+// current one is computed, into a second set of registers (no copies). dst gets the read-out before the gated RMSNorm,
+// which couples the columns of a head and runs next (delta_gnorm).
+template <int R>
+__device__ __forceinline__ void delta_cols_body(const float* __restrict__ conv, const float2* __restrict__ gates,
+                                                float* __restrict__ state, float* __restrict__ dst, int T, int KH, int VH, int VD) {
+  constexpr int KD = 8 * R;
+  const int lane = threadIdx.x & 31, rg = lane & 7;
+  const int wid = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int cpw = VD / 4;  // warps per head
+  const int h = wid / cpw, j = (wid % cpw) * 4 + (lane >> 3);
+  if (h >= VH) return;
+  const int kh = h / (VH / KH);
+  const int C = 2 * KH * KD + VH * VD;
+  float* Sg = state + (size_t)h * KD * VD;
+  float s[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) s[r] = Sg[(size_t)(rg * R + r) * VD + j];
+  pdl_wait();  // the state is this layer's own; see delta2_body
+  const float* qp = conv + kh * KD + rg * R;
+  const float* kp = conv + KH * KD + kh * KD + rg * R;
+  const float* vp = conv + 2 * KH * KD + h * VD + j;
+  // two register sets, tokens alternating: set A computes token t while
+  // set B's loads (token t+1) are in flight, then the other way round
+  float4 qa[R / 4], ka[R / 4], qb[R / 4], kb[R / 4];
+  float va = 0.f, vb = 0.f;
+  float2 ga = make_float2(0.f, 0.f), gb = ga;
+  auto load = [&](float4(&q)[R / 4], float4(&k)[R / 4], float& v, float2& g, int t) {
+    const size_t o = (size_t)t * C;
+#pragma unroll
+    for (int i = 0; i < R / 4; i++) {
+      q[i] = *reinterpret_cast<const float4*>(qp + o + 4 * i);
+      k[i] = *reinterpret_cast<const float4*>(kp + o + 4 * i);
+    }
+    v = vp[o];
+    g = gates[(size_t)t * VH + h];
+  };
+  auto el = [](const float4(&a)[R / 4], int r) -> float {
+    const float4 e = a[r >> 2];
+    return (r & 3) == 0 ? e.x : (r & 3) == 1 ? e.y : (r & 3) == 2 ? e.z : e.w;
+  };
+  auto step = [&](const float4(&q)[R / 4], const float4(&k)[R / 4], float v, float2 g, int t) {
+    const float alpha = g.x, beta = g.y;
+    float m0 = 0.f, m1 = 0.f;
+#pragma unroll
+    for (int r = 0; r < R; r += 2) {
+      s[r] *= alpha;
+      s[r + 1] *= alpha;
+      m0 = fmaf(s[r], el(k, r), m0);
+      m1 = fmaf(s[r + 1], el(k, r + 1), m1);
+    }
+    float m = m0 + m1;
+    m += __shfl_xor_sync(0xffffffffu, m, 1);
+    m += __shfl_xor_sync(0xffffffffu, m, 2);
+    m += __shfl_xor_sync(0xffffffffu, m, 4);
+    const float dk = (v - m) * beta;
+    float o0 = 0.f, o1 = 0.f;
+#pragma unroll
+    for (int r = 0; r < R; r += 2) {
+      s[r] = fmaf(el(k, r), dk, s[r]);
+      s[r + 1] = fmaf(el(k, r + 1), dk, s[r + 1]);
+      o0 = fmaf(s[r], el(q, r), o0);
+      o1 = fmaf(s[r + 1], el(q, r + 1), o1);
+    }
+    float o = o0 + o1;
+    o += __shfl_xor_sync(0xffffffffu, o, 1);
+    o += __shfl_xor_sync(0xffffffffu, o, 2);
+    o += __shfl_xor_sync(0xffffffffu, o, 4);
+    if (rg == 0) dst[(size_t)t * VH * VD + (size_t)h * VD + j] = o;
+  };
+  if (T > 0) load(qa, ka, va, ga, 0);
+  if (T > 1) load(qb, kb, vb, gb, 1);
+  for (int t = 0; t < T; t += 2) {
+    step(qa, ka, va, ga, t);
+    if (t + 2 < T) load(qa, ka, va, ga, t + 2);
+    if (t + 1 < T) {
+      step(qb, kb, vb, gb, t + 1);
+      if (t + 3 < T) load(qb, kb, vb, gb, t + 3);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; r++) Sg[(size_t)(rg * R + r) * VD + j] = s[r];
+}
+
+#define DELTAC_ARGS const float *__restrict__ conv, const float2 *__restrict__ gates, float *__restrict__ state, float *__restrict__ dst, int T, int KH, int VH, int VD
+#define DELTAC(R) \
+  extern "C" __global__ void __launch_bounds__(128) delta_cols_##R(DELTAC_ARGS) { delta_cols_body<R>(conv, gates, state, dst, T, KH, VH, VD); }
+DELTAC(4)
+DELTAC(8)
+DELTAC(16)
+DELTAC(32)
+
+// delta_gnorm: the gated RMSNorm after delta_cols, one warp per (token,
+// head) row of VD values, in place: dst = w ⊙ o/rms(o) ⊙ silu(z).
+extern "C" __global__ void delta_gnorm(float* dst, const float* z, const float* normW, int rows, int VD, float eps) {
+  pdl_wait();
+  const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  float* d = dst + (size_t)row * VD;
+  const float* zr = z + (size_t)row * VD;
+  float ss = 0.f;
+  for (int j = lane; j < VD; j += 32) ss = fmaf(d[j], d[j], ss);
+  ss = warp_sum(ss);
+  const float r = rsqrtf(ss / (float)VD + eps);
+  for (int j = lane; j < VD; j += 32) d[j] = normW[j] * d[j] * r * silu(zr[j]);
+}
+
 // ---- MoE ----
 
 // router_topk: one warp per token; logits [T, E] → top-K ids and weights

@@ -213,6 +213,25 @@ func (b *Backend) DeltaNet(dst, qkv, z, bt, a runtime.Tensor, st runtime.DeltaSt
 		if err != nil {
 			return err
 		}
+		if name := deltaCols(T, p.KeyDim, VD); name != "" {
+			// A prompt step: conv over token groups; q, k normalised and the
+			// gates once per token; the rule one warp per 4 columns; then the
+			// gated RMSNorm.
+			gates, err := b.scratchBuf("delta_gates", T*VH*8)
+			if err != nil {
+				return err
+			}
+			if err := b.d.launch(b.fn["delta_conv_t"], grid1(cdiv(C, 32)), [3]int{32, min(8, T), 1}, 0, ts[1].p, cw, s.conv, out, T, C, p.ConvKernel); err != nil {
+				return err
+			}
+			if err := b.d.launch(b.fn["delta_qkg"], grid1(T), [3]int{256, 1, 1}, 0, out, ts[3].p, ts[4].p, dt, al, gates, T, p.KeyHeads, VH, p.KeyDim, VD); err != nil {
+				return err
+			}
+			if err := b.d.launch(b.fn[name], grid1(cdiv(VH*VD/4, 4)), [3]int{128, 1, 1}, 0, out, gates, s.s, ts[0].p, T, p.KeyHeads, VH, VD); err != nil {
+				return err
+			}
+			return b.d.launch(b.fn["delta_gnorm"], grid1(cdiv(T*VH, 4)), [3]int{128, 1, 1}, 0, ts[0].p, ts[2].p, nw, T*VH, VD, p.Eps)
+		}
 		if err := b.d.launch(b.fn["delta_conv"], grid1(cdiv(C, 128)), [3]int{128, 1, 1}, 0, ts[1].p, cw, s.conv, out, T, C, p.ConvKernel); err != nil {
 			return err
 		}
@@ -258,3 +277,24 @@ func delta2Rows(KD, VD int) (rows, rg int) {
 
 // disableDelta2 makes DeltaNet use the shared-memory kernel (tests compare the two).
 var disableDelta2 = false
+
+// disableDeltaCols keeps prompt steps on the one-block-per-head kernels
+// (delta_conv, delta_rule2); FMOE_CUDA_DELTA_COLS=0 sets it.
+var disableDeltaCols = false
+
+// deltaColsMin is the smallest step that runs on delta_cols: decode steps
+// keep delta_rule2, whose one block per head is the shorter chain for a token.
+const deltaColsMin = 8
+
+// deltaCols names the delta_cols variant for a step of T tokens of KD×VD
+// heads, or "" where the step keeps the one-block-per-head kernels.
+func deltaCols(T, KD, VD int) string {
+	if disableDelta2 || disableDeltaCols || T < deltaColsMin || VD%4 != 0 {
+		return ""
+	}
+	switch KD {
+	case 32, 64, 128, 256:
+		return fmt.Sprintf("delta_cols_%d", KD/8)
+	}
+	return ""
+}

@@ -112,11 +112,14 @@ func TestMixersLarge(t *testing.T) {
 		name   string
 		opts   Options
 		delta2 bool
-	}{{"graphs", Options{}, true}, {"eager", Options{NoGraphs: true}, true}, {"shared-memory delta", Options{NoGraphs: true}, false}} {
-		disableDelta2 = !tc.delta2
+		cols   bool // prompt steps (37, 130 tokens) on delta_conv_t, delta_qkg, delta_cols, delta_gnorm
+	}{{"graphs", Options{}, true, true}, {"eager", Options{NoGraphs: true}, true, true},
+		{"prompt steps on delta_rule2", Options{NoGraphs: true}, true, false},
+		{"shared-memory delta", Options{NoGraphs: true}, false, false}} {
+		disableDelta2, disableDeltaCols = !tc.delta2, !tc.cols
 		g := openOrSkip(t, tc.opts)
 		got := m.run(t, g)
-		disableDelta2 = false
+		disableDelta2, disableDeltaCols = false, false
 		if gr := g.d.graphs; gr != nil {
 			t.Logf("%s: graph replays %d captures %d eager launches %d", tc.name, gr.Replays, gr.Captures, gr.Eager)
 			if gr.Replays == 0 {
