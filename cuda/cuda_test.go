@@ -145,9 +145,11 @@ func TestMatMulKernels(t *testing.T) {
 	c := cpu.New()
 	defer c.Close()
 	r := rand.New(rand.NewPCG(5, 6))
-	saveV, saveG, saveM, saveS, saveT := QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMAMT
-	defer func() { QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMAMT = saveV, saveG, saveM, saveS, saveT }()
-	for _, e := range []string{"FMOE_CUDA_QMMA", "FMOE_CUDA_QMMA_SPLIT", "FMOE_CUDA_QMMA_MT"} {
+	saveV, saveG, saveM, saveS, saveT, saveP := QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMAMT, QMMAParts
+	defer func() {
+		QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMAMT, QMMAParts = saveV, saveG, saveM, saveS, saveT, saveP
+	}()
+	for _, e := range []string{"FMOE_CUDA_QMMA", "FMOE_CUDA_QMMA_SPLIT", "FMOE_CUDA_QMMA_MT", "FMOE_CUDA_QMMA_PARTS"} {
 		t.Setenv(e, "")
 		os.Unsetenv(e)
 	}
@@ -178,15 +180,16 @@ func TestMatMulKernels(t *testing.T) {
 				type mm struct {
 					on, split bool
 					mt        int // 16-row tiles per warp
+					parts     int // bf16 parts of x (mt 2)
 				}
-				mmas := []mm{{false, false, 1}}
+				mmas := []mm{{false, false, 1, 3}}
 				if bits == 4 && sh.group == 64 && T > 1 {
-					mmas = []mm{{true, true, 1}, {true, false, 1}, {true, true, 2}, {true, false, 2}, {false, false, 1}}
+					mmas = []mm{{true, true, 1, 3}, {true, false, 1, 3}, {true, true, 2, 3}, {true, false, 2, 3}, {true, true, 2, 2}, {true, false, 2, 2}, {false, false, 1, 3}}
 				}
 				for _, v := range variants {
 					for _, gm := range []int{2, 1 << 30} {
 						for _, mma := range mmas {
-							QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMAMT = v, gm, mma.on, mma.split, mma.mt
+							QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMAMT, QMMAParts = v, gm, mma.on, mma.split, mma.mt, mma.parts
 							got := matmulOn(t, g, gw, xv, T, sh.rows, sh.cols)
 							for row := 0; row < T; row++ {
 								var e, m float64
@@ -248,8 +251,8 @@ func TestMoELarge(t *testing.T) {
 	for i := range rv {
 		rv[i] = r.Float32() - 0.5
 	}
-	defer func(m bool, mt int) { MoEGateSplit, QMMA, QMMAEMT = true, m, mt }(QMMA, QMMAEMT)
-	for _, e := range []string{"FMOE_CUDA_QMMA", "FMOE_CUDA_QMMAE_MT"} {
+	defer func(m bool, mt, p int) { MoEGateSplit, QMMA, QMMAEMT, QMMAParts = true, m, mt, p }(QMMA, QMMAEMT, QMMAParts)
+	for _, e := range []string{"FMOE_CUDA_QMMA", "FMOE_CUDA_QMMAE_MT", "FMOE_CUDA_QMMA_PARTS"} {
 		t.Setenv(e, "")
 		os.Unsetenv(e)
 	}
@@ -286,13 +289,14 @@ func TestMoELarge(t *testing.T) {
 		for _, v := range []struct {
 			split, mma bool
 			mt         int // the grouped experts' 16-row tiles per warp
-		}{{true, true, 1}, {true, true, 2}, {true, false, 1}, {false, false, 1}} {
-			MoEGateSplit, QMMA, QMMAEMT = v.split, v.mma, v.mt
+			parts      int // bf16 parts of x (mt 2)
+		}{{true, true, 1, 3}, {true, true, 2, 3}, {true, true, 2, 2}, {true, false, 1, 3}, {false, false, 1, 3}} {
+			MoEGateSplit, QMMA, QMMAEMT, QMMAParts = v.split, v.mma, v.mt, v.parts
 			g := openOrSkip(t, Options{})
 			got := run(g)
 			g.Close()
 			if ok, maxErr, maxRef := closeTo(got, want, 1e-4); !ok {
-				t.Fatalf("T=%d split %v qmma %v mt %d: cuda vs cpu max error %g (max |ref| %g)", T, v.split, v.mma, v.mt, maxErr, maxRef)
+				t.Fatalf("T=%d %+v: cuda vs cpu max error %g (max |ref| %g)", T, v, maxErr, maxRef)
 			}
 		}
 	}

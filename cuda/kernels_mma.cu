@@ -54,11 +54,11 @@ __device__ __forceinline__ u32 q2bf(u32 w, int n) {
 // qmma_tile: the block's 64 rows from r0 of W (rows out, in columns) times
 // up to 32 token rows: xrow(i) is token slot i's x (nullptr: zeros), put(i,
 // row, v) stores a result (rows ≥ out are not passed).
-template <int NT, int MT = 1, class XR, class PUT>
+template <int NT, int MT = 1, int P = 3, class XR, class PUT>
 __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* __restrict__ S, const u16* __restrict__ B, int out, int in,
                                           int r0, XR xrow, PUT put, int k0 = 0, int k1 = 1 << 30) {
   k1 = min(k1, in);
-  __shared__ u32 xs[3][8 * NT][QMMA_TS];  // bf16 pairs: part, token, k/2
+  __shared__ u32 xs[P][8 * NT][QMMA_TS];  // bf16 pairs: part, token, k/2
   __shared__ float sxs[8 * NT][QMMA_KC / 64];
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -123,7 +123,7 @@ __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* 
       if ((j & 15) == 0) sxs[tk][j >> 4] = s;
       float r[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-      for (int p = 0; p < 3; p++) {
+      for (int p = 0; p < P; p++) {
         u32 hbits[4];
 #pragma unroll
         for (int e = 0; e < 4; e++) {
@@ -170,7 +170,7 @@ __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* 
         // accumulators (none waits on the previous one's result); each B
         // fragment serves the warp's MT row tiles
 #pragma unroll
-        for (int p = 0; p < 3; p++) {
+        for (int p = 0; p < P; p++) {
 #pragma unroll
           for (int nt = 0; nt < NT; nt++) {
             const uint2 bv = *reinterpret_cast<const uint2*>(&xs[p][nt * 8 + g][kw]);
@@ -221,19 +221,24 @@ extern "C" __global__ void __launch_bounds__(128) qmma4(const u32* __restrict__ 
 
 // qmma4m2: qmma4 with two 16-row tiles per warp (128 rows per block): each
 // B fragment read from shared memory serves two MMAs, and the x staging is
-// shared by twice the rows (QMMAMT = 2, the default).
-extern "C" __global__ void __launch_bounds__(128) qmma4m2(const u32* __restrict__ W, const u16* __restrict__ S, const u16* __restrict__ B,
-                                                           const float* __restrict__ x, float* __restrict__ y, int out, int in, int T, int kc) {
-  pdl_wait();
-  const int n0 = blockIdx.y * 32;
-  float* yz = y + (size_t)blockIdx.z * T * out;
-  qmma_tile<4, 2>(
-      W, S, B, out, in, blockIdx.x * 128, [&](int i) { return n0 + i < T ? x + (size_t)(n0 + i) * in : (const float*)nullptr; },
-      [&](int i, int row, float v) {
-        if (n0 + i < T) yz[(size_t)(n0 + i) * out + row] = v;
-      },
-      blockIdx.z * kc, (blockIdx.z + 1) * kc);
-}
+// shared by twice the rows (QMMAMT = 2, the default). qmma4m2p2: x in two
+// bf16 parts (hi + lo: 16 significant bits of each x value, products no
+// longer exact; QMMAParts = 2) for two thirds of the MMAs.
+#define QMMA4M2(M, P)                                                                                                                     \
+  extern "C" __global__ void __launch_bounds__(128) qmma4m2##M(const u32* __restrict__ W, const u16* __restrict__ S, const u16* __restrict__ B, \
+                                                               const float* __restrict__ x, float* __restrict__ y, int out, int in, int T, int kc) { \
+    pdl_wait();                                                                                                                           \
+    const int n0 = blockIdx.y * 32;                                                                                                       \
+    float* yz = y + (size_t)blockIdx.z * T * out;                                                                                         \
+    qmma_tile<4, 2, P>(                                                                                                                   \
+        W, S, B, out, in, blockIdx.x * 128, [&](int i) { return n0 + i < T ? x + (size_t)(n0 + i) * in : (const float*)nullptr; },      \
+        [&](int i, int row, float v) {                                                                                                    \
+          if (n0 + i < T) yz[(size_t)(n0 + i) * out + row] = v;                                                                           \
+        },                                                                                                                                \
+        blockIdx.z * kc, (blockIdx.z + 1) * kc);                                                                                          \
+  }
+QMMA4M2(, 3)
+QMMA4M2(p2, 2)
 
 // ---- grouped prefill experts: each routed expert's weights read once per batch ----
 //
@@ -273,7 +278,7 @@ extern "C" __global__ void moe_slots(const int* __restrict__ ids, int np, int E,
 
 // qmmae4: gate (row tiles below I) and up projections of slot blockIdx.y's
 // expert for its pairs: gb/ub[p·I + r] (x row of pair p: token p / K).
-template <int NT, int MT>
+template <int NT, int MT, int P>
 __device__ __forceinline__ void qmmae_body(const u64* __restrict__ table, const int* __restrict__ slots, const float* __restrict__ x,
                                                           float* __restrict__ gbuf, float* __restrict__ ubuf, int I, int Hd, int K, long long gw,
                                                           long long gs, long long gb, long long uw, long long us, long long ub) {
@@ -283,7 +288,7 @@ __device__ __forceinline__ void qmmae_body(const u64* __restrict__ table, const 
   const char* e = reinterpret_cast<const char*>(table[sl[0]]);
   const bool up = (int)blockIdx.x * 64 * MT >= I;
   float* dst = up ? ubuf : gbuf;
-  qmma_tile<NT, MT>(
+  qmma_tile<NT, MT, P>(
       (const u32*)(e + (up ? uw : gw)), (const u16*)(e + (up ? us : gs)), (const u16*)(e + (up ? ub : gb)), I, Hd, blockIdx.x * 64 * MT - (up ? I : 0),
       [&](int i) { return i < n ? x + (size_t)(sl[2 + i] / K) * Hd : (const float*)nullptr; },
       [&](int i, int row, float v) {
@@ -293,14 +298,14 @@ __device__ __forceinline__ void qmmae_body(const u64* __restrict__ table, const 
 
 // qmmad4: down projections of slot blockIdx.y's expert: part[p·Hd + r] from
 // h[p·I ..].
-template <int NT, int MT>
+template <int NT, int MT, int P>
 __device__ __forceinline__ void qmmad_body(const u64* __restrict__ table, const int* __restrict__ slots, const float* __restrict__ hbuf,
                                                           float* __restrict__ part, int Hd, int I, long long dw, long long ds, long long db) {
   if ((int)blockIdx.y >= slots[0]) return;
   const int* sl = slots + 1 + blockIdx.y * MOE_SLOT;
   const int n = sl[1];
   const char* e = reinterpret_cast<const char*>(table[sl[0]]);
-  qmma_tile<NT, MT>(
+  qmma_tile<NT, MT, P>(
       (const u32*)(e + dw), (const u16*)(e + ds), (const u16*)(e + db), Hd, I, blockIdx.x * 64 * MT,
       [&](int i) { return i < n ? hbuf + (size_t)sl[2 + i] * I : (const float*)nullptr; },
       [&](int i, int row, float v) {
@@ -311,20 +316,22 @@ __device__ __forceinline__ void qmmad_body(const u64* __restrict__ table, const 
 // qmmae4_<NT> / qmmad4_<NT>: slots of up to 8·NT pairs (moe_slots' cap);
 // qmmae4m2_<NT> / qmmad4m2_<NT>: two 16-row tiles per warp (128 rows per
 // block, as qmma4m2; the gate/up boundary I a multiple of 128).
+// qmmae4m2p2_<NT> / qmmad4m2p2_<NT>: the same with x in two bf16 parts (as
+// qmma4m2p2).
 #define QMMAE_ARGS                                                                                                                     \
   const u64 *table, const int *slots, const float *x, float *gbuf, float *ubuf, int I, int Hd, int K, long long gw, long long gs, \
       long long gb, long long uw, long long us, long long ub
 #define QMMAD_ARGS const u64 *table, const int *slots, const float *hbuf, float *part, int Hd, int I, long long dw, long long ds, long long db
-#define QMMAXV(NT, MT, M)                                                                                                               \
+#define QMMAXV(NT, MT, M, P)                                                                                                            \
   extern "C" __global__ void __launch_bounds__(128) qmmae4##M##_##NT(QMMAE_ARGS) {                                                    \
     pdl_wait();                                                                                                                         \
-    qmmae_body<NT, MT>(table, slots, x, gbuf, ubuf, I, Hd, K, gw, gs, gb, uw, us, ub);                                                 \
+    qmmae_body<NT, MT, P>(table, slots, x, gbuf, ubuf, I, Hd, K, gw, gs, gb, uw, us, ub);                                                 \
   }                                                                                                                                     \
   extern "C" __global__ void __launch_bounds__(128) qmmad4##M##_##NT(QMMAD_ARGS) {                                                    \
     pdl_wait();                                                                                                                         \
-    qmmad_body<NT, MT>(table, slots, hbuf, part, Hd, I, dw, ds, db);                                                                   \
+    qmmad_body<NT, MT, P>(table, slots, hbuf, part, Hd, I, dw, ds, db);                                                                   \
   }
-#define QMMAX(NT) QMMAXV(NT, 1, ) QMMAXV(NT, 2, m2)
+#define QMMAX(NT) QMMAXV(NT, 1, , 3) QMMAXV(NT, 2, m2, 3) QMMAXV(NT, 2, m2p2, 2)
 QMMAX(1)
 QMMAX(2)
 QMMAX(4)

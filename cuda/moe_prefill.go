@@ -47,6 +47,9 @@ func (b *Backend) qmmaExperts(c *expertCache, table uintptr, xt, d *Tensor, ids,
 	} else if mean <= 12 {
 		nt = 2
 	}
+	if v := os.Getenv("FMOE_CUDA_QMMAE_NT"); v == "1" || v == "2" || v == "4" {
+		nt = int(v[0] - '0') // benchmarks: the slot size forced
+	}
 	pids, pw := ids+uintptr(t0*K*4), wts+uintptr(t0*K*4)
 	if err := b.d.launch(b.fn["moe_slots"], grid1(1), [3]int{256, 1, 1}, 2*c.numExperts*4, pids, np, c.numExperts, 8*nt, slots); err != nil {
 		return true, err
@@ -54,7 +57,7 @@ func (b *Backend) qmmaExperts(c *expertCache, table uintptr, xt, d *Tensor, ids,
 	x := xt.p + uintptr(t0*l.Hidden*4)
 	mt, m2 := 1, ""
 	if qmmaeMT() == 2 {
-		mt, m2 = 2, "m2"
+		mt, m2 = 2, "m2"+qmmaPartsSuffix()
 	}
 	if err := b.d.launch(b.fn[fmt.Sprintf("qmmae4%s_%d", m2, nt)], [3]int{2 * l.Intermediate / (64 * mt), np, 1}, [3]int{128, 1, 1}, 0,
 		table, slots, x, gbuf, ubuf, l.Intermediate, l.Hidden, K,

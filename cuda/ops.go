@@ -173,7 +173,7 @@ var QMMASplitK = true
 func (b *Backend) qmma(y uintptr, w *Weight, x uintptr, T int) error {
 	name, rows := "qmma4", 64
 	if qmmaMT() == 2 {
-		name, rows = "qmma4m2", 128
+		name, rows = "qmma4m2"+qmmaPartsSuffix(), 128
 	}
 	gx, gy := cdiv(w.out, rows), cdiv(T, 32)
 	chunks := w.in / 128
@@ -207,6 +207,28 @@ func (b *Backend) qmma(y uintptr, w *Weight, x uintptr, T int) error {
 // 10 in docs/benchmarks.md) T=8 / 32 / 64 took 72 / 75 / 141 µs against
 // qmma4's 92 / 97 / 181.
 var QMMAMT = 2
+
+// QMMAParts is the number of bf16 parts x is split into by the prefill
+// GEMMs of two row tiles per warp (qmma4m2, qmmae4m2, qmmad4m2): 3 (x to
+// 24 significant bits, every product exact, the result within float32
+// rounding of the CUDA-core kernels) or 2 (x to 16 significant bits, a
+// relative error of at most 2⁻¹⁷ per value, a third fewer MMAs);
+// FMOE_CUDA_QMMA_PARTS overrides it. Default 2: on an H200 (397B shapes,
+// resident, 128-token prefill, docs/benchmarks.md round 12) K=4 1516-1530 →
+// 1683-1777 tok/s, K=10 1108-1112 → 1289-1299.
+var QMMAParts = 2
+
+// qmmaPartsSuffix is the kernel name suffix of QMMAParts: "" or "p2".
+func qmmaPartsSuffix() string {
+	p := QMMAParts
+	if v := os.Getenv("FMOE_CUDA_QMMA_PARTS"); v == "2" || v == "3" {
+		p = int(v[0] - '0')
+	}
+	if p == 2 {
+		return "p2"
+	}
+	return ""
+}
 
 func qmmaMT() int {
 	if v := os.Getenv("FMOE_CUDA_QMMA_MT"); v == "1" || v == "2" {
