@@ -440,94 +440,136 @@ extern "C" __global__ void delta_qkg(float* conv, const float* b, const float* a
   }
 }
 
+// cp.async helpers (sm_80+; a plain copy before)
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src) : "memory");
+#else
+  *reinterpret_cast<float4*>(dst) = *reinterpret_cast<const float4*>(src);
+#endif
+}
+__device__ __forceinline__ void cp_async8(void* dst, const void* src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src) : "memory");
+#else
+  *reinterpret_cast<float2*>(dst) = *reinterpret_cast<const float2*>(src);
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_wait1() {  // all but the newest group landed
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group 1;" ::: "memory");
+#endif
+}
+
 // delta_cols: the delta rule for a prompt step, parallel across columns.
 // Column j of a head's state S[KD][VD] evolves on its own (the retrieve
 // Σ_i S[i][j]·k_i and the read Σ_i S[i][j]·q_i need only column j), so the
-// warps walk the tokens side by side with no block barrier. A warp takes 4
-// columns of one head, 8 lanes per column, R = KD/8 rows per lane; the two
-// sums per token are 3 shuffles within the lane's group of 8. q, k (normalised)
-// and the gates come from delta_qkg; the next token's are loaded while the
-// current one is computed, into a second set of registers (no copies). dst gets the read-out before the gated RMSNorm,
-// which couples the columns of a head and runs next (delta_gnorm).
+// warps walk the tokens side by side: a block takes 16 columns of one head,
+// a warp 4 of them, 8 lanes per column, R = KD/8 rows per lane (lane group
+// rg holds rows 32i + 4rg + 0..3, so that its q and k reads from shared
+// memory are 128 contiguous bytes per 8 lanes); the two sums per token are 3
+// shuffles within the lane's group of 8. q, k (normalised) and the gates come
+// from delta_qkg. The block stages TC tokens' q, k, v and gates into shared
+// memory with cp.async while it computes the TC before (two buffers, two
+// barriers per TC tokens): the loads' latency is out of the chain from token
+// to token. dst gets the read-out before the gated RMSNorm, which couples
+// the columns of a head and runs next (delta_gnorm).
 template <int R>
 __device__ __forceinline__ void delta_cols_body(const float* __restrict__ conv, const float2* __restrict__ gates,
                                                 float* __restrict__ state, float* __restrict__ dst, int T, int KH, int VH, int VD) {
-  constexpr int KD = 8 * R;
-  const int lane = threadIdx.x & 31, rg = lane & 7;
-  const int wid = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  const int cpw = VD / 4;  // warps per head
-  const int h = wid / cpw, j = (wid % cpw) * 4 + (lane >> 3);
-  if (h >= VH) return;
+  constexpr int KD = 8 * R, TC = KD >= 256 ? 8 : 16, QS = TC * KD, VS = TC * 16, BUF = 2 * QS + VS + 2 * TC;
+  extern __shared__ float4 delta_sm4[];
+  float* sm = reinterpret_cast<float*>(delta_sm4);
+  const int tid = threadIdx.x, lane = tid & 31, rg = lane & 7;
+  const int bph = VD / 16;  // blocks per head
+  const int h = blockIdx.x / bph, jb = (blockIdx.x % bph) * 16;
+  const int jl = 4 * (tid >> 5) + (lane >> 3), j = jb + jl;
   const int kh = h / (VH / KH);
   const int C = 2 * KH * KD + VH * VD;
   float* Sg = state + (size_t)h * KD * VD;
   float s[R];
 #pragma unroll
-  for (int r = 0; r < R; r++) s[r] = Sg[(size_t)(rg * R + r) * VD + j];
+  for (int i = 0; i < R / 4; i++)
+#pragma unroll
+    for (int c = 0; c < 4; c++) s[4 * i + c] = Sg[(size_t)(32 * i + 4 * rg + c) * VD + j];
   pdl_wait();  // the state is this layer's own; see delta2_body
-  const float* qp = conv + kh * KD + rg * R;
-  const float* kp = conv + KH * KD + kh * KD + rg * R;
-  const float* vp = conv + 2 * KH * KD + h * VD + j;
-  // two register sets, tokens alternating: set A computes token t while
-  // set B's loads (token t+1) are in flight, then the other way round
-  float4 qa[R / 4], ka[R / 4], qb[R / 4], kb[R / 4];
-  float va = 0.f, vb = 0.f;
-  float2 ga = make_float2(0.f, 0.f), gb = ga;
-  auto load = [&](float4(&q)[R / 4], float4(&k)[R / 4], float& v, float2& g, int t) {
-    const size_t o = (size_t)t * C;
-#pragma unroll
-    for (int i = 0; i < R / 4; i++) {
-      q[i] = *reinterpret_cast<const float4*>(qp + o + 4 * i);
-      k[i] = *reinterpret_cast<const float4*>(kp + o + 4 * i);
+  auto stage = [&](int c0, int b) {
+    float* B = sm + b * BUF;
+    const int n = min(TC, T - c0);
+    for (int x = tid; x < n * (KD / 4); x += blockDim.x) {
+      const int t = x / (KD / 4), o = (x % (KD / 4)) * 4;
+      const float* row = conv + (size_t)(c0 + t) * C;
+      cp_async16(B + t * KD + o, row + kh * KD + o);
+      cp_async16(B + QS + t * KD + o, row + KH * KD + kh * KD + o);
     }
-    v = vp[o];
-    g = gates[(size_t)t * VH + h];
+    for (int x = tid; x < n * 4; x += blockDim.x) {
+      const int t = x / 4, o = (x % 4) * 4;
+      cp_async16(B + 2 * QS + t * 16 + o, conv + (size_t)(c0 + t) * C + 2 * KH * KD + h * VD + jb + o);
+    }
+    for (int x = tid; x < n; x += blockDim.x) cp_async8(B + 2 * QS + VS + 2 * x, gates + (size_t)(c0 + x) * VH + h);
+    cp_async_commit();
   };
-  auto el = [](const float4(&a)[R / 4], int r) -> float {
-    const float4 e = a[r >> 2];
-    return (r & 3) == 0 ? e.x : (r & 3) == 1 ? e.y : (r & 3) == 2 ? e.z : e.w;
-  };
-  auto step = [&](const float4(&q)[R / 4], const float4(&k)[R / 4], float v, float2 g, int t) {
-    const float alpha = g.x, beta = g.y;
-    float m0 = 0.f, m1 = 0.f;
+  stage(0, 0);
+  for (int c0 = 0, b = 0; c0 < T; c0 += TC, b ^= 1) {
+    if (c0 + TC < T) stage(c0 + TC, b ^ 1);
+    else cp_async_commit();  // an empty group: wait1 still means chunk c0 has landed
+    cp_async_wait1();
+    __syncthreads();
+    const float* B = sm + b * BUF;
+    const int n = min(TC, T - c0);
+    for (int t = 0; t < n; t++) {
+      float4 q[R / 4], k[R / 4];
 #pragma unroll
-    for (int r = 0; r < R; r += 2) {
-      s[r] *= alpha;
-      s[r + 1] *= alpha;
-      m0 = fmaf(s[r], el(k, r), m0);
-      m1 = fmaf(s[r + 1], el(k, r + 1), m1);
-    }
-    float m = m0 + m1;
-    m += __shfl_xor_sync(0xffffffffu, m, 1);
-    m += __shfl_xor_sync(0xffffffffu, m, 2);
-    m += __shfl_xor_sync(0xffffffffu, m, 4);
-    const float dk = (v - m) * beta;
-    float o0 = 0.f, o1 = 0.f;
+      for (int i = 0; i < R / 4; i++) {
+        q[i] = *reinterpret_cast<const float4*>(B + t * KD + 32 * i + 4 * rg);
+        k[i] = *reinterpret_cast<const float4*>(B + QS + t * KD + 32 * i + 4 * rg);
+      }
+      const float v = B[2 * QS + t * 16 + jl];
+      const float2 g = *reinterpret_cast<const float2*>(B + 2 * QS + VS + 2 * t);
+      const float alpha = g.x, beta = g.y;
+      float m0 = 0.f, m1 = 0.f;
 #pragma unroll
-    for (int r = 0; r < R; r += 2) {
-      s[r] = fmaf(el(k, r), dk, s[r]);
-      s[r + 1] = fmaf(el(k, r + 1), dk, s[r + 1]);
-      o0 = fmaf(s[r], el(q, r), o0);
-      o1 = fmaf(s[r + 1], el(q, r + 1), o1);
+      for (int i = 0; i < R / 4; i++) {
+        s[4 * i] *= alpha; s[4 * i + 1] *= alpha; s[4 * i + 2] *= alpha; s[4 * i + 3] *= alpha;
+        m0 = fmaf(s[4 * i], k[i].x, m0);
+        m1 = fmaf(s[4 * i + 1], k[i].y, m1);
+        m0 = fmaf(s[4 * i + 2], k[i].z, m0);
+        m1 = fmaf(s[4 * i + 3], k[i].w, m1);
+      }
+      float m = m0 + m1;
+      m += __shfl_xor_sync(0xffffffffu, m, 1);
+      m += __shfl_xor_sync(0xffffffffu, m, 2);
+      m += __shfl_xor_sync(0xffffffffu, m, 4);
+      const float dk = (v - m) * beta;
+      float o0 = 0.f, o1 = 0.f;
+#pragma unroll
+      for (int i = 0; i < R / 4; i++) {
+        s[4 * i] = fmaf(k[i].x, dk, s[4 * i]);
+        s[4 * i + 1] = fmaf(k[i].y, dk, s[4 * i + 1]);
+        s[4 * i + 2] = fmaf(k[i].z, dk, s[4 * i + 2]);
+        s[4 * i + 3] = fmaf(k[i].w, dk, s[4 * i + 3]);
+        o0 = fmaf(s[4 * i], q[i].x, o0);
+        o1 = fmaf(s[4 * i + 1], q[i].y, o1);
+        o0 = fmaf(s[4 * i + 2], q[i].z, o0);
+        o1 = fmaf(s[4 * i + 3], q[i].w, o1);
+      }
+      float o = o0 + o1;
+      o += __shfl_xor_sync(0xffffffffu, o, 1);
+      o += __shfl_xor_sync(0xffffffffu, o, 2);
+      o += __shfl_xor_sync(0xffffffffu, o, 4);
+      if (rg == 0) dst[(size_t)(c0 + t) * VH * VD + (size_t)h * VD + j] = o;
     }
-    float o = o0 + o1;
-    o += __shfl_xor_sync(0xffffffffu, o, 1);
-    o += __shfl_xor_sync(0xffffffffu, o, 2);
-    o += __shfl_xor_sync(0xffffffffu, o, 4);
-    if (rg == 0) dst[(size_t)t * VH * VD + (size_t)h * VD + j] = o;
-  };
-  if (T > 0) load(qa, ka, va, ga, 0);
-  if (T > 1) load(qb, kb, vb, gb, 1);
-  for (int t = 0; t < T; t += 2) {
-    step(qa, ka, va, ga, t);
-    if (t + 2 < T) load(qa, ka, va, ga, t + 2);
-    if (t + 1 < T) {
-      step(qb, kb, vb, gb, t + 1);
-      if (t + 3 < T) load(qb, kb, vb, gb, t + 3);
-    }
+    __syncthreads();  // buffer b is read: chunk c0 + 2·TC may land in it
   }
 #pragma unroll
-  for (int r = 0; r < R; r++) Sg[(size_t)(rg * R + r) * VD + j] = s[r];
+  for (int i = 0; i < R / 4; i++)
+#pragma unroll
+    for (int c = 0; c < 4; c++) Sg[(size_t)(32 * i + 4 * rg + c) * VD + j] = s[4 * i + c];
 }
 
 #define DELTAC_ARGS const float *__restrict__ conv, const float2 *__restrict__ gates, float *__restrict__ state, float *__restrict__ dst, int T, int KH, int VH, int VD

@@ -227,7 +227,7 @@ func (b *Backend) DeltaNet(dst, qkv, z, bt, a runtime.Tensor, st runtime.DeltaSt
 			if err := b.d.launch(b.fn["delta_qkg"], grid1(T), [3]int{256, 1, 1}, 0, out, ts[3].p, ts[4].p, dt, al, gates, T, p.KeyHeads, VH, p.KeyDim, VD); err != nil {
 				return err
 			}
-			if err := b.d.launch(b.fn[name], grid1(cdiv(VH*VD/4, 4)), [3]int{128, 1, 1}, 0, out, gates, s.s, ts[0].p, T, p.KeyHeads, VH, VD); err != nil {
+			if err := b.d.launch(b.fn[name], grid1(VH*VD/16), [3]int{128, 1, 1}, deltaColsSmem(p.KeyDim), out, gates, s.s, ts[0].p, T, p.KeyHeads, VH, VD); err != nil {
 				return err
 			}
 			return b.d.launch(b.fn["delta_gnorm"], grid1(cdiv(T*VH, 4)), [3]int{128, 1, 1}, 0, ts[0].p, ts[2].p, nw, T*VH, VD, p.Eps)
@@ -286,10 +286,20 @@ var disableDeltaCols = false
 // keep delta_rule2, whose one block per head is the shorter chain for a token.
 const deltaColsMin = 8
 
+// deltaColsSmem is delta_cols' shared memory for heads of KD rows: two
+// buffers of TC tokens' q, k (KD each), 16 values and the gates.
+func deltaColsSmem(KD int) int {
+	tc := 16
+	if KD >= 256 {
+		tc = 8
+	}
+	return 2 * (2*tc*KD + tc*16 + 2*tc) * 4
+}
+
 // deltaCols names the delta_cols variant for a step of T tokens of KD×VD
 // heads, or "" where the step keeps the one-block-per-head kernels.
 func deltaCols(T, KD, VD int) string {
-	if disableDelta2 || disableDeltaCols || T < deltaColsMin || VD%4 != 0 {
+	if disableDelta2 || disableDeltaCols || T < deltaColsMin || VD%16 != 0 {
 		return ""
 	}
 	switch KD {
