@@ -245,8 +245,11 @@ QMMA4M2(p2, 2)
 // moe_slots groups the pairs p = t·K + k of n tokens by expert: slot s =
 // (expert, count ≤ cap ≤ 32, the pairs in ascending order); an expert with
 // more than cap pairs takes several slots. Layout (ints): [0] = slots, then per
-// slot MOE_SLOT ints. One block; the expert counts in shared memory (E
-// ints). Deterministic: slots in expert order, pairs ascending.
+// slot MOE_SLOT ints. One block: the block counts each expert's pairs in
+// shared memory (E ints), then warp 0 numbers the slots (a scan over the
+// experts, 32 at a time) and places the pairs 32 at a time in order (the
+// lanes of one expert ranked by __match_any_sync), so the result is
+// deterministic: slots in expert order, pairs ascending.
 #define MOE_SLOT 34
 extern "C" __global__ void moe_slots(const int* __restrict__ ids, int np, int E, int cap, int* __restrict__ slots) {
   pdl_wait();
@@ -256,24 +259,47 @@ extern "C" __global__ void moe_slots(const int* __restrict__ ids, int np, int E,
   __syncthreads();
   for (int p = threadIdx.x; p < np; p += blockDim.x) atomicAdd(&cnt[ids[p]], 1);
   __syncthreads();
-  if (threadIdx.x == 0) {
-    int ns = 0;
-    for (int e = 0; e < E; e++) {
-      first[e] = ns;
-      const int c = cnt[e];
-      for (int j = 0; j < c; j += cap) {
-        slots[1 + ns * MOE_SLOT] = e;
-        slots[2 + ns * MOE_SLOT] = min(cap, c - j);
-        ns++;
-      }
+  if (threadIdx.x >= 32) return;
+  const int lane = threadIdx.x;
+  const unsigned full = 0xffffffffu;
+  int base = 0;
+  for (int e0 = 0; e0 < E; e0 += 32) {
+    const int e = e0 + lane;
+    const int c = e < E ? cnt[e] : 0;
+    const int ns = (c + cap - 1) / cap;
+    int incl = ns;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int v = __shfl_up_sync(full, incl, o);
+      if (lane >= o) incl += v;
+    }
+    const int f = base + incl - ns;
+    if (e < E) {
+      first[e] = f;
       cnt[e] = 0;
+      for (int j = 0; j < ns; j++) {
+        slots[1 + (f + j) * MOE_SLOT] = e;
+        slots[2 + (f + j) * MOE_SLOT] = min(cap, c - j * cap);
+      }
     }
-    for (int p = 0; p < np; p++) {
-      const int e = ids[p], j = cnt[e]++;
-      slots[1 + (first[e] + j / cap) * MOE_SLOT + 2 + j % cap] = p;
-    }
-    slots[0] = ns;
+    base += __shfl_sync(full, incl, 31);
   }
+  __syncwarp();
+  for (int p0 = 0; p0 < np; p0 += 32) {
+    const int p = p0 + lane;
+    const int e = p < np ? ids[p] : -1;
+    const unsigned same = __match_any_sync(full, e);
+    const int rank = __popc(same & ((1u << lane) - 1u));
+    const int b = p < np ? cnt[e] : 0;
+    __syncwarp();  // every lane has read its expert's count
+    if (p < np) {
+      const int j = b + rank;
+      slots[1 + (first[e] + j / cap) * MOE_SLOT + 2 + j % cap] = p;
+      if (rank == 0) cnt[e] = b + __popc(same);
+    }
+    __syncwarp();
+  }
+  if (lane == 0) slots[0] = base;
 }
 
 // qmmae4: gate (row tiles below I) and up projections of slot blockIdx.y's
