@@ -165,6 +165,26 @@ extern "C" __global__ void attn_combine(const float* part, const float* qg, floa
 
 // ---- GatedDeltaNet ----
 
+// conv_tap: one output of the causal conv of K ≤ 8 taps, SiLU applied, from
+// the channel's K-1 previous inputs hist (oldest first) and the current one;
+// hist moves on by one.
+__device__ __forceinline__ float conv_tap(const float (&wk)[8], float (&hist)[8], float cur, int K) {
+  float y = 0.f;
+#pragma unroll
+  for (int k = 0; k < 7; k++)
+    if (k < K - 1) y = fmaf(wk[k], hist[k], y);
+#pragma unroll
+  for (int k = 0; k < 8; k++)
+    if (k == K - 1) y = fmaf(wk[k], cur, y);
+#pragma unroll
+  for (int k = 0; k < 7; k++)
+    if (k < K - 2) hist[k] = hist[k + 1];
+#pragma unroll
+  for (int k = 0; k < 8; k++)
+    if (k == K - 2) hist[k] = cur;
+  return silu(y);
+}
+
 // delta_conv: causal depthwise conv + SiLU, one thread per channel, tokens in
 // order. state is [(K-1), C], oldest first; W[c*K + k], tap K-1 = current.
 extern "C" __global__ void delta_conv(const float* qkv, const float* W, float* state, float* out, int T, int C, int K) { pdl_wait();
@@ -176,23 +196,7 @@ extern "C" __global__ void delta_conv(const float* qkv, const float* W, float* s
   float wk[8];
 #pragma unroll
   for (int k = 0; k < 8; k++) wk[k] = k < K ? W[(size_t)c * K + k] : 0.f;
-  for (int t = 0; t < T; t++) {
-    const float cur = qkv[(size_t)t * C + c];
-    float y = 0.f;
-#pragma unroll
-    for (int k = 0; k < 7; k++)
-      if (k < K - 1) y = fmaf(wk[k], hist[k], y);
-#pragma unroll
-    for (int k = 0; k < 8; k++)
-      if (k == K - 1) y = fmaf(wk[k], cur, y);
-    out[(size_t)t * C + c] = silu(y);
-#pragma unroll
-    for (int k = 0; k < 7; k++)
-      if (k < K - 2) hist[k] = hist[k + 1];
-#pragma unroll
-    for (int k = 0; k < 8; k++)
-      if (k == K - 2) hist[k] = cur;
-  }
+  for (int t = 0; t < T; t++) out[(size_t)t * C + c] = conv_tap(wk, hist, qkv[(size_t)t * C + c], K);
 #pragma unroll
   for (int k = 0; k < 8; k++)
     if (k < K - 1) state[(size_t)k * C + c] = hist[k];
@@ -380,28 +384,11 @@ extern "C" __global__ void __launch_bounds__(256) delta_conv_t(const float* __re
         if (k < K - 1) ns[k] = x(T - (K - 1) + k);
     }
     if (t0 < t1) {
-      float hist[7];
+      float hist[8];
 #pragma unroll
-      for (int k = 0; k < 7; k++)
-        if (k < K - 1) hist[k] = x(t0 - (K - 1) + k);
+      for (int k = 0; k < 8; k++) hist[k] = k < K - 1 ? x(t0 - (K - 1) + k) : 0.f;
 #pragma unroll 4
-      for (int t = t0; t < t1; t++) {
-        const float cur = qkv[(size_t)t * C + c];
-        float y = 0.f;
-#pragma unroll
-        for (int k = 0; k < 7; k++)
-          if (k < K - 1) y = fmaf(wk[k], hist[k], y);
-#pragma unroll
-        for (int k = 0; k < 8; k++)
-          if (k == K - 1) y = fmaf(wk[k], cur, y);
-        out[(size_t)t * C + c] = silu(y);
-#pragma unroll
-        for (int k = 0; k < 6; k++)
-          if (k < K - 2) hist[k] = hist[k + 1];
-#pragma unroll
-        for (int k = 0; k < 7; k++)
-          if (k == K - 2) hist[k] = cur;
-      }
+      for (int t = t0; t < t1; t++) out[(size_t)t * C + c] = conv_tap(wk, hist, qkv[(size_t)t * C + c], K);
     }
   }
   __syncthreads();
@@ -464,6 +451,13 @@ __device__ __forceinline__ void cp_async_wait1() {  // all but the newest group 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.wait_group 1;" ::: "memory");
 #endif
+}
+
+// sum8: the sum of v over the lane's aligned group of 8 lanes.
+__device__ __forceinline__ float sum8(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  v += __shfl_xor_sync(0xffffffffu, v, 2);
+  return v + __shfl_xor_sync(0xffffffffu, v, 4);
 }
 
 // delta_cols: the delta rule for a prompt step, parallel across columns.
@@ -541,10 +535,7 @@ __device__ __forceinline__ void delta_cols_body(const float* __restrict__ conv, 
         m0 = fmaf(s[4 * i + 2], k[i].z, m0);
         m1 = fmaf(s[4 * i + 3], k[i].w, m1);
       }
-      float m = m0 + m1;
-      m += __shfl_xor_sync(0xffffffffu, m, 1);
-      m += __shfl_xor_sync(0xffffffffu, m, 2);
-      m += __shfl_xor_sync(0xffffffffu, m, 4);
+      const float m = sum8(m0 + m1);
       const float dk = (v - m) * beta;
       float o0 = 0.f, o1 = 0.f;
 #pragma unroll
@@ -558,10 +549,7 @@ __device__ __forceinline__ void delta_cols_body(const float* __restrict__ conv, 
         o0 = fmaf(s[4 * i + 2], q[i].z, o0);
         o1 = fmaf(s[4 * i + 3], q[i].w, o1);
       }
-      float o = o0 + o1;
-      o += __shfl_xor_sync(0xffffffffu, o, 1);
-      o += __shfl_xor_sync(0xffffffffu, o, 2);
-      o += __shfl_xor_sync(0xffffffffu, o, 4);
+      const float o = sum8(o0 + o1);
       if (rg == 0) dst[(size_t)(c0 + t) * VH * VD + (size_t)h * VD + j] = o;
     }
     __syncthreads();  // buffer b is read: chunk c0 + 2·TC may land in it
