@@ -32,7 +32,7 @@ nproc; free -g | head -2; df -h "$PWD" /tmp | tail -2
 for st in $STAGES; do case $st in
 check)
 	say check: cuda
-	(cd cuda && FMOE_REQUIRE_CUDA=1 "$D/cuda.test" -test.run 'Conformance|MatMulKernels|SmallCacheChunks|MixersLarge|MoELarge|FusedDecode|CachePolicy|QMX|SplitMoE|MergedShared|RouteOverride|Launch' -test.count 1 2>&1 | tail -15) | tee "$OUT/check.txt"
+	(cd cuda && FMOE_REQUIRE_CUDA=1 "$D/cuda.test" -test.run 'Conformance|MatMulKernels|SmallCacheChunks|MixersLarge|MoELarge|MoESlots|FusedDecode|CachePolicy|QMX|SplitMoE|MergedShared|RouteOverride|Launch' -test.count 1 2>&1 | tail -15) | tee "$OUT/check.txt"
 	say check: runtime on cuda
 	(cd runtime && FMOE_BACKEND=cuda "$D/runtime.test" -test.count 1 2>&1 | tail -8) | tee -a "$OUT/check.txt"
 	;;
