@@ -292,8 +292,13 @@ var disableDelta2 = false
 var disableDeltaCols = false
 
 // deltaColsMin is the smallest step that runs on delta_cols: decode steps
-// keep delta_rule2, whose one block per head is the shorter chain for a token.
+// keep delta_rule2 (one launch, one block per head, inside the decode
+// graphs); where the two meet between 1 and 8 tokens was not measured.
 const deltaColsMin = 8
+
+// delta_cols variants: KD = 32 (delta_cols_4, TestConformance's DeltaNet at
+// 9 tokens) and 128 (delta_cols_16, TestMixersLarge) run in the tests; 64
+// and 256 are compiled but not exercised by a test.
 
 // deltaColsSmem is delta_cols' shared memory for heads of KD rows: two
 // buffers of TC tokens' q, k (KD each), 16 values and the gates.
