@@ -352,13 +352,212 @@ __device__ __forceinline__ void qmxi_body(const long long* __restrict__ D) {
   probe_exit(pc);
 }
 
+// ---- qmxis: qmxi with the weights streamed into shared memory ----
+//
+// The same tiles, dot products and epilogues as qmxi, but each block keeps S
+// tiles in flight through the Hopper bulk-copy engine (cp.async.bulk, one
+// mbarrier per stage) instead of one tile in registers: few loads in flight
+// per SM was what held qmxi's streaming rate (round 11's ncu: 0.63 eligible
+// warps per scheduler, 1.1-1.6 TB/s in the out and input projections).
+// Stage layout: the 16 MMA rows' codes (in/2 bytes a row), then their
+// scales and their biases (in/32 bytes a row); lanes 0-2 of warp 0 (0-5 with
+// swiglu: gate rows, up rows) copy each part of the tile in one piece (few
+// large copies: the copy engine's cost is per copy), lane 0 arms the barrier
+// with the tile's bytes. Tiles are static (block b: b, b + grid, …): the
+// next S are known ahead. Extra descriptor word 23: the stages' byte offset
+// in dynamic shared memory (low 32 bits, 128-aligned) and S (bits 32-47);
+// the host sets the first P of each block's tiles in flight before
+// pdl_wait (word 23 bits 48+: P; the weights are static).
+// Needs sm_90 and PTX 8.0 (NVRTC 12): built empty (a trap) otherwise, and
+// the host never picks it there.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDACC_VER_MAJOR__) && __CUDACC_VER_MAJOR__ >= 12
+#define FMOE_BULK 1
+__device__ __forceinline__ u32 sm_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void mbar_init(u64* b, u32 n) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(sm_addr(b)), "r"(n) : "memory");
+}
+__device__ __forceinline__ void mbar_expect(u64* b, u32 bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(sm_addr(b)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(u64* b, u32 parity) {
+  u32 ok = 0;
+  while (!ok)
+    asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                 : "=r"(ok)
+                 : "r"(sm_addr(b)), "r"(parity)
+                 : "memory");
+}
+__device__ __forceinline__ void bulk_g2s(void* dst, const void* src, u32 bytes, u64* b) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(sm_addr(dst)), "l"(src), "r"(bytes),
+               "r"(sm_addr(b))
+               : "memory");
+}
+
+// qmxis_issue (warp 0): tile t's rows into stage st, completing on bar:
+// one copy each of the codes, scales and biases of the tile's rows (those
+// of gate and of up with swiglu), only the rows that exist (the clamped
+// rows of a last tile read stale stage bytes; their results are dropped).
+__device__ __forceinline__ void qmxis_issue(const long long* __restrict__ D, int t, char* st, u64* bar, int in, int lane) {
+  const int cb = in / 2, sb = in / 32;
+  const bool sw = (int)D[3] & 2;
+  const long long* I;
+  int r0, n;
+  if (sw) {
+    I = D + QB_ITEM + (lane >= 3 ? QB_STRIDE : 0);
+    r0 = t * 8;
+    n = min(8, (int)I[7] - r0);
+  } else {
+    const int ni = (int)D[0];
+    int it = 0;
+    for (int i = 1; i < ni; i++)
+      if ((int)D[QB_ITEM + QB_STRIDE * i + 8] <= t) it = i;
+    I = D + QB_ITEM + QB_STRIDE * it;
+    r0 = (t - (int)I[8]) * 16;
+    n = min(16, (int)I[7] - r0);
+  }
+  if (lane == 0) mbar_expect(bar, (u32)(n * (cb + 2 * sb) * (sw ? 2 : 1)));
+  __syncwarp();
+  if (lane < (sw ? 6 : 3)) {
+    const int part = lane % 3, row = lane >= 3 ? 8 : 0;
+    const int rb = part == 0 ? cb : sb;
+    char* dst = st + (part == 0 ? row * cb : 16 * cb + (part - 1) * 16 * sb + row * sb);
+    bulk_g2s(dst, (const char*)I[part] + (size_t)r0 * rb, (u32)(n * rb), bar);
+  }
+}
+
+// lds_words: ld_words from shared memory (__ldg is for global memory only).
+template <int N>
+__device__ __forceinline__ void lds_words(const char* p, u32 (&d)[N]) {
+  if constexpr (N % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < N; i += 4) {
+      const uint4 v = reinterpret_cast<const uint4*>(p)[i / 4];
+      d[i] = v.x; d[i + 1] = v.y; d[i + 2] = v.z; d[i + 3] = v.w;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; i += 2) {
+      const uint2 v = reinterpret_cast<const uint2*>(p)[i / 2];
+      d[i] = v.x; d[i + 1] = v.y;
+    }
+  }
+}
+
+// qmxis_lds: this lane's part of a staged tile in qmxi_load's 16-byte pair
+// layout (qmxi_pair; x's parts in the matching order). Rows g and g+1 share
+// an 8-lane phase of the 16-byte loads and sit at the same banks (a row is
+// in/2 bytes), so odd rows load their group pairs in the order 1, 0, 3, 2,
+// … (64 bytes apart: the other 16 banks) and swap them back in registers.
+template <int GW>
+__device__ __forceinline__ void qmxis_lds(const char* st, int in, int g, int t4, int g0, QmxiTile<GW>& T) {
+  const int cb = in / 2, sb = in / 32, odd = g & 1;
+  const uint4* ca = reinterpret_cast<const uint4*>(st + g * cb + g0 * 32) + t4;
+  const uint4* cc = reinterpret_cast<const uint4*>(st + (g + 8) * cb + g0 * 32) + t4;
+  uint4 va[GW / 2], vb[GW / 2];
+#pragma unroll
+  for (int j = 0; j < GW / 2; j++) {
+    va[j] = ca[4 * (j ^ odd)];
+    vb[j] = cc[4 * (j ^ odd)];
+  }
+#pragma unroll
+  for (int j = 0; j < GW / 2; j++) {
+    const uint4 a = odd ? va[j ^ 1] : va[j], b = odd ? vb[j ^ 1] : vb[j];
+    qmxi_pair(a, t4, T.qa[2 * j], T.qa[2 * j + 1]);
+    qmxi_pair(b, t4, T.qb[2 * j], T.qb[2 * j + 1]);
+  }
+  const char* s = st + 16 * cb + g * sb + g0 * 2;
+  lds_words<GW / 2>(s, T.sa);
+  lds_words<GW / 2>(s + 8 * sb, T.sb);
+  lds_words<GW / 2>(s + 16 * sb, T.ba);
+  lds_words<GW / 2>(s + 24 * sb, T.bb);
+}
+#endif
+
+template <int NW, int GW>
+__device__ __forceinline__ void qmxis_body(const long long* __restrict__ D) {
+#ifdef FMOE_BULK
+  extern __shared__ float qss[];  // parts, Σx, top-K, then the stages
+  __shared__ float red[2][NW][16];
+  __shared__ float sh[32];
+  __shared__ int last;
+  __shared__ u64 bars[8];
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g = lane >> 2, t4 = lane & 3;
+  const long long t00 = clock64();
+  const int in = (int)D[1], ntiles = (int)D[20], g0 = w * GW, mode = (int)D[3];
+  const int pc = (mode & 8) ? 1 : (mode & 2) ? 2 : (mode & 1) ? 3 : 4;
+  const unsigned long long w23 = (unsigned long long)D[23];
+  const int S = (int)((w23 >> 32) & 0xffff), P = (int)(w23 >> 48);
+  char* stages = reinterpret_cast<char*>(qss) + (u32)w23;
+  const int sbytes = 16 * (in / 2 + in / 16);
+  if (tid == 0) {
+    for (int s = 0; s < S; s++) mbar_init(&bars[s], 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+  const int G = gridDim.x;
+  if (w == 0)
+    for (int s = 0; s < P; s++)
+      if ((int)blockIdx.x + s * G < ntiles) qmxis_issue(D, blockIdx.x + s * G, stages + s * sbytes, &bars[s], in, lane);
+  const int ovid = qmx_ovid(D);
+  constexpr int XW = GW / 4;
+  float4 gv[XW][2];
+  if (mode & 1) {
+    const float4* nw = reinterpret_cast<const float4*>((const float*)D[6]);
+#pragma unroll
+    for (int k = 0; k < XW; k++) {
+      gv[k][0] = __ldg(nw + 2 * (tid + k * 32 * NW));
+      gv[k][1] = __ldg(nw + 2 * (tid + k * 32 * NW) + 1);
+    }
+  }
+  pdl_wait();
+  probe(t00, pc, 0);
+  if (w == 0)
+    for (int s = P; s < S; s++)
+      if ((int)blockIdx.x + s * G < ntiles) qmxis_issue(D, blockIdx.x + s * G, stages + s * sbytes, &bars[s], in, lane);
+  uint2* xq = reinterpret_cast<uint2*>(qss);
+  float* xsum = qss + in;
+  float cw0, cw1;
+  qmxi_prologue<XW>(D, xq, xsum, sh, t4, true, gv, cw0, cw1);
+  probe(t00, pc, 1);
+  const float gam = qmx_gamma<4>(D, sh);
+  probe(t00, pc, 2);
+  int k = 0;
+  for (int t = blockIdx.x; t < ntiles; t += G, k++) {
+    const int s = k % S, buf = k & 1;
+    char* st = stages + s * sbytes;
+    mbar_wait(&bars[s], (u32)(k / S) & 1u);
+    QmxiTile<GW> A;
+    qmxis_lds<GW>(st, in, g, t4, g0, A);
+    float va, vb;
+    qmxi_dot<GW>(A, xq, xsum, g, t4, g0, cw0, cw1, va, vb);
+    if (t4 == 0) {
+      red[buf][w][g] = va;
+      red[buf][w][g + 8] = vb;
+    }
+    __syncthreads();  // every lane has read stage s: it may be refilled
+    const int tn = t + S * G;
+    if (w == 0 && tn < ntiles) qmxis_issue(D, tn, st, &bars[s], in, lane);
+    qmx_store<16, 1, NW>(D, t, red[buf], gam);
+    if (t == (int)blockIdx.x) probe(t00, pc, 3);
+  }
+  probe(t00, pc, 4);
+  if (mode & 8) qmx_topk(D, xsum + in / 64, &last, ovid);
+  probe(t00, pc, 5);
+  probe_exit(pc);
+#else
+  __trap();
+#endif
+}
+
 // qmxi4_<NW>_<GW><c?><p|n>: NW warps, GW groups per warp (in = 64·NW·GW),
-// c = 16-byte loads of group pairs (qmxi_pair), p = next tile prefetched.
+// c = 16-byte loads of group pairs (qmxi_pair), p = next tile prefetched;
+// qmxi4_<NW>_<GW>s: qmxis (weights staged in shared memory).
 #define QMXI(NW, GW)                                                                                                                    \
   extern "C" __global__ void __launch_bounds__(32 * NW) qmxi4_##NW##_##GW##p(const long long* D) { qmxi_body<NW, GW, true, false>(D); }  \
   extern "C" __global__ void __launch_bounds__(32 * NW) qmxi4_##NW##_##GW##n(const long long* D) { qmxi_body<NW, GW, false, false>(D); } \
   extern "C" __global__ void __launch_bounds__(32 * NW) qmxi4_##NW##_##GW##cp(const long long* D) { qmxi_body<NW, GW, true, true>(D); }  \
-  extern "C" __global__ void __launch_bounds__(32 * NW) qmxi4_##NW##_##GW##cn(const long long* D) { qmxi_body<NW, GW, false, true>(D); }
+  extern "C" __global__ void __launch_bounds__(32 * NW) qmxi4_##NW##_##GW##cn(const long long* D) { qmxi_body<NW, GW, false, true>(D); } \
+  extern "C" __global__ void __launch_bounds__(32 * NW, 1) qmxi4_##NW##_##GW##s(const long long* D) { qmxis_body<NW, GW>(D); }
 QMXI(8, 8)
 QMXI(16, 8)
 QMXI(8, 16)
