@@ -182,22 +182,6 @@ func (d *device) setMaxDynamicShared(f uintptr, bytes int) error {
 	return check(call(d.l.drv.cuFuncSetAttribute, f, funcAttrMaxDynamicShared, uintptr(bytes)), "cuFuncSetAttribute")
 }
 
-// setMaxDynamicSharedOnce is setMaxDynamicShared remembering the largest
-// size set per function (worker only).
-func (d *device) setMaxDynamicSharedOnce(f uintptr, bytes int) error {
-	if d.dynSmem[f] >= bytes {
-		return nil
-	}
-	if err := d.setMaxDynamicShared(f, bytes); err != nil {
-		return err
-	}
-	if d.dynSmem == nil {
-		d.dynSmem = map[uintptr]int{}
-	}
-	d.dynSmem[f] = bytes
-	return nil
-}
-
 // karg is one kernel argument: device pointers (uintptr), int, int64 or float32.
 type karg = any
 

@@ -90,7 +90,7 @@ func TestQMXNamesBuilt(t *testing.T) {
 		}
 	}
 	for _, m := range regexp.MustCompile(`(?m)^QMXI\((\d+), (\d+)\)$`).FindAllStringSubmatch(kernelsMXI, -1) {
-		for _, v := range []string{"p", "n", "cp", "cn", "s"} {
+		for _, v := range []string{"p", "n", "cp", "cn"} {
 			built["qmxi4_"+m[1]+"_"+m[2]+v] = true
 		}
 	}

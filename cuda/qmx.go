@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"unsafe"
 )
@@ -93,14 +92,6 @@ func envChoice(name, on, off string, def bool) bool {
 		return true
 	case off:
 		return false
-	}
-	return def
-}
-
-// envInt reads an integer setting, def when unset or not an integer.
-func envInt(name string, def int) int {
-	if v, err := strconv.Atoi(os.Getenv(name)); err == nil {
-		return v
 	}
 	return def
 }
@@ -249,7 +240,7 @@ func qmxKernelNames() []string {
 		}
 	}
 	for _, s := range qmxiShapes {
-		for _, pf := range []string{"p", "n", "cp", "cn", "s"} {
+		for _, pf := range []string{"p", "n", "cp", "cn"} {
 			names = append(names, fmt.Sprintf("qmxi4_%d_%d%s", s[0], s[1], pf))
 		}
 	}
@@ -416,49 +407,10 @@ func qmxiVariant() string {
 		return ""
 	case "1":
 		return "p"
-	case "p", "n", "cp", "cn", "s":
+	case "p", "n", "cp", "cn":
 		return v
 	}
 	return ""
-}
-
-// QMXIStages is the most tiles each block of qmxis (the "s" variant of QMXI:
-// weights streamed into shared memory by the bulk-copy engine) keeps in
-// flight, fewer when shared memory runs out; QMXIPre of them are set in
-// flight before the block waits for the kernel before it (the weights are
-// static). FMOE_CUDA_QMXI_STAGES and FMOE_CUDA_QMXI_PRE override them.
-var QMXIStages, QMXIPre = 4, 1
-
-// qmxisOK tells whether this device and NVRTC build qmxis (sm_90, NVRTC 12+).
-func (b *Backend) qmxisOK() bool {
-	if b.d.ccMajor < 9 {
-		return false
-	}
-	maj, _, err := b.d.nvrtcVersion()
-	return err == nil && maj >= 12
-}
-
-// qmxisStages sets D's word 23 for qmxis (the stages' offset after smem
-// bytes of dynamic shared memory, their number, how many go before the
-// wait) and returns the dynamic shared memory in all; 0 when not even two
-// stages fit or the weights are not 16-byte aligned (then qmxi "p" runs).
-func (b *Backend) qmxisStages(bt *fBatch, D *[qbWords]uint64, smem int) int {
-	in := bt.items[0].w.in
-	for _, it := range bt.items {
-		if it.w.w%16 != 0 || it.w.s%16 != 0 || it.w.z%16 != 0 {
-			return 0
-		}
-	}
-	off := (smem + 127) &^ 127
-	stage := 16 * (in/2 + in/16) // codes, scales and biases of 16 rows
-	const static = 4 << 10 // qmxis_body's own shared arrays, with room
-	S := min(envInt("FMOE_CUDA_QMXI_STAGES", QMXIStages), 8, (b.d.smemOpt-static-off)/stage)
-	if S < 2 {
-		return 0
-	}
-	P := min(max(envInt("FMOE_CUDA_QMXI_PRE", QMXIPre), 0), S)
-	D[23] = uint64(off) | uint64(S)<<32 | uint64(P)<<48
-	return off + S*stage
 }
 
 // qmxiPlan returns qmxi's warps and groups per warp for rows of in columns.
@@ -500,18 +452,6 @@ func (b *Backend) qmxiLaunch(bt *fBatch, D *[qbWords]uint64, smem int) (bool, er
 			return true, err
 		}
 		D[22] = uint64(ctr)
-	}
-	if v == "s" {
-		if n := b.qmxisStages(bt, D, smem); n > 0 && b.qmxisOK() {
-			name := fmt.Sprintf("qmxi4_%d_%ds", nw, gw)
-			if n > 48<<10 {
-				if err := b.d.setMaxDynamicSharedOnce(b.fn[name], n); err != nil {
-					return true, err
-				}
-			}
-			return true, b.qmxPersistent(D, name, 32*nw, n, tiles)
-		}
-		D[23], v = 0, "p"
 	}
 	return true, b.qmxPersistent(D, fmt.Sprintf("qmxi4_%d_%d%s", nw, gw, v), 32*nw, smem, tiles)
 }
