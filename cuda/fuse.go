@@ -62,12 +62,6 @@ type fuser struct {
 	moe    *pendMoE // a one-token MoE waiting for its shared expert (fuse_moe.go)
 	merged int64    // MoE launches merged with their shared expert
 	descs  map[[qbWords]uint64]uintptr
-	// flagged: the last top-K launch publishes its routing through a flag
-	// (qmx or qmxi ran it); early: the descriptor of the early-start qmxe
-	// that must consume it (moe.go, qmxGateUp)
-	flagged bool
-	early   uintptr
-	earlies int64 // early-start expert launches (tests)
 }
 
 const (
@@ -264,7 +258,6 @@ func (b *Backend) fuseAddBatch(d, x *Tensor) bool {
 type topk struct {
 	E, K         int
 	ids, wts, ov uintptr
-	flag         uintptr // set to 1 after the routing is written (an early qmxe waits for it)
 }
 
 // launchBatch (worker only) launches a qmvb batch (tk: router top-K).
@@ -301,9 +294,8 @@ func (b *Backend) launchBatch(bt *fBatch, tk *topk) error {
 		if err != nil {
 			return err
 		}
-		D[14], D[15], D[16], D[17], D[18], D[21], D[23] = uint64(tk.E), uint64(tk.K), uint64(tk.ids), uint64(tk.wts), uint64(ctr), uint64(tk.ov), uint64(tk.flag)
+		D[14], D[15], D[16], D[17], D[18], D[21] = uint64(tk.E), uint64(tk.K), uint64(tk.ids), uint64(tk.wts), uint64(ctr), uint64(tk.ov)
 	}
-	b.fz.flagged = false
 	smem := 0
 	if tk != nil {
 		smem = tk.E * 4
@@ -324,7 +316,6 @@ func (b *Backend) launchBatch(bt *fBatch, tk *topk) error {
 		D[o+7] = uint64(it.w.out)
 	}
 	if ok, err := b.qmxLaunch(bt, &D, smem); ok || err != nil {
-		b.fz.flagged = err == nil && tk != nil && tk.flag != 0 // qmx_topk sets it; qmvb below does not
 		return err
 	}
 	rowsPer := 8

@@ -177,11 +177,9 @@ func TestFusedDecode(t *testing.T) {
 	cb := cpu.New()
 	want := fs.run(cb)
 	cb.Close()
-	defer func(v string, r bool, m int, x, xi string, ee bool) {
-		QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX, QMXI, QMXEEarly = v, r, m, x, xi, ee
-	}(QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX, QMXI, QMXEEarly)
-	t.Setenv("FMOE_CUDA_QMXE_EARLY", "") // QMXEEarly below decides
-	os.Unsetenv("FMOE_CUDA_QMXE_EARLY")
+	defer func(v string, r bool, m int, x, xi string) {
+		QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX, QMXI = v, r, m, x, xi
+	}(QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX, QMXI)
 	v0, r0, m0 := QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin
 	t.Setenv("FMOE_CUDA_QMX", "") // QMX below decides
 	os.Unsetenv("FMOE_CUDA_QMX")
@@ -189,8 +187,8 @@ func TestFusedDecode(t *testing.T) {
 	os.Unsetenv("FMOE_CUDA_QMXI")
 	only := os.Getenv("FMOE_TEST_FUSED_CONFIGS") // e.g. "0,2": run only these (repeated runs of one)
 	for i, opts := range []Options{{}, {NoFusion: true}, {NoGraphs: true}, {NoGraphs: true}, {MaskDequant: true}, {MaskDequant: true},
-		{}, {NoGraphs: true}, {}, {}, {}, {NoGraphs: true}, {}, {}} {
-		QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX, QMXI, QMXEEarly = v0, r0, m0, "", "", true
+		{}, {NoGraphs: true}, {}, {}, {}, {NoGraphs: true}, {}} {
+		QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX, QMXI = v0, r0, m0, "", ""
 		switch i {
 		case 3:
 			QMVBVariant = "o" // the fused kernel capped at 96 registers
@@ -208,17 +206,12 @@ func TestFusedDecode(t *testing.T) {
 			QMX, QMXI = "8p", "cn"
 		case 12:
 			QMX, QMXI = "8p", "cp"
-		case 13:
-			QMX, QMXI, QMXEEarly = "8p", "p", false // as 10, with qmxe after the router instead of with it
 		}
 		if only != "" && !slices.Contains(strings.Split(only, ","), strconv.Itoa(i)) {
 			continue
 		}
 		g := openOrSkip(t, opts)
 		got := fs.run(g)
-		if early := g.fz.earlies; (i == 10) != (early > 0) && (i == 10 || i == 13) {
-			t.Errorf("config %d: %d early-start expert launches", i, early)
-		}
 		g.Close()
 		fs.logOutputs(t, i, got, want)
 		fs.check(t, fmt.Sprintf("%+v (qmvb variant %q, warp rows %v from %d, qmx %q, qmxi %q)", opts, QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX, QMXI), got, want, 1e-4)

@@ -79,31 +79,11 @@ __device__ __forceinline__ void probe_exit(int cls) {
 #endif
 }
 
-__device__ __forceinline__ void trace_mark();
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
-  trace_mark();
-}
-
-// pdl_launch, pdl_sync: the two halves of pdl_wait for a kernel that
-// starts before the previous one ends and waits for it only at its end
-// (qmxe's early start: it synchronizes with the router through a flag).
-__device__ __forceinline__ void pdl_launch() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_sync() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-// trace_mark: with FMOE_CUDA_TRACE, thread 0 of block 0 appends the time.
-__device__ __forceinline__ void trace_mark() {
   if ((blockIdx.x | blockIdx.y | blockIdx.z | threadIdx.x | threadIdx.y | threadIdx.z) == 0) {
     unsigned long long* tr = fmoe_trace;
     if (tr != nullptr) {

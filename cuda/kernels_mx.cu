@@ -120,9 +120,7 @@ __device__ __forceinline__ void qmx_prep(float (&xv)[CPT][4 * (32 / BITS)], floa
 }
 
 // qmx_xload: this thread's slice of row x (its CPT chunks of CW columns).
-// CG: through L2 only (a row written by a kernel that may have ended after
-// this one started).
-template <int BITS, int TPR, int CPT, bool CG = false>
+template <int BITS, int TPR, int CPT>
 __device__ __forceinline__ void qmx_xload(const float* __restrict__ x, int ct, float (&xv)[CPT][4 * (32 / BITS)]) {
   constexpr int CW = 4 * (32 / BITS);
 #pragma unroll
@@ -130,8 +128,7 @@ __device__ __forceinline__ void qmx_xload(const float* __restrict__ x, int ct, f
     const int col0 = (ct + cc * TPR) * CW;
 #pragma unroll
     for (int k = 0; k < CW; k += 4) {
-      const float4* xp = reinterpret_cast<const float4*>(x + col0 + k);
-      const float4 f = CG ? __ldcg(xp) : __ldg(xp);
+      const float4 f = __ldg(reinterpret_cast<const float4*>(x + col0 + k));
       xv[cc][k] = f.x; xv[cc][k + 1] = f.y; xv[cc][k + 2] = f.z; xv[cc][k + 3] = f.w;
     }
   }
@@ -202,7 +199,7 @@ __device__ __forceinline__ float qmx_gamma(const long long* __restrict__ D, floa
 // qmx_prologue: this thread's slice of x in dot form (normed first with mode
 // norm: block 0 writes the normed row for later readers), and the returned
 // γ of the shared expert's gate (mode gate; 0 without).
-template <int BITS, int TPR, int CPT, bool CG = false>
+template <int BITS, int TPR, int CPT>
 __device__ __forceinline__ float qmx_prologue(const long long* __restrict__ D, int ct, int sub, float (&xv)[CPT][4 * (32 / BITS)],
                                               float (&sx)[CPT], float* sh) {
   constexpr int CW = 4 * (32 / BITS), NT = qnt(TPR), RPB = NT / TPR;
@@ -210,7 +207,7 @@ __device__ __forceinline__ float qmx_prologue(const long long* __restrict__ D, i
   const float* x = (const float*)D[QB_ITEM + 3];
   const float* nw = (mode & 1) ? (const float*)D[6] : nullptr;
   float ss = 0.f;
-  qmx_xload<BITS, TPR, CPT, CG>(x, ct, xv);
+  qmx_xload<BITS, TPR, CPT>(x, ct, xv);
   if (mode & 1) {
 #pragma unroll
     for (int cc = 0; cc < CPT; cc++) {
@@ -297,11 +294,6 @@ __device__ __forceinline__ void qmx_topk(const long long* __restrict__ D, float*
       topk_warp((const float*)D[QB_ITEM + 4], (int)D[14], (int)D[15], (int*)D[16], (float*)D[17], sl);
       __syncwarp();
       if (D[21] && tid < (int)D[15]) ((int*)D[16])[tid] = ovid;
-      if (D[23]) {  // an early qmxe waits for the routing (qmxe_ready)
-        __threadfence();
-        __syncwarp();
-        if (tid == 0) atomicExch((unsigned*)D[23], 1u);
-      }
     }
     if (tid == 0) *(unsigned*)D[18] = 0u;
   }
@@ -425,65 +417,9 @@ __device__ __forceinline__ float qmx_gate_logit(const long long* __restrict__ SH
   return block_sum(a[0], sh);
 }
 
-// qmxe_ids: the routed experts' pointers (threads k < K) into ep.
-__device__ __forceinline__ void qmxe_ids(const QmxMoE& m, const char* (*ep)[QMX_MAXK + 1], int t0, int K, bool cg) {
-  const int tid = threadIdx.x;
-  if (tid < K) {
-    const int id = cg ? __ldcg(m.ids + t0 * K + tid) : m.ids[t0 * K + tid];
-    const char* e = reinterpret_cast<const char*>(m.table[id]);
-    ep[0][tid] = e + m.w0; ep[1][tid] = e + m.s0; ep[2][tid] = e + m.b0;
-    ep[3][tid] = e + m.w1; ep[4][tid] = e + m.s1; ep[5][tid] = e + m.b1;
-  }
-}
-
-// qmxe_ready (early start): waits until the router's last block has
-// published the routing (flag EP[23], set after the ids and weights and
-// after every router block's writes, qmx_topk), then stages the routed
-// experts' pointers. The block that passes last resets the flag and its
-// counter (EP[22]) for the next layer's router, which cannot publish before
-// this launch has ended.
-__device__ __forceinline__ void qmxe_ready(const long long* __restrict__ EP, const QmxMoE& m, const char* (*ep)[QMX_MAXK + 1], int t0, int K) {
-  const int tid = threadIdx.x;
-  if (tid == 0) {
-    const unsigned* flag = (const unsigned*)EP[23];
-    const unsigned ns = (unsigned)EP[2];  // the pause between polls
-    unsigned v;
-    for (long long n = 0;; n++) {
-      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");
-      if (v != 0u) break;
-      if (n > (1ll << 24)) __trap();  // seconds: a launch without its router (a bug) fails instead of hanging
-      __nanosleep(ns);
-    }
-  }
-  __syncthreads();
-  qmxe_ids(m, ep, t0, K, true);
-  if (tid == 0 && atomicAdd((unsigned*)EP[22], 1u) == gridDim.x - 1) {
-    *(unsigned*)EP[22] = 0u;
-    atomicExch((unsigned*)EP[23], 0u);
-  }
-  trace_mark();
-  __syncthreads();
-}
-
-// qmxe_gate: the shared expert's gate logit (SH), by the last block, after
-// the router's normed row x is visible.
-__device__ __forceinline__ void qmxe_gate(const long long* __restrict__ SH, const float* __restrict__ x, int Hd, float* sh) {
-  if (SH == nullptr || blockIdx.x != gridDim.x - 1) return;
-  const float g = qmx_gate_logit(SH, x, Hd, sh);
-  if (threadIdx.x == 0) ((float*)SH[17])[0] = g;
-}
-
-// qmxe_body: with EP (the early start, fuse.go) the launch does not wait for
-// the router: it lets its own dependents launch, normalizes the MoE input
-// itself from the row the router normalizes (EP is a qmx descriptor of that
-// norm: words 1, 3, 4, 6 and QB_ITEM + 3, and the flag and counter of
-// qmxe_ready in words 23 and 22), runs the shared expert's tiles, and waits
-// for the routing only before its first routed tile; it waits for the
-// router's grid at its end (pdl_sync), so that the kernels after it see the
-// router's writes as with pdl_wait.
 template <int BITS, int TPR, int CPT, int U>
 __device__ __forceinline__ void qmxe_body(QmxMoE m, const float* __restrict__ x, float* hbuf, int I, int Hd, int group, int K, int t0,
-                                          const long long* __restrict__ SH, const long long* __restrict__ EP) {
+                                          const long long* __restrict__ SH) {
   constexpr int CW = 4 * (32 / BITS), RPB = 128 / TPR, NW = TPR / 32;
   __shared__ const char* ep[6][QMX_MAXK + 1];
   __shared__ float red[2][4][U];
@@ -506,36 +442,28 @@ __device__ __forceinline__ void qmxe_body(QmxMoE m, const float* __restrict__ x,
     __syncthreads();
     if (pre) qmxe_load<BITS, TPR, CPT, U>(ep, t, tpe, I, sub, ct, wpr, gpr, group, K, KK, A);
   }
+  pdl_wait();  // the ids come from the router
+  probe(t00, 5, 0);
+  // x's loads go out first: they need no table lookup (ids, then table)
   float xv[CPT][CW], sx[CPT];
-  bool ready = EP == nullptr;
-  if (ready) {
-    pdl_wait();  // the ids come from the router
-    probe(t00, 5, 0);
-    // x's loads go out first: they need no table lookup (ids, then table)
-    qmx_xload<BITS, TPR, CPT>(x + (size_t)t0 * Hd, ct, xv);
-    qmxe_ids(m, ep, t0, K, false);
-    __syncthreads();
-    if (!pre && t < ntiles) qmxe_load<BITS, TPR, CPT, U>(ep, t, tpe, I, sub, ct, wpr, gpr, group, K, KK, A);
-    qmx_prep<BITS, CPT>(xv, sx);
-  } else {
-    pdl_launch();
-    probe(t00, 5, 0);
-    qmx_prologue<BITS, TPR, CPT, true>(EP, ct, sub, xv, sx, sh);  // t0 = 0: one token
-    if (!pre && t < ntiles) {
-      qmxe_ready(EP, m, ep, t0, K);
-      qmxe_gate(SH, x + (size_t)t0 * Hd, Hd, sh);
-      ready = true;
-      qmxe_load<BITS, TPR, CPT, U>(ep, t, tpe, I, sub, ct, wpr, gpr, group, K, KK, A);
-    }
+  qmx_xload<BITS, TPR, CPT>(x + (size_t)t0 * Hd, ct, xv);
+  if (tid < K) {
+    const char* e = reinterpret_cast<const char*>(m.table[m.ids[t0 * K + tid]]);
+    ep[0][tid] = e + m.w0; ep[1][tid] = e + m.s0; ep[2][tid] = e + m.b0;
+    ep[3][tid] = e + m.w1; ep[4][tid] = e + m.s1; ep[5][tid] = e + m.b1;
   }
-  if (EP == nullptr) qmxe_gate(SH, x + (size_t)t0 * Hd, Hd, sh);  // early: after qmxe_ready
+  __syncthreads();
+  if (!pre && t < ntiles) qmxe_load<BITS, TPR, CPT, U>(ep, t, tpe, I, sub, ct, wpr, gpr, group, K, KK, A);
+  qmx_prep<BITS, CPT>(xv, sx);
+  if (SH != nullptr && blockIdx.x == gridDim.x - 1) {  // the shared expert's gate logit, one block
+    const float g = qmx_gate_logit(SH, x + (size_t)t0 * Hd, Hd, sh);
+    if (tid == 0) ((float*)SH[17])[0] = g;
+  }
   probe(t00, 5, 1);
   for (int buf = 0; t < ntiles; t += gridDim.x, buf ^= 1) {
     QmxTile<BITS, TPR, CPT, U> Bt;
     const int tn = t + gridDim.x;
-    // early start: a routed next tile waits for the routing after this one
-    const bool wait = !ready && tn < ntiles && qmxe_expert(tn, tpe, K, KK) < K;
-    if (!wait && tn < ntiles) qmxe_load<BITS, TPR, CPT, U>(ep, tn, tpe, I, sub, ct, wpr, gpr, group, K, KK, Bt);
+    if (tn < ntiles) qmxe_load<BITS, TPR, CPT, U>(ep, tn, tpe, I, sub, ct, wpr, gpr, group, K, KK, Bt);
     float acc[U];
     qmx_dot<BITS, TPR, CPT, U>(A, xv, sx, acc);
     qmx_warps<U>(acc, red[buf], w, lane);
@@ -557,19 +485,8 @@ __device__ __forceinline__ void qmxe_body(QmxMoE m, const float* __restrict__ x,
       }
     }
     if (t == (int)blockIdx.x) probe(t00, 5, 3);
-    if (wait) {
-      qmxe_ready(EP, m, ep, t0, K);
-      qmxe_gate(SH, x + (size_t)t0 * Hd, Hd, sh);
-      ready = true;
-      qmxe_load<BITS, TPR, CPT, U>(ep, tn, tpe, I, sub, ct, wpr, gpr, group, K, KK, Bt);
-    }
     A = Bt;
   }
-  if (!ready) {
-    qmxe_ready(EP, m, ep, t0, K);  // every block counts once (the flag's reset)
-    qmxe_gate(SH, x + (size_t)t0 * Hd, Hd, sh);
-  }
-  if (EP != nullptr) pdl_sync();
   probe(t00, 5, 4);
   probe_exit(5);
 }
@@ -796,12 +713,12 @@ __device__ __forceinline__ void qmxs_body(QmxMoE m, const float* wts, const floa
   probe_exit(6);
 }
 
-#define QMXE_ARGS const u64 *table, const int *ids, const float *x, float *hbuf, int I, int Hd, int group, int K, int t0, long long gw, long long gs, long long gb, long long uw, long long us, long long ub, const long long *SH, const long long *EP
+#define QMXE_ARGS const u64 *table, const int *ids, const float *x, float *hbuf, int I, int Hd, int group, int K, int t0, long long gw, long long gs, long long gb, long long uw, long long us, long long ub, const long long *SH
 #define QMXD_ARGS const u64 *table, const int *ids, const float *wts, const float *hbuf, float *dst, int Hd, int I, int group, int K, int t0, long long dw, long long ds, long long db, int accum, const long long *SH
 #define QMXS_ARGS QMXD_ARGS, float *part, unsigned int *cnt
 #define QMXM(BITS, TPR, CPT, U)                                                                                                       \
   extern "C" __global__ void __launch_bounds__(128) qmxe##BITS##_##TPR##_##CPT##_##U(QMXE_ARGS) {                                     \
-    qmxe_body<BITS, TPR, CPT, U>(QmxMoE{(const u64*)table, ids, gw, gs, gb, uw, us, ub}, x, hbuf, I, Hd, group, K, t0, SH, EP);           \
+    qmxe_body<BITS, TPR, CPT, U>(QmxMoE{(const u64*)table, ids, gw, gs, gb, uw, us, ub}, x, hbuf, I, Hd, group, K, t0, SH);               \
   }                                                                                                                                    \
   extern "C" __global__ void __launch_bounds__(128) qmxd##BITS##_##TPR##_##CPT##_##U(QMXD_ARGS) {                                     \
     qmxd_body<BITS, TPR, CPT, U>(QmxMoE{(const u64*)table, ids, dw, ds, db, 0, 0, 0}, wts, hbuf, dst, Hd, I, group, K, t0, accum, SH);   \

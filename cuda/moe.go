@@ -3,7 +3,6 @@ package cuda
 import (
 	"context"
 	"fmt"
-	"math"
 	"os"
 	"slices"
 	"time"
@@ -536,44 +535,14 @@ func (b *Backend) moe1(ctx context.Context, d, xt *Tensor, rw *Weight, src runti
 		}
 		b.override(p.Layer, T, K, unsafe.Slice((*int32)(ovp), T*K))
 	}
-	b.fz.early = 0
 	if nrm != nil || (T == 1 && !b.fuseOff() && fusableMV(rw, xt) && E <= 12*1024) {
 		// router matvec (after the fused norm) and top-K in one launch; an
 		// override's ids replace its picks in the same launch (a copy node
 		// would break the decode graph's programmatic-launch chain: resident
 		// K=4 decode 148-149 tok/s with it, 155-158 with the model's routing)
 		bt := &fBatch{x: xt, norm: nrm, items: []fItem{{w: rw, x: xt, y: &Tensor{p: logits, rows: 1, cols: E}}}}
-		tk := &topk{E: E, K: K, ids: ids, wts: wts, ov: uintptr(ovp)}
-		var ed [qbWords]uint64
-		early := T == 1 && qmxeEarly() && c.count[p.Layer] == E && routing == nil
-		if early {
-			if _, ok := c.qmxPlanExperts(K); !ok {
-				early = false
-			}
-		}
-		if early {
-			// the expert launch that follows starts with the router (qmxe's
-			// early start, kernels_mx.cu): the router publishes its routing
-			// through a flag, and ed describes the MoE input for qmxe to
-			// normalize itself
-			fl, err := b.scratchBuf("qmxe_flag", 8)
-			if err != nil {
-				return err
-			}
-			tk.flag = fl
-			ed[1], ed[2], ed[22], ed[23] = uint64(l.Hidden), uint64(envInt("FMOE_CUDA_QMXE_SLEEP", 64)), uint64(fl+4), uint64(fl)
-			ed[qbItem+3] = uint64(xt.p)
-			if nrm != nil {
-				ed[3], ed[4], ed[6], ed[qbItem+3] = 1, uint64(math.Float32bits(nrm.eps)), uint64(nrm.w), uint64(nrm.x.p)
-			}
-		}
-		if err := b.launchBatch(bt, tk); err != nil {
+		if err := b.launchBatch(bt, &topk{E: E, K: K, ids: ids, wts: wts, ov: uintptr(ovp)}); err != nil {
 			return err
-		}
-		if early && b.fz.flagged {
-			if b.fz.early, err = b.descFor(&ed); err != nil {
-				return err
-			}
 		}
 		ovp = nil
 	} else {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"unsafe"
 )
@@ -97,14 +96,6 @@ func envChoice(name, on, off string, def bool) bool {
 	return def
 }
 
-// envInt reads an integer setting, def when unset or not an integer.
-func envInt(name string, def int) int {
-	if v, err := strconv.Atoi(os.Getenv(name)); err == nil {
-		return v
-	}
-	return def
-}
-
 func qmxExperts() bool {
 	if u, _ := qmxVariant(); u == 0 {
 		return false
@@ -172,24 +163,10 @@ func (b *Backend) qmxGateUp(c *expertCache, p qmxEx, table uintptr, xt *Tensor, 
 	if err != nil {
 		return err
 	}
-	ep := b.fz.early // the router just launched publishes its routing for this launch (moe.go)
-	b.fz.early = 0
-	if ep != 0 {
-		b.fz.earlies++
-	}
 	return b.d.launch(f, grid1(min(tiles, occ*b.d.sms)), [3]int{128, 1, 1}, 0,
 		table, ids, xt.p, hbuf, l.Intermediate, l.Hidden, l.GroupSize, K, t0,
-		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset, sh, ep)
+		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset, sh)
 }
-
-// QMXEEarly lets a one-token qmxe whose experts are all resident start with
-// the router instead of after it: it normalizes the MoE input itself, runs
-// the shared expert's tiles and waits for the routing through a flag only
-// before its routed tiles (kernels_mx.cu, qmxe_body). FMOE_CUDA_QMXE_EARLY=0
-// or 1 overrides it.
-var QMXEEarly = true
-
-func qmxeEarly() bool { return envChoice("FMOE_CUDA_QMXE_EARLY", "1", "0", QMXEEarly) }
 
 // qmxDown (worker only) launches qmxd or qmxs for experts ids[0:K] of token
 // t0: dst = Σ_k wts·down (accum: dst +=; sh: the shared expert merged, as in
