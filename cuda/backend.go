@@ -124,9 +124,6 @@ func Open(opts Options) (*Backend, error) {
 		if os.Getenv("FMOE_CUDA_DELTA2") == "0" {
 			disableDelta2 = true // benchmarks: the shared-memory delta kernel
 		}
-		if os.Getenv("FMOE_CUDA_DELTA_FUSE") == "0" {
-			disableDeltaConvFuse = true // benchmarks: the one-token conv in its own launch
-		}
 		if os.Getenv("FMOE_CUDA_DELTA_COLS") == "0" {
 			disableDeltaCols = true // benchmarks: prompt steps on delta_rule2
 		}
@@ -164,7 +161,7 @@ func kernelNames() []string {
 		"attn_prep", "attn_split", "attn_combine", "delta_conv", "delta_rule", "router_topk",
 		"delta_conv_t", "delta_qkg", "delta_gnorm", "delta_cols_4", "delta_cols_8", "delta_cols_16", "delta_cols_32"}
 	for _, r := range []string{"1", "2", "4", "8", "16", "32"} {
-		names = append(names, "delta_rule2_"+r, "delta_rule2c_"+r)
+		names = append(names, "delta_rule2_"+r)
 	}
 	for _, bits := range []string{"2", "4", "8"} {
 		names = append(names, "embedq"+bits)

@@ -271,41 +271,10 @@ extern "C" __global__ void delta_rule(const float* conv, const float* z, const f
 // (column sums across the RG row groups through shared memory), delta,
 // update, read, gated RMSNorm, all in one pass; the state is read and written
 // once per call whatever T is.
-//
-// delta_conv1: the conv + SiLU output of channel c (slot i of the staged
-// history and weights) for the one token of row; with write, its new
-// history goes to state.
-__device__ __forceinline__ float delta_conv1(const float* chist, const float* cwts, int i, const float* row, float* state, int c, int C, int K,
-                                             bool write) {
-  float hist[8], wk[8];
-#pragma unroll
-  for (int k = 0; k < 8; k++) {
-    hist[k] = chist[i * 8 + k];
-    wk[k] = cwts[i * 8 + k];
-  }
-  const float y = conv_tap(wk, hist, row[c], K);
-  if (write) {
-#pragma unroll
-    for (int k = 0; k < 7; k++)
-      if (k < K - 1) state[(size_t)k * C + c] = hist[k];
-  }
-  return y;
-}
-
-//
-// CV (delta_rule2c, one token): the causal conv + SiLU of delta_conv fused in.
-// conv is then the input projection's raw qkv row; thread i < KD convolves
-// q and k channel i of the head's key head, every thread its column's v
-// channel. The conv weights and the conv state (cstate, delta_conv's
-// layout) load before pdl_wait. The VH/KH value heads of a key head share
-// its q and k channels: each of their blocks, once it has read their state,
-// counts itself in cnt[kh] (before pdl_wait), and the last one writes their
-// new state and resets the count; each block writes its own v channels'.
-template <int ROWS, bool CV = false>
+template <int ROWS>
 __device__ __forceinline__ void delta2_body(const float* conv, const float* z, const float* b, const float* a,
                                             float* state, const float* dtBias, const float* aLog, const float* normW,
-                                            float* dst, int T, int KH, int VH, int KD, int VD, float eps,
-                                            const float* cw = nullptr, float* cstate = nullptr, unsigned* cnt = nullptr, int K = 0) {
+                                            float* dst, int T, int KH, int VH, int KD, int VD, float eps) {
   extern __shared__ float sm[];
   const int RG = blockDim.x / VD;
   float* qs = sm;               // KD
@@ -324,30 +293,6 @@ __device__ __forceinline__ void delta2_body(const float* conv, const float* z, c
   // wrote it, and that call had finished before the kernel this one waits
   // for started (each kernel waits for the one before it); a Reset's memset
   // is not a programmatic edge. The inputs of this call are read after.
-  // CV: the conv history and weights of the block's 2·KD + VD channels (q,
-  // k, v) in shared memory after red, 8 slots a channel each
-  float* chist = red + 32;
-  float* cwts = chist + (2 * KD + VD) * 8;
-  __shared__ int lastq;
-  if (CV) {
-    for (int i = tid; i < 2 * KD + VD; i += blockDim.x) {
-      const int c = i < KD ? kh * KD + i : i < 2 * KD ? KH * KD + kh * KD + (i - KD) : 2 * KH * KD + h * VD + (i - 2 * KD);
-#pragma unroll
-      for (int k = 0; k < 8; k++) {
-        chist[i * 8 + k] = k < K - 1 ? cstate[(size_t)k * C + c] : 0.f;
-        cwts[i * 8 + k] = k < K ? cw[(size_t)c * K + k] : 0.f;
-      }
-    }
-    __syncthreads();  // the q and k states are read
-    if (tid == 0) {
-      __threadfence();
-      const int R = VH / KH;
-      const bool l = atomicAdd(cnt + kh, 1u) == (unsigned)R - 1;
-      if (l) atomicExch(cnt + kh, 0u);
-      lastq = l;
-    }
-    __syncthreads();
-  }
   pdl_wait();
   const float qscale = rsqrtf((float)KD);
   const float A = expf(aLog[h]);
@@ -355,31 +300,17 @@ __device__ __forceinline__ void delta2_body(const float* conv, const float* z, c
   for (int t = 0; t < T; t++) {
     const float* row = conv + (size_t)t * C;
     float sq = 0.f, sk = 0.f;
-    if (CV) {  // T = 1, KD ≤ blockDim
-      if (tid < KD) {
-        qs[tid] = delta_conv1(chist, cwts, tid, row, cstate, kh * KD + tid, C, K, lastq);
-        ks[tid] = delta_conv1(chist, cwts, KD + tid, row, cstate, KH * KD + kh * KD + tid, C, K, lastq);
-        sq = qs[tid] * qs[tid];
-        sk = ks[tid] * ks[tid];
-      }
-    } else {
-      for (int i = tid; i < KD; i += blockDim.x) {
-        const float qv = row[kh * KD + i], kv = row[KH * KD + kh * KD + i];
-        qs[i] = qv; ks[i] = kv;
-        sq = fmaf(qv, qv, sq); sk = fmaf(kv, kv, sk);
-      }
+    for (int i = tid; i < KD; i += blockDim.x) {
+      const float qv = row[kh * KD + i], kv = row[KH * KD + kh * KD + i];
+      qs[i] = qv; ks[i] = kv;
+      sq = fmaf(qv, qv, sq); sk = fmaf(kv, kv, sk);
     }
     sq = block_sum(sq, red);  // also publishes qs, ks
     sk = block_sum(sk, red);
     const float rq = qscale / sqrtf(sq + 1e-6f), rk = 1.f / sqrtf(sk + 1e-6f);
     const float beta = sigm(b[(size_t)t * VH + h]);
     const float alpha = expf(-A * softplus_f(a[(size_t)t * VH + h] + dtb));
-    float vj;
-    if (CV) {
-      vj = delta_conv1(chist, cwts, 2 * KD + j, row, cstate, 2 * KH * KD + h * VD + j, C, K, g == 0);
-    } else {
-      vj = row[2 * KH * KD + h * VD + j];
-    }
+    const float vj = row[2 * KH * KD + h * VD + j];
     float m = 0.f;
 #pragma unroll
     for (int r = 0; r < ROWS; r++) {
@@ -415,14 +346,8 @@ __device__ __forceinline__ void delta2_body(const float* conv, const float* z, c
 }
 
 #define DELTA2_ARGS const float *conv, const float *z, const float *b, const float *a, float *state, const float *dtBias, const float *aLog, const float *normW, float *dst, int T, int KH, int VH, int KD, int VD, float eps
-#define DELTA2C_ARGS DELTA2_ARGS, const float *cw, float *cstate, unsigned *cnt, int K
-#define DELTA2(R)                                                                                                                  \
-  extern "C" __global__ void __launch_bounds__(512) delta_rule2_##R(DELTA2_ARGS) {                                                  \
-    delta2_body<R>(conv, z, b, a, state, dtBias, aLog, normW, dst, T, KH, VH, KD, VD, eps);                                         \
-  }                                                                                                                                \
-  extern "C" __global__ void __launch_bounds__(512) delta_rule2c_##R(DELTA2C_ARGS) {                                                \
-    delta2_body<R, true>(conv, z, b, a, state, dtBias, aLog, normW, dst, 1, KH, VH, KD, VD, eps, cw, cstate, cnt, K);               \
-  }
+#define DELTA2(R) \
+  extern "C" __global__ void __launch_bounds__(512) delta_rule2_##R(DELTA2_ARGS) { delta2_body<R>(conv, z, b, a, state, dtBias, aLog, normW, dst, T, KH, VH, KD, VD, eps); }
 DELTA2(1)
 DELTA2(2)
 DELTA2(4)

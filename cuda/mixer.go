@@ -241,23 +241,10 @@ func (b *Backend) DeltaNet(dst, qkv, z, bt, a runtime.Tensor, st runtime.DeltaSt
 			}
 			return b.d.launch(b.fn["delta_gnorm"], grid1(cdiv(T*VH, 4)), [3]int{128, 1, 1}, 0, ts[0].p, ts[2].p, nw, T*VH, VD, p.Eps)
 		}
-		rows, rg := delta2Rows(p.KeyDim, VD)
-		if T == 1 && rows > 0 && !disableDeltaConvFuse && p.KeyDim <= rg*VD && p.ConvKernel <= 8 && VH%p.KeyHeads == 0 &&
-			(2*p.KeyDim+rg*VD+32)*4+(2*p.KeyDim+VD)*16*4 <= 48<<10 {
-			// one token: the conv inside the rule's launch (delta_rule2c)
-			cnt, err := b.scratchBuf("delta_cnt", p.KeyHeads*4)
-			if err != nil {
-				return err
-			}
-			smem := (2*p.KeyDim+rg*VD+32)*4 + (2*p.KeyDim+VD)*16*4 // and the conv's staged history and weights
-			return b.d.launch(b.fn[fmt.Sprintf("delta_rule2c_%d", rows)], grid1(VH), [3]int{rg * VD, 1, 1}, smem,
-				ts[1].p, ts[2].p, ts[3].p, ts[4].p, s.s, dt, al, nw, ts[0].p, T, p.KeyHeads, VH, p.KeyDim, VD, p.Eps,
-				cw, s.conv, cnt, p.ConvKernel)
-		}
 		if err := b.d.launch(b.fn["delta_conv"], grid1(cdiv(C, 128)), [3]int{128, 1, 1}, 0, ts[1].p, cw, s.conv, out, T, C, p.ConvKernel); err != nil {
 			return err
 		}
-		if rows > 0 {
+		if rows, rg := delta2Rows(p.KeyDim, VD); rows > 0 {
 			return b.d.launch(b.fn[fmt.Sprintf("delta_rule2_%d", rows)], grid1(VH), [3]int{rg * VD, 1, 1}, (2*p.KeyDim+rg*VD+32)*4,
 				out, ts[2].p, ts[3].p, ts[4].p, s.s, dt, al, nw, ts[0].p, T, p.KeyHeads, VH, p.KeyDim, VD, p.Eps)
 		}
@@ -299,11 +286,6 @@ func delta2Rows(KD, VD int) (rows, rg int) {
 
 // disableDelta2 makes DeltaNet use the shared-memory kernel (tests compare the two).
 var disableDelta2 = false
-
-// disableDeltaConvFuse keeps a one-token step's causal conv in its own
-// launch (delta_conv before delta_rule2) instead of inside the rule's
-// (delta_rule2c); FMOE_CUDA_DELTA_FUSE=0 sets it.
-var disableDeltaConvFuse = false
 
 // disableDeltaCols keeps prompt steps on the one-block-per-head kernels
 // (delta_conv, delta_rule2); FMOE_CUDA_DELTA_COLS=0 sets it.

@@ -113,15 +113,13 @@ func TestMixersLarge(t *testing.T) {
 		opts   Options
 		delta2 bool
 		cols   bool // prompt steps (37, 130 tokens) on delta_conv_t, delta_qkg, delta_cols, delta_gnorm
-		apart  bool // one-token steps: delta_conv, then delta_rule2 (not delta_rule2c)
-	}{{"graphs", Options{}, true, true, false}, {"eager", Options{NoGraphs: true}, true, true, false},
-		{"one-token conv apart", Options{NoGraphs: true}, true, true, true},
-		{"prompt steps on delta_rule2", Options{NoGraphs: true}, true, false, false},
-		{"shared-memory delta", Options{NoGraphs: true}, false, false, false}} {
-		disableDelta2, disableDeltaCols, disableDeltaConvFuse = !tc.delta2, !tc.cols, tc.apart
+	}{{"graphs", Options{}, true, true}, {"eager", Options{NoGraphs: true}, true, true},
+		{"prompt steps on delta_rule2", Options{NoGraphs: true}, true, false},
+		{"shared-memory delta", Options{NoGraphs: true}, false, false}} {
+		disableDelta2, disableDeltaCols = !tc.delta2, !tc.cols
 		g := openOrSkip(t, tc.opts)
 		got := m.run(t, g)
-		disableDelta2, disableDeltaCols, disableDeltaConvFuse = false, false, false
+		disableDelta2, disableDeltaCols = false, false
 		if gr := g.d.graphs; gr != nil {
 			t.Logf("%s: graph replays %d captures %d eager launches %d", tc.name, gr.Replays, gr.Captures, gr.Eager)
 			if gr.Replays == 0 {
@@ -136,11 +134,11 @@ func TestMixersLarge(t *testing.T) {
 		}
 		if tc.name == "graphs" {
 			graphOut = got
-		} else if tc.name == "eager" || tc.name == "one-token conv apart" {
+		} else if tc.name == "eager" {
 			for i := range got {
 				for j := range got[i] {
 					if got[i][j] != graphOut[i][j] {
-						t.Fatalf("graphs and %s differ: step %d output %d element %d: %g vs %g", tc.name, i/2, i%2, j, graphOut[i][j], got[i][j])
+						t.Fatalf("graphs and eager differ: step %d output %d element %d: %g vs %g", i/2, i%2, j, graphOut[i][j], got[i][j])
 					}
 				}
 			}
