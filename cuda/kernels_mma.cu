@@ -51,43 +51,13 @@ __device__ __forceinline__ u32 q2bf(u32 w, int n) {
   return d;
 }
 
-// cp_async4, cp_async_wait: the 4-byte copy and the wait for all but the
-// newest N groups, beside kernels_mixer.cu's cp.async helpers.
-__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src) : "memory");
-#else
-  *reinterpret_cast<u32*>(dst) = *reinterpret_cast<const u32*>(src);
-#endif
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-#endif
-}
-
-// qmma_stage_words: the u32 words of one qmma_tile stage (ST > 0): per
-// thread its 4·MT code pairs ([item][thread]: conflict-free reads), then the
-// block's 64·MT rows' scale pairs and bias pairs (the chunk's two groups).
-template <int MT>
-__host__ __device__ constexpr int qmma_stage_words() { return 4 * MT * 128 * 2 + 2 * 64 * MT; }
-
 // qmma_tile: the block's 64 rows from r0 of W (rows out, in columns) times
 // up to 32 token rows: xrow(i) is token slot i's x (nullptr: zeros), put(i,
 // row, v) stores a result (rows ≥ out are not passed).
-//
-// ST > 0 (the "s" kernels): the codes, scales and biases of ST chunks are
-// in flight at once, copied with cp.async into a ring of ST stages in
-// dynamic shared memory (qmma_stage_words each) instead of one chunk ahead
-// in registers: the grouped expert GEMMs stream their weights with few
-// warps per SM (255 registers), and one chunk in flight per block left
-// them at ~0.6 TB/s.
-template <int NT, int MT = 1, int P = 3, int ST = 0, class XR, class PUT>
+template <int NT, int MT = 1, int P = 3, class XR, class PUT>
 __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* __restrict__ S, const u16* __restrict__ B, int out, int in,
                                           int r0, XR xrow, PUT put, int k0 = 0, int k1 = 1 << 30) {
   k1 = min(k1, in);
-  extern __shared__ __align__(16) u32 qmma_ring[];
   __shared__ u32 xs[P][8 * NT][QMMA_TS];  // bf16 pairs: part, token, k/2
   __shared__ float sxs[8 * NT][QMMA_KC / 64];
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
@@ -114,31 +84,7 @@ __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* 
   // codes: per group, 2 words (uint2 #t of the group's 4) of each row
   uint2 qa[MT][2], qb[MT][2];
   u16 sa[MT][2], sb[MT][2], ba[MT][2], bb[MT][2];
-  constexpr int SW = qmma_stage_words<MT>();
-  // issue (ST > 0): chunk c0's weights into stage st (this thread's code
-  // pairs; lane t = 0 also its rows' scale and bias pairs)
-  auto issue = [&](int c0, int st) {
-    uint2* cd = reinterpret_cast<uint2*>(qmma_ring + st * SW);
-    u32* sc = qmma_ring + st * SW + 4 * MT * 128 * 2;
-#pragma unroll
-    for (int m = 0; m < MT; m++) {
-#pragma unroll
-      for (int h = 0; h < 2; h++) {
-        const int gi = c0 / 64 + h;
-        cp_async8(&cd[((m * 2) * 2 + h) * 128 + tid], Wa[m] + gi * 4);
-        cp_async8(&cd[((m * 2 + 1) * 2 + h) * 128 + tid], Wb[m] + gi * 4);
-      }
-      if (t == 0) {
-        const int la = (w * MT + m) * 16 + g;
-        cp_async4(&sc[la], S + (size_t)ra[m] * gpr + c0 / 64);
-        cp_async4(&sc[la + 8], S + (size_t)rb[m] * gpr + c0 / 64);
-        cp_async4(&sc[64 * MT + la], B + (size_t)ra[m] * gpr + c0 / 64);
-        cp_async4(&sc[64 * MT + la + 8], B + (size_t)rb[m] * gpr + c0 / 64);
-      }
-    }
-  };
   auto load = [&](int c0) {
-    if constexpr (ST > 0) return;
 #pragma unroll
     for (int m = 0; m < MT; m++)
 #pragma unroll
@@ -164,15 +110,8 @@ __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* 
   };
   load(k0);
   loadx(k0);
-  if constexpr (ST > 0) {
-#pragma unroll
-    for (int st = 0; st < ST - 1; st++) {
-      if (k0 + st * QMMA_KC < k1) issue(k0 + st * QMMA_KC, st);
-      cp_async_commit();  // empty groups too: the wait below counts groups
-    }
-  }
-  for (int c0 = k0, ci = 0; c0 < k1; c0 += QMMA_KC, ci++) {
-    __syncthreads();  // the previous chunk's parts (and stage) are read
+  for (int c0 = k0; c0 < k1; c0 += QMMA_KC) {
+    __syncthreads();  // the previous chunk's parts are read
     // stage x: token slot tk's float4 #lane of the chunk (a warp = one token row)
 #pragma unroll
     for (int it = 0; it < 2 * NT; it++) {
@@ -194,39 +133,16 @@ __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* 
         *reinterpret_cast<uint2*>(&xs[p][tk][2 * j]) = make_uint2(hbits[0] | (hbits[1] << 16), hbits[2] | (hbits[3] << 16));
       }
     }
-    if constexpr (ST > 0) {
-      // the stage read in the previous chunk is free: the chunk ST-1 ahead
-      if (c0 + (ST - 1) * QMMA_KC < k1) issue(c0 + (ST - 1) * QMMA_KC, (ci + ST - 1) % ST);
-      cp_async_commit();
-      cp_async_wait<ST - 1>();  // this chunk's group has landed
-    }
     __syncthreads();
     uint2 ca[MT][2], cb[MT][2];
     float fsa[MT][2], fsb[MT][2], fba[MT][2], fbb[MT][2];
-    if constexpr (ST > 0) {
-      const uint2* cd = reinterpret_cast<const uint2*>(qmma_ring + (ci % ST) * SW);
-      const u32* sc = qmma_ring + (ci % ST) * SW + 4 * MT * 128 * 2;
 #pragma unroll
-      for (int m = 0; m < MT; m++) {
-        const int la = (w * MT + m) * 16 + g;
-        const u32 wsa = sc[la], wsb = sc[la + 8], wba = sc[64 * MT + la], wbb = sc[64 * MT + la + 8];
+    for (int m = 0; m < MT; m++)
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-          ca[m][h] = cd[((m * 2) * 2 + h) * 128 + tid];
-          cb[m][h] = cd[((m * 2 + 1) * 2 + h) * 128 + tid];
-          fsa[m][h] = bf16f((u16)(h ? wsa >> 16 : wsa)); fsb[m][h] = bf16f((u16)(h ? wsb >> 16 : wsb));
-          fba[m][h] = bf16f((u16)(h ? wba >> 16 : wba)); fbb[m][h] = bf16f((u16)(h ? wbb >> 16 : wbb));
-        }
+      for (int h = 0; h < 2; h++) {
+        ca[m][h] = qa[m][h]; cb[m][h] = qb[m][h];
+        fsa[m][h] = bf16f(sa[m][h]); fsb[m][h] = bf16f(sb[m][h]); fba[m][h] = bf16f(ba[m][h]); fbb[m][h] = bf16f(bb[m][h]);
       }
-    } else {
-#pragma unroll
-      for (int m = 0; m < MT; m++)
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-          ca[m][h] = qa[m][h]; cb[m][h] = qb[m][h];
-          fsa[m][h] = bf16f(sa[m][h]); fsb[m][h] = bf16f(sb[m][h]); fba[m][h] = bf16f(ba[m][h]); fbb[m][h] = bf16f(bb[m][h]);
-        }
-    }
     if (c0 + QMMA_KC < k1) {
       load(c0 + QMMA_KC);
       loadx(c0 + QMMA_KC);
@@ -308,14 +224,13 @@ extern "C" __global__ void __launch_bounds__(128) qmma4(const u32* __restrict__ 
 // shared by twice the rows (QMMAMT = 2, the default). qmma4m2p2: x in two
 // bf16 parts (hi + lo: 16 significant bits of each x value, products no
 // longer exact; QMMAParts = 2) for two thirds of the MMAs.
-#define QMMA4M2(M, P) QMMA4M2S(M, P, 0)
-#define QMMA4M2S(M, P, ST)                                                                                                                \
+#define QMMA4M2(M, P)                                                                                                                     \
   extern "C" __global__ void __launch_bounds__(128) qmma4m2##M(const u32* __restrict__ W, const u16* __restrict__ S, const u16* __restrict__ B, \
                                                                const float* __restrict__ x, float* __restrict__ y, int out, int in, int T, int kc) { \
     pdl_wait();                                                                                                                           \
     const int n0 = blockIdx.y * 32;                                                                                                       \
     float* yz = y + (size_t)blockIdx.z * T * out;                                                                                         \
-    qmma_tile<4, 2, P, ST>(                                                                                                               \
+    qmma_tile<4, 2, P>(                                                                                                                   \
         W, S, B, out, in, blockIdx.x * 128, [&](int i) { return n0 + i < T ? x + (size_t)(n0 + i) * in : (const float*)nullptr; },      \
         [&](int i, int row, float v) {                                                                                                    \
           if (n0 + i < T) yz[(size_t)(n0 + i) * out + row] = v;                                                                           \
@@ -324,8 +239,6 @@ extern "C" __global__ void __launch_bounds__(128) qmma4(const u32* __restrict__ 
   }
 QMMA4M2(, 3)
 QMMA4M2(p2, 2)
-#define QMMA_STAGES 4
-QMMA4M2S(p2s, 2, QMMA_STAGES)
 
 // ---- grouped prefill experts: each routed expert's weights read once per batch ----
 //
@@ -391,7 +304,7 @@ extern "C" __global__ void moe_slots(const int* __restrict__ ids, int np, int E,
 
 // qmmae4: gate (row tiles below I) and up projections of slot blockIdx.y's
 // expert for its pairs: gb/ub[p·I + r] (x row of pair p: token p / K).
-template <int NT, int MT, int P, int ST = 0>
+template <int NT, int MT, int P>
 __device__ __forceinline__ void qmmae_body(const u64* __restrict__ table, const int* __restrict__ slots, const float* __restrict__ x,
                                                           float* __restrict__ gbuf, float* __restrict__ ubuf, int I, int Hd, int K, long long gw,
                                                           long long gs, long long gb, long long uw, long long us, long long ub) {
@@ -401,7 +314,7 @@ __device__ __forceinline__ void qmmae_body(const u64* __restrict__ table, const 
   const char* e = reinterpret_cast<const char*>(table[sl[0]]);
   const bool up = (int)blockIdx.x * 64 * MT >= I;
   float* dst = up ? ubuf : gbuf;
-  qmma_tile<NT, MT, P, ST>(
+  qmma_tile<NT, MT, P>(
       (const u32*)(e + (up ? uw : gw)), (const u16*)(e + (up ? us : gs)), (const u16*)(e + (up ? ub : gb)), I, Hd, blockIdx.x * 64 * MT - (up ? I : 0),
       [&](int i) { return i < n ? x + (size_t)(sl[2 + i] / K) * Hd : (const float*)nullptr; },
       [&](int i, int row, float v) {
@@ -411,14 +324,14 @@ __device__ __forceinline__ void qmmae_body(const u64* __restrict__ table, const 
 
 // qmmad4: down projections of slot blockIdx.y's expert: part[p·Hd + r] from
 // h[p·I ..].
-template <int NT, int MT, int P, int ST = 0>
+template <int NT, int MT, int P>
 __device__ __forceinline__ void qmmad_body(const u64* __restrict__ table, const int* __restrict__ slots, const float* __restrict__ hbuf,
                                                           float* __restrict__ part, int Hd, int I, long long dw, long long ds, long long db) {
   if ((int)blockIdx.y >= slots[0]) return;
   const int* sl = slots + 1 + blockIdx.y * MOE_SLOT;
   const int n = sl[1];
   const char* e = reinterpret_cast<const char*>(table[sl[0]]);
-  qmma_tile<NT, MT, P, ST>(
+  qmma_tile<NT, MT, P>(
       (const u32*)(e + dw), (const u16*)(e + ds), (const u16*)(e + db), Hd, I, blockIdx.x * 64 * MT,
       [&](int i) { return i < n ? hbuf + (size_t)sl[2 + i] * I : (const float*)nullptr; },
       [&](int i, int row, float v) {
@@ -435,17 +348,16 @@ __device__ __forceinline__ void qmmad_body(const u64* __restrict__ table, const 
   const u64 *table, const int *slots, const float *x, float *gbuf, float *ubuf, int I, int Hd, int K, long long gw, long long gs, \
       long long gb, long long uw, long long us, long long ub
 #define QMMAD_ARGS const u64 *table, const int *slots, const float *hbuf, float *part, int Hd, int I, long long dw, long long ds, long long db
-#define QMMAXV(NT, MT, M, P, ST)                                                                                                        \
+#define QMMAXV(NT, MT, M, P)                                                                                                            \
   extern "C" __global__ void __launch_bounds__(128) qmmae4##M##_##NT(QMMAE_ARGS) {                                                    \
     pdl_wait();                                                                                                                         \
-    qmmae_body<NT, MT, P, ST>(table, slots, x, gbuf, ubuf, I, Hd, K, gw, gs, gb, uw, us, ub);                                             \
+    qmmae_body<NT, MT, P>(table, slots, x, gbuf, ubuf, I, Hd, K, gw, gs, gb, uw, us, ub);                                                 \
   }                                                                                                                                     \
   extern "C" __global__ void __launch_bounds__(128) qmmad4##M##_##NT(QMMAD_ARGS) {                                                    \
     pdl_wait();                                                                                                                         \
-    qmmad_body<NT, MT, P, ST>(table, slots, hbuf, part, Hd, I, dw, ds, db);                                                               \
+    qmmad_body<NT, MT, P>(table, slots, hbuf, part, Hd, I, dw, ds, db);                                                                   \
   }
-// m2p2s: qmma_tile's staged form (QMMA_STAGES chunks in flight)
-#define QMMAX(NT) QMMAXV(NT, 1, , 3, 0) QMMAXV(NT, 2, m2, 3, 0) QMMAXV(NT, 2, m2p2, 2, 0) QMMAXV(NT, 2, m2p2s, 2, QMMA_STAGES)
+#define QMMAX(NT) QMMAXV(NT, 1, , 3) QMMAXV(NT, 2, m2, 3) QMMAXV(NT, 2, m2p2, 2)
 QMMAX(1)
 QMMAX(2)
 QMMAX(4)

@@ -59,15 +59,7 @@ func (b *Backend) qmmaExperts(c *expertCache, table uintptr, xt, d *Tensor, ids,
 	if qmmaeMT() == 2 {
 		mt, m2 = 2, "m2"+qmmaPartsSuffix()
 	}
-	gname, smem, err := b.qmmaStaged("qmmae4"+m2, fmt.Sprintf("_%d", nt))
-	if err != nil {
-		return true, err
-	}
-	dname, _, err := b.qmmaStaged("qmmad4"+m2, fmt.Sprintf("_%d", nt))
-	if err != nil {
-		return true, err
-	}
-	if err := b.d.launch(b.fn[gname], [3]int{2 * l.Intermediate / (64 * mt), np, 1}, [3]int{128, 1, 1}, smem,
+	if err := b.d.launch(b.fn[fmt.Sprintf("qmmae4%s_%d", m2, nt)], [3]int{2 * l.Intermediate / (64 * mt), np, 1}, [3]int{128, 1, 1}, 0,
 		table, slots, x, gbuf, ubuf, l.Intermediate, l.Hidden, K,
 		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset); err != nil {
 		return true, err
@@ -75,7 +67,7 @@ func (b *Backend) qmmaExperts(c *expertCache, table uintptr, xt, d *Tensor, ids,
 	if err := b.d.launch(b.fn["swiglu_f"], ewGrid(np*l.Intermediate), blk, 0, hbuf, gbuf, ubuf, int64(np*l.Intermediate)); err != nil {
 		return true, err
 	}
-	if err := b.d.launch(b.fn[dname], [3]int{cdiv(l.Hidden, 64*mt), np, 1}, [3]int{128, 1, 1}, smem,
+	if err := b.d.launch(b.fn[fmt.Sprintf("qmmad4%s_%d", m2, nt)], [3]int{cdiv(l.Hidden, 64*mt), np, 1}, [3]int{128, 1, 1}, 0,
 		table, slots, hbuf, part, l.Hidden, l.Intermediate, l.Down.WOffset, l.Down.SOffset, l.Down.BOffset); err != nil {
 		return true, err
 	}

@@ -3,7 +3,6 @@ package cuda
 import (
 	"fmt"
 	"os"
-	"strings"
 	"unsafe"
 
 	"github.com/fmoe/fmoe/runtime"
@@ -188,19 +187,15 @@ func (b *Backend) qmma(y uintptr, w *Weight, x uintptr, T int) error {
 	}
 	kc := cdiv(chunks, splits) * 128
 	splits = cdiv(w.in, kc)
-	name, smem, err := b.qmmaStaged(name, "")
-	if err != nil {
-		return err
-	}
 	if splits == 1 {
-		return b.d.launch(b.fn[name], [3]int{gx, gy, 1}, [3]int{128, 1, 1}, smem, w.w, w.s, w.z, x, y, w.out, w.in, T, kc)
+		return b.d.launch(b.fn[name], [3]int{gx, gy, 1}, [3]int{128, 1, 1}, 0, w.w, w.s, w.z, x, y, w.out, w.in, T, kc)
 	}
 	n := T * w.out
 	part, err := b.scratchBuf("gemm_part", splits*n*4)
 	if err != nil {
 		return err
 	}
-	if err := b.d.launch(b.fn[name], [3]int{gx, gy, splits}, [3]int{128, 1, 1}, smem, w.w, w.s, w.z, x, part, w.out, w.in, T, kc); err != nil {
+	if err := b.d.launch(b.fn[name], [3]int{gx, gy, splits}, [3]int{128, 1, 1}, 0, w.w, w.s, w.z, x, part, w.out, w.in, T, kc); err != nil {
 		return err
 	}
 	return b.d.launch(b.fn["qgemm_sum"], ewGrid(n), blk, 0, part, y, int64(n), splits)
@@ -222,41 +217,6 @@ var QMMAMT = 2
 // resident, 128-token prefill, docs/benchmarks.md round 12) K=4 1516-1530 →
 // 1683-1777 tok/s, K=10 1108-1112 → 1289-1299.
 var QMMAParts = 2
-
-// QMMAStaged runs the two-part prefill GEMMs (qmma4m2p2, qmmae4m2p2,
-// qmmad4m2p2) in their staged form (the "s" kernels: qmmaStages chunks of
-// weights in flight per block through cp.async instead of one in
-// registers); FMOE_CUDA_QMMA_STAGED=1 or 0 overrides it.
-var QMMAStaged = false
-
-// qmmaStages is QMMA_STAGES in kernels_mma.cu; qmmaStageBytes the dynamic
-// shared memory of the staged kernels (two 16-row tiles per warp).
-const (
-	qmmaStages     = 4
-	qmmaStageBytes = qmmaStages * (4*2*128*2 + 2*64*2) * 4
-)
-
-// qmmaStaged (worker only) returns the staged form of the prefill GEMM
-// kernel base+suffix and its dynamic shared memory when QMMAStaged is on
-// and base is a two-part kernel of two tiles per warp, else the kernel as
-// named and 0.
-func (b *Backend) qmmaStaged(base, suffix string) (string, int, error) {
-	if !strings.HasSuffix(base, "m2p2") || !envChoice("FMOE_CUDA_QMMA_STAGED", "1", "0", QMMAStaged) {
-		return base + suffix, 0, nil
-	}
-	name := base + "s" + suffix
-	f := b.fn[name]
-	if b.d.dynSmem[f] < qmmaStageBytes {
-		if err := b.d.setMaxDynamicShared(f, qmmaStageBytes); err != nil {
-			return "", 0, err
-		}
-		if b.d.dynSmem == nil {
-			b.d.dynSmem = map[uintptr]int{}
-		}
-		b.d.dynSmem[f] = qmmaStageBytes
-	}
-	return name, qmmaStageBytes, nil
-}
 
 // qmmaPartsSuffix is the kernel name suffix of QMMAParts: "" or "p2".
 func qmmaPartsSuffix() string {

@@ -45,8 +45,6 @@ type device struct {
 	graphs *grapher // CUDA graph capture and replay of repeated launch sequences (nil: off)
 
 	occ map[[3]uintptr]int // blocks per SM by (function, threads, shared memory)
-	// dynSmem: the dynamic shared memory limit set per function (qmmaStaged)
-	dynSmem map[uintptr]int
 
 	pdl       bool // launch with programmatic stream serialization (cuLaunchKernelEx) ...
 	capturing bool // ... while launches are captured into a graph
