@@ -204,182 +204,6 @@ __device__ __forceinline__ void qmma_tile(const u32* __restrict__ W, const u16* 
     }
 }
 
-// ---- qmmi: the prefill GEMM on the integer tensor cores ----
-//
-// qmma_tile's blocks, weight loads and epilogue, with the products on
-// mma.sync m16n8k32 (u8 codes × s8 parts of x, int32 sums, exact) as in the
-// decode kernel qmxi: per chunk the block quantizes each token's 64-column
-// groups of x with their own scale (sx = max|x|/127 of the group) into three
-// signed 8-bit parts, x ≈ sx·(p0 + p1/128 + p2/128²) (22 bits below the
-// group's largest value: closer to x than qmma's two bf16 parts), stored in
-// the MMA's B fragment order (a token row of 32 words, padded to 40 so that
-// a warp's 8-byte reads hit distinct banks). Per group and 16×8 tile the
-// parts go into one int32 accumulator by Horner's rule, C = (C·128 + …):
-// |C| ≤ 64·15·127·128² + … < 2³¹. A 32-bit word of 8 codes gives a thread's
-// two A registers with one mask and one shift+mask (the even and the odd
-// codes: the k order within a word is permuted, x's parts follow it). Then
-// y += s·sx/128²·C + b·Σx per group, as qmma_tile.
-#define QMMI_TS 40  // words per token row of one part (32 + 8 pad)
-template <int NT, int MT, class XR, class PUT>
-__device__ __forceinline__ void qmmi_tile(const u32* __restrict__ W, const u16* __restrict__ S, const u16* __restrict__ B, int out, int in,
-                                          int r0, XR xrow, PUT put, int k0 = 0, int k1 = 1 << 30) {
-  k1 = min(k1, in);
-  __shared__ uint2 xq[3][8 * NT][QMMI_TS / 2];  // s8 parts in B fragment order
-  __shared__ float sxs[8 * NT][2], scl[8 * NT][2];  // Σx and sx/128² per group of the chunk
-  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
-  const int g = lane >> 2, t = lane & 3;
-  const int wpr = in / 8, gpr = in / 64;
-  int ra[MT], rb[MT];
-  const uint2 *Wa[MT], *Wb[MT];
-#pragma unroll
-  for (int m = 0; m < MT; m++) {
-    ra[m] = min(r0 + (w * MT + m) * 16 + g, out - 1);
-    rb[m] = min(r0 + (w * MT + m) * 16 + g + 8, out - 1);
-    Wa[m] = reinterpret_cast<const uint2*>(W + (size_t)ra[m] * wpr) + t;
-    Wb[m] = reinterpret_cast<const uint2*>(W + (size_t)rb[m] * wpr) + t;
-  }
-  float acc[MT][NT][4];
-#pragma unroll
-  for (int m = 0; m < MT; m++)
-#pragma unroll
-    for (int i = 0; i < NT; i++)
-#pragma unroll
-      for (int j = 0; j < 4; j++) acc[m][i][j] = 0.f;
-  uint2 qa[MT][2], qb[MT][2];
-  u16 sa[MT][2], sb[MT][2], ba[MT][2], bb[MT][2];
-  auto load = [&](int c0) {
-#pragma unroll
-    for (int m = 0; m < MT; m++)
-#pragma unroll
-      for (int h = 0; h < 2; h++) {
-        const int gi = c0 / 64 + h;
-        qa[m][h] = __ldg(Wa[m] + gi * 4);
-        qb[m][h] = __ldg(Wb[m] + gi * 4);
-        sa[m][h] = __ldg(S + (size_t)ra[m] * gpr + gi);
-        sb[m][h] = __ldg(S + (size_t)rb[m] * gpr + gi);
-        ba[m][h] = __ldg(B + (size_t)ra[m] * gpr + gi);
-        bb[m][h] = __ldg(B + (size_t)rb[m] * gpr + gi);
-      }
-  };
-  const float* xp[2 * NT];
-#pragma unroll
-  for (int it = 0; it < 2 * NT; it++) xp[it] = xrow(it * 4 + w);
-  float4 xr[2 * NT];
-  auto loadx = [&](int c0) {
-#pragma unroll
-    for (int it = 0; it < 2 * NT; it++)
-      xr[it] = xp[it] != nullptr ? __ldg(reinterpret_cast<const float4*>(xp[it] + c0) + lane) : make_float4(0.f, 0.f, 0.f, 0.f);
-  };
-  load(k0);
-  loadx(k0);
-  for (int c0 = k0; c0 < k1; c0 += QMMA_KC) {
-    __syncthreads();  // the previous chunk's parts are read
-    // stage x: token slot tk's float4 #lane of the chunk (a warp = one token
-    // row; 16 lanes = one group; lanes j, j^1 = one code word's columns)
-#pragma unroll
-    for (int it = 0; it < 2 * NT; it++) {
-      const int tk = it * 4 + w, j = lane;
-      const float4 v = xr[it];
-      float s = (v.x + v.y) + (v.z + v.w);
-      float mx = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
-#pragma unroll
-      for (int o = 8; o > 0; o >>= 1) {
-        s += __shfl_xor_sync(0xffffffffu, s, o);
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-      }
-      if ((j & 15) == 0) {
-        sxs[tk][j >> 4] = s;
-        scl[tk][j >> 4] = mx * (1.f / (127.f * 16384.f));
-      }
-      const float inv = mx > 0.f ? 127.f / mx : 0.f;
-      float r[4] = {v.x * inv, v.y * inv, v.z * inv, v.w * inv};
-      const int wc = j >> 1, slot = (((wc >> 3) * 2 + (wc & 1)) * 4 + ((wc & 7) >> 1));  // (group, m, t) of the word
-#pragma unroll
-      for (int p = 0; p < 3; p++) {
-        int q[4];
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-          const float rr = rintf(r[e]);
-          q[e] = (int)rr;
-          r[e] = (r[e] - rr) * 128.f;
-        }
-        const u32 ev = (u32)(q[0] & 0xff) | ((u32)(q[2] & 0xff) << 8), od = (u32)(q[1] & 0xff) | ((u32)(q[3] & 0xff) << 8);
-        const u32 pe = __shfl_xor_sync(0xffffffffu, ev, 1), po = __shfl_xor_sync(0xffffffffu, od, 1);
-        if ((j & 1) == 0) xq[p][tk][slot] = make_uint2(ev | (pe << 16), od | (po << 16));
-      }
-    }
-    __syncthreads();
-    uint2 ca[MT][2], cb[MT][2];
-    float fsa[MT][2], fsb[MT][2], fba[MT][2], fbb[MT][2];
-#pragma unroll
-    for (int m = 0; m < MT; m++)
-#pragma unroll
-      for (int h = 0; h < 2; h++) {
-        ca[m][h] = qa[m][h]; cb[m][h] = qb[m][h];
-        fsa[m][h] = bf16f(sa[m][h]); fsb[m][h] = bf16f(sb[m][h]); fba[m][h] = bf16f(ba[m][h]); fbb[m][h] = bf16f(bb[m][h]);
-      }
-    if (c0 + QMMA_KC < k1) {
-      load(c0 + QMMA_KC);
-      loadx(c0 + QMMA_KC);
-    }
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      int c[MT][NT][4];
-#pragma unroll
-      for (int m = 0; m < MT; m++)
-#pragma unroll
-        for (int i = 0; i < NT; i++)
-#pragma unroll
-          for (int j = 0; j < 4; j++) c[m][i][j] = 0;
-#pragma unroll
-      for (int p = 0; p < 3; p++) {
-        if (p > 0) {
-#pragma unroll
-          for (int m = 0; m < MT; m++)
-#pragma unroll
-            for (int i = 0; i < NT; i++)
-#pragma unroll
-              for (int j = 0; j < 4; j++) c[m][i][j] *= 128;
-        }
-#pragma unroll
-        for (int k = 0; k < 2; k++) {  // the group's words 2t (k 0) and 2t+1 (k 1)
-#pragma unroll
-          for (int nt = 0; nt < NT; nt++) {
-            const uint2 bv = xq[p][nt * 8 + g][(h * 2 + k) * 4 + t];
-#pragma unroll
-            for (int m = 0; m < MT; m++) {
-              const u32 wa = k ? ca[m][h].y : ca[m][h].x, wb = k ? cb[m][h].y : cb[m][h].x;
-              imma_u8s8(c[m][nt], wa & 0x0f0f0f0fu, wb & 0x0f0f0f0fu, (wa >> 4) & 0x0f0f0f0fu, (wb >> 4) & 0x0f0f0f0fu, bv.x, bv.y);
-            }
-          }
-        }
-      }
-#pragma unroll
-      for (int nt = 0; nt < NT; nt++) {
-        const float x0 = sxs[nt * 8 + 2 * t][h], x1 = sxs[nt * 8 + 2 * t + 1][h];
-        const float q0 = scl[nt * 8 + 2 * t][h], q1 = scl[nt * 8 + 2 * t + 1][h];
-#pragma unroll
-        for (int m = 0; m < MT; m++) {
-          acc[m][nt][0] = fmaf(fsa[m][h], (float)c[m][nt][0] * q0, fmaf(fba[m][h], x0, acc[m][nt][0]));
-          acc[m][nt][1] = fmaf(fsa[m][h], (float)c[m][nt][1] * q1, fmaf(fba[m][h], x1, acc[m][nt][1]));
-          acc[m][nt][2] = fmaf(fsb[m][h], (float)c[m][nt][2] * q0, fmaf(fbb[m][h], x0, acc[m][nt][2]));
-          acc[m][nt][3] = fmaf(fsb[m][h], (float)c[m][nt][3] * q1, fmaf(fbb[m][h], x1, acc[m][nt][3]));
-        }
-      }
-    }
-  }
-#pragma unroll
-  for (int m = 0; m < MT; m++)
-#pragma unroll
-    for (int nt = 0; nt < NT; nt++) {
-#pragma unroll
-      for (int i = 0; i < 4; i++) {
-        const int row = r0 + (w * MT + m) * 16 + g + (i >= 2 ? 8 : 0);
-        if (row < out) put(nt * 8 + 2 * t + (i & 1), row, acc[m][nt][i]);
-      }
-    }
-}
-
 // qmma4: y[T, out] = x·Wᵀ, block (row tile, 32-token tile, k split z):
 // columns [z·kc, (z+1)·kc) go to y + z·T·out (qgemm_sum adds the splits).
 extern "C" __global__ void __launch_bounds__(128) qmma4(const u32* __restrict__ W, const u16* __restrict__ S, const u16* __restrict__ B,
@@ -415,20 +239,6 @@ extern "C" __global__ void __launch_bounds__(128) qmma4(const u32* __restrict__ 
   }
 QMMA4M2(, 3)
 QMMA4M2(p2, 2)
-
-// qmmi4m2: qmma4m2 on the integer tensor cores (qmmi_tile).
-extern "C" __global__ void __launch_bounds__(128) qmmi4m2(const u32* __restrict__ W, const u16* __restrict__ S, const u16* __restrict__ B,
-                                                           const float* __restrict__ x, float* __restrict__ y, int out, int in, int T, int kc) {
-  pdl_wait();
-  const int n0 = blockIdx.y * 32;
-  float* yz = y + (size_t)blockIdx.z * T * out;
-  qmmi_tile<4, 2>(
-      W, S, B, out, in, blockIdx.x * 128, [&](int i) { return n0 + i < T ? x + (size_t)(n0 + i) * in : (const float*)nullptr; },
-      [&](int i, int row, float v) {
-        if (n0 + i < T) yz[(size_t)(n0 + i) * out + row] = v;
-      },
-      blockIdx.z * kc, (blockIdx.z + 1) * kc);
-}
 
 // ---- grouped prefill experts: each routed expert's weights read once per batch ----
 //
@@ -494,7 +304,7 @@ extern "C" __global__ void moe_slots(const int* __restrict__ ids, int np, int E,
 
 // qmmae4: gate (row tiles below I) and up projections of slot blockIdx.y's
 // expert for its pairs: gb/ub[p·I + r] (x row of pair p: token p / K).
-template <int NT, int MT, int P>  // P = 0: qmmi_tile
+template <int NT, int MT, int P>
 __device__ __forceinline__ void qmmae_body(const u64* __restrict__ table, const int* __restrict__ slots, const float* __restrict__ x,
                                                           float* __restrict__ gbuf, float* __restrict__ ubuf, int I, int Hd, int K, long long gw,
                                                           long long gs, long long gb, long long uw, long long us, long long ub) {
@@ -504,17 +314,12 @@ __device__ __forceinline__ void qmmae_body(const u64* __restrict__ table, const 
   const char* e = reinterpret_cast<const char*>(table[sl[0]]);
   const bool up = (int)blockIdx.x * 64 * MT >= I;
   float* dst = up ? ubuf : gbuf;
-  const auto xr = [&](int i) { return i < n ? x + (size_t)(sl[2 + i] / K) * Hd : (const float*)nullptr; };
-  const auto put = [&](int i, int row, float v) {
-    if (i < n) dst[(size_t)sl[2 + i] * I + row] = v;
-  };
-  const u32* W = (const u32*)(e + (up ? uw : gw));
-  const u16 *S = (const u16*)(e + (up ? us : gs)), *B = (const u16*)(e + (up ? ub : gb));
-  if constexpr (P == 0) {
-    qmmi_tile<NT, MT>(W, S, B, I, Hd, blockIdx.x * 64 * MT - (up ? I : 0), xr, put);
-  } else {
-    qmma_tile<NT, MT, P>(W, S, B, I, Hd, blockIdx.x * 64 * MT - (up ? I : 0), xr, put);
-  }
+  qmma_tile<NT, MT, P>(
+      (const u32*)(e + (up ? uw : gw)), (const u16*)(e + (up ? us : gs)), (const u16*)(e + (up ? ub : gb)), I, Hd, blockIdx.x * 64 * MT - (up ? I : 0),
+      [&](int i) { return i < n ? x + (size_t)(sl[2 + i] / K) * Hd : (const float*)nullptr; },
+      [&](int i, int row, float v) {
+        if (i < n) dst[(size_t)sl[2 + i] * I + row] = v;
+      });
 }
 
 // qmmad4: down projections of slot blockIdx.y's expert: part[p·Hd + r] from
@@ -526,15 +331,12 @@ __device__ __forceinline__ void qmmad_body(const u64* __restrict__ table, const 
   const int* sl = slots + 1 + blockIdx.y * MOE_SLOT;
   const int n = sl[1];
   const char* e = reinterpret_cast<const char*>(table[sl[0]]);
-  const auto xr = [&](int i) { return i < n ? hbuf + (size_t)sl[2 + i] * I : (const float*)nullptr; };
-  const auto put = [&](int i, int row, float v) {
-    if (i < n) part[(size_t)sl[2 + i] * Hd + row] = v;
-  };
-  if constexpr (P == 0) {
-    qmmi_tile<NT, MT>((const u32*)(e + dw), (const u16*)(e + ds), (const u16*)(e + db), Hd, I, blockIdx.x * 64 * MT, xr, put);
-  } else {
-    qmma_tile<NT, MT, P>((const u32*)(e + dw), (const u16*)(e + ds), (const u16*)(e + db), Hd, I, blockIdx.x * 64 * MT, xr, put);
-  }
+  qmma_tile<NT, MT, P>(
+      (const u32*)(e + dw), (const u16*)(e + ds), (const u16*)(e + db), Hd, I, blockIdx.x * 64 * MT,
+      [&](int i) { return i < n ? hbuf + (size_t)sl[2 + i] * I : (const float*)nullptr; },
+      [&](int i, int row, float v) {
+        if (i < n) part[(size_t)sl[2 + i] * Hd + row] = v;
+      });
 }
 
 // qmmae4_<NT> / qmmad4_<NT>: slots of up to 8·NT pairs (moe_slots' cap);
@@ -555,8 +357,7 @@ __device__ __forceinline__ void qmmad_body(const u64* __restrict__ table, const 
     pdl_wait();                                                                                                                         \
     qmmad_body<NT, MT, P>(table, slots, hbuf, part, Hd, I, dw, ds, db);                                                                   \
   }
-// qmmae4m2i_<NT> / qmmad4m2i_<NT>: on the integer tensor cores (qmmi_tile).
-#define QMMAX(NT) QMMAXV(NT, 1, , 3) QMMAXV(NT, 2, m2, 3) QMMAXV(NT, 2, m2p2, 2) QMMAXV(NT, 2, m2i, 0)
+#define QMMAX(NT) QMMAXV(NT, 1, , 3) QMMAXV(NT, 2, m2, 3) QMMAXV(NT, 2, m2p2, 2)
 QMMAX(1)
 QMMAX(2)
 QMMAX(4)

@@ -58,9 +58,6 @@ func (b *Backend) qmmaExperts(c *expertCache, table uintptr, xt, d *Tensor, ids,
 	mt, m2 := 1, ""
 	if qmmaeMT() == 2 {
 		mt, m2 = 2, "m2"+qmmaPartsSuffix()
-		if qmmaInt8() {
-			m2 = "m2i"
-		}
 	}
 	if err := b.d.launch(b.fn[fmt.Sprintf("qmmae4%s_%d", m2, nt)], [3]int{2 * l.Intermediate / (64 * mt), np, 1}, [3]int{128, 1, 1}, 0,
 		table, slots, x, gbuf, ubuf, l.Intermediate, l.Hidden, K,

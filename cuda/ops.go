@@ -174,9 +174,6 @@ func (b *Backend) qmma(y uintptr, w *Weight, x uintptr, T int) error {
 	name, rows := "qmma4", 64
 	if qmmaMT() == 2 {
 		name, rows = "qmma4m2"+qmmaPartsSuffix(), 128
-		if qmmaInt8() {
-			name = "qmmi4m2"
-		}
 	}
 	gx, gy := cdiv(w.out, rows), cdiv(T, 32)
 	chunks := w.in / 128
@@ -220,14 +217,6 @@ var QMMAMT = 2
 // resident, 128-token prefill, docs/benchmarks.md round 12) K=4 1516-1530 →
 // 1683-1777 tok/s, K=10 1108-1112 → 1289-1299.
 var QMMAParts = 2
-
-// QMMAInt8 runs the prefill GEMMs of two row tiles per warp (dense and
-// grouped experts) on the integer tensor cores instead (qmmi4m2,
-// qmmae4m2i, qmmad4m2i: x in three 8-bit parts per group of 64 columns,
-// kernels_mma.cu qmmi_tile); FMOE_CUDA_QMMA_I8=1 or 0 overrides it.
-var QMMAInt8 = false
-
-func qmmaInt8() bool { return envChoice("FMOE_CUDA_QMMA_I8", "1", "0", QMMAInt8) }
 
 // qmmaPartsSuffix is the kernel name suffix of QMMAParts: "" or "p2".
 func qmmaPartsSuffix() string {
