@@ -145,11 +145,11 @@ func TestMatMulKernels(t *testing.T) {
 	c := cpu.New()
 	defer c.Close()
 	r := rand.New(rand.NewPCG(5, 6))
-	saveV, saveG, saveM, saveS, saveT, saveP, saveI := QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMAMT, QMMAParts, QMMAInt8
+	saveV, saveG, saveM, saveS, saveT, saveP := QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMAMT, QMMAParts
 	defer func() {
-		QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMAMT, QMMAParts, QMMAInt8 = saveV, saveG, saveM, saveS, saveT, saveP, saveI
+		QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMAMT, QMMAParts = saveV, saveG, saveM, saveS, saveT, saveP
 	}()
-	for _, e := range []string{"FMOE_CUDA_QMMA", "FMOE_CUDA_QMMA_SPLIT", "FMOE_CUDA_QMMA_MT", "FMOE_CUDA_QMMA_PARTS", "FMOE_CUDA_QMMA_I8"} {
+	for _, e := range []string{"FMOE_CUDA_QMMA", "FMOE_CUDA_QMMA_SPLIT", "FMOE_CUDA_QMMA_MT", "FMOE_CUDA_QMMA_PARTS"} {
 		t.Setenv(e, "")
 		os.Unsetenv(e)
 	}
@@ -179,19 +179,17 @@ func TestMatMulKernels(t *testing.T) {
 				// or not) and the fp32 one
 				type mm struct {
 					on, split bool
-					mt        int  // 16-row tiles per warp
-					parts     int  // bf16 parts of x (mt 2)
-					i8        bool // the integer tensor cores (mt 2)
+					mt        int // 16-row tiles per warp
+					parts     int // bf16 parts of x (mt 2)
 				}
-				mmas := []mm{{false, false, 1, 3, false}}
+				mmas := []mm{{false, false, 1, 3}}
 				if bits == 4 && sh.group == 64 && T > 1 {
-					mmas = []mm{{true, true, 1, 3, false}, {true, false, 1, 3, false}, {true, true, 2, 3, false}, {true, false, 2, 3, false},
-						{true, true, 2, 2, false}, {true, false, 2, 2, false}, {true, true, 2, 3, true}, {true, false, 2, 3, true}, {false, false, 1, 3, false}}
+					mmas = []mm{{true, true, 1, 3}, {true, false, 1, 3}, {true, true, 2, 3}, {true, false, 2, 3}, {true, true, 2, 2}, {true, false, 2, 2}, {false, false, 1, 3}}
 				}
 				for _, v := range variants {
 					for _, gm := range []int{2, 1 << 30} {
 						for _, mma := range mmas {
-							QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMAMT, QMMAParts, QMMAInt8 = v, gm, mma.on, mma.split, mma.mt, mma.parts, mma.i8
+							QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMAMT, QMMAParts = v, gm, mma.on, mma.split, mma.mt, mma.parts
 							got := matmulOn(t, g, gw, xv, T, sh.rows, sh.cols)
 							for row := 0; row < T; row++ {
 								var e, m float64
@@ -253,10 +251,8 @@ func TestMoELarge(t *testing.T) {
 	for i := range rv {
 		rv[i] = r.Float32() - 0.5
 	}
-	defer func(m bool, mt, p int, i8 bool) {
-		MoEGateSplit, QMMA, QMMAEMT, QMMAParts, QMMAInt8 = true, m, mt, p, i8
-	}(QMMA, QMMAEMT, QMMAParts, QMMAInt8)
-	for _, e := range []string{"FMOE_CUDA_QMMA", "FMOE_CUDA_QMMAE_MT", "FMOE_CUDA_QMMA_PARTS", "FMOE_CUDA_QMMA_I8"} {
+	defer func(m bool, mt, p int) { MoEGateSplit, QMMA, QMMAEMT, QMMAParts = true, m, mt, p }(QMMA, QMMAEMT, QMMAParts)
+	for _, e := range []string{"FMOE_CUDA_QMMA", "FMOE_CUDA_QMMAE_MT", "FMOE_CUDA_QMMA_PARTS"} {
 		t.Setenv(e, "")
 		os.Unsetenv(e)
 	}
@@ -292,12 +288,10 @@ func TestMoELarge(t *testing.T) {
 		c.Close()
 		for _, v := range []struct {
 			split, mma bool
-			mt         int  // the grouped experts' 16-row tiles per warp
-			parts      int  // bf16 parts of x (mt 2)
-			i8         bool // the integer tensor cores (mt 2)
-		}{{true, true, 1, 3, false}, {true, true, 2, 3, false}, {true, true, 2, 2, false}, {true, true, 2, 3, true}, {true, false, 1, 3, false},
-			{false, false, 1, 3, false}} {
-			MoEGateSplit, QMMA, QMMAEMT, QMMAParts, QMMAInt8 = v.split, v.mma, v.mt, v.parts, v.i8
+			mt         int // the grouped experts' 16-row tiles per warp
+			parts      int // bf16 parts of x (mt 2)
+		}{{true, true, 1, 3}, {true, true, 2, 3}, {true, true, 2, 2}, {true, false, 1, 3}, {false, false, 1, 3}} {
+			MoEGateSplit, QMMA, QMMAEMT, QMMAParts = v.split, v.mma, v.mt, v.parts
 			g := openOrSkip(t, Options{})
 			got := run(g)
 			g.Close()

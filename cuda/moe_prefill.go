@@ -58,35 +58,17 @@ func (b *Backend) qmmaExperts(c *expertCache, table uintptr, xt, d *Tensor, ids,
 	mt, m2 := 1, ""
 	if qmmaeMT() == 2 {
 		mt, m2 = 2, "m2"+qmmaPartsSuffix()
-		if qmmaInt8() {
-			m2 = "m2i"
-		}
-	}
-	var ex []karg // qmmi: x (then h) quantized by xq8_prep
-	if m2 == "m2i" {
-		p8, sc, err := b.xq8(x, n, l.Hidden)
-		if err != nil {
-			return true, err
-		}
-		ex = []karg{p8, sc}
 	}
 	if err := b.d.launch(b.fn[fmt.Sprintf("qmmae4%s_%d", m2, nt)], [3]int{2 * l.Intermediate / (64 * mt), np, 1}, [3]int{128, 1, 1}, 0,
-		append([]karg{table, slots, x, gbuf, ubuf, l.Intermediate, l.Hidden, K,
-			l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset}, ex...)...); err != nil {
+		table, slots, x, gbuf, ubuf, l.Intermediate, l.Hidden, K,
+		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset); err != nil {
 		return true, err
 	}
 	if err := b.d.launch(b.fn["swiglu_f"], ewGrid(np*l.Intermediate), blk, 0, hbuf, gbuf, ubuf, int64(np*l.Intermediate)); err != nil {
 		return true, err
 	}
-	if m2 == "m2i" {
-		p8, sc, err := b.xq8(hbuf, np, l.Intermediate)
-		if err != nil {
-			return true, err
-		}
-		ex = []karg{p8, sc}
-	}
 	if err := b.d.launch(b.fn[fmt.Sprintf("qmmad4%s_%d", m2, nt)], [3]int{cdiv(l.Hidden, 64*mt), np, 1}, [3]int{128, 1, 1}, 0,
-		append([]karg{table, slots, hbuf, part, l.Hidden, l.Intermediate, l.Down.WOffset, l.Down.SOffset, l.Down.BOffset}, ex...)...); err != nil {
+		table, slots, hbuf, part, l.Hidden, l.Intermediate, l.Down.WOffset, l.Down.SOffset, l.Down.BOffset); err != nil {
 		return true, err
 	}
 	return true, b.d.launch(b.fn["moe_combine"], [3]int{cdiv(l.Hidden, 256), n, 1}, [3]int{256, 1, 1}, 0,

@@ -174,9 +174,6 @@ func (b *Backend) qmma(y uintptr, w *Weight, x uintptr, T int) error {
 	name, rows := "qmma4", 64
 	if qmmaMT() == 2 {
 		name, rows = "qmma4m2"+qmmaPartsSuffix(), 128
-		if qmmaInt8() {
-			name = "qmmi4m2"
-		}
 	}
 	gx, gy := cdiv(w.out, rows), cdiv(T, 32)
 	chunks := w.in / 128
@@ -190,26 +187,15 @@ func (b *Backend) qmma(y uintptr, w *Weight, x uintptr, T int) error {
 	}
 	kc := cdiv(chunks, splits) * 128
 	splits = cdiv(w.in, kc)
-	xa, xb := []karg{x}, []karg{}
-	if name == "qmmi4m2" {
-		p8, sc, err := b.xq8(x, T, w.in)
-		if err != nil {
-			return err
-		}
-		xa = []karg{p8, sc}
-	}
-	args := func(dst uintptr) []karg {
-		return append(append(append([]karg{w.w, w.s, w.z}, xa...), xb...), dst, w.out, w.in, T, kc)
-	}
 	if splits == 1 {
-		return b.d.launch(b.fn[name], [3]int{gx, gy, 1}, [3]int{128, 1, 1}, 0, args(y)...)
+		return b.d.launch(b.fn[name], [3]int{gx, gy, 1}, [3]int{128, 1, 1}, 0, w.w, w.s, w.z, x, y, w.out, w.in, T, kc)
 	}
 	n := T * w.out
 	part, err := b.scratchBuf("gemm_part", splits*n*4)
 	if err != nil {
 		return err
 	}
-	if err := b.d.launch(b.fn[name], [3]int{gx, gy, splits}, [3]int{128, 1, 1}, 0, args(part)...); err != nil {
+	if err := b.d.launch(b.fn[name], [3]int{gx, gy, splits}, [3]int{128, 1, 1}, 0, w.w, w.s, w.z, x, part, w.out, w.in, T, kc); err != nil {
 		return err
 	}
 	return b.d.launch(b.fn["qgemm_sum"], ewGrid(n), blk, 0, part, y, int64(n), splits)
@@ -231,26 +217,6 @@ var QMMAMT = 2
 // resident, 128-token prefill, docs/benchmarks.md round 12) K=4 1516-1530 →
 // 1683-1777 tok/s, K=10 1108-1112 → 1289-1299.
 var QMMAParts = 2
-
-// QMMAInt8 runs the prefill GEMMs of two row tiles per warp (dense and
-// grouped experts) on the integer tensor cores instead (qmmi4m2,
-// qmmae4m2i, qmmad4m2i: x in three 8-bit parts per group of 64 columns,
-// kernels_mma.cu qmmi_tile); FMOE_CUDA_QMMA_I8=1 or 0 overrides it.
-var QMMAInt8 = false
-
-func qmmaInt8() bool { return envChoice("FMOE_CUDA_QMMA_I8", "1", "0", QMMAInt8) }
-
-// xq8 (worker only) quantizes rows × in floats at x for the qmmi kernels
-// (kernels_mma.cu xq8_prep) into scratch: their parts and group scales.
-func (b *Backend) xq8(x uintptr, rows, in int) (p8, sc uintptr, err error) {
-	if p8, err = b.scratchBuf("xq8", rows*in*3); err != nil {
-		return 0, 0, err
-	}
-	if sc, err = b.scratchBuf("xq8_scale", rows*(in/64)*8); err != nil {
-		return 0, 0, err
-	}
-	return p8, sc, b.d.launch(b.fn["xq8_prep"], [3]int{cdiv(in/128, 4), rows, 1}, [3]int{128, 1, 1}, 0, x, p8, sc, rows, in)
-}
 
 // qmmaPartsSuffix is the kernel name suffix of QMMAParts: "" or "p2".
 func qmmaPartsSuffix() string {
