@@ -395,7 +395,7 @@ var QMXI = "p"
 
 // qmxiShapes are the qmxi kernels built: warps per block, groups per warp
 // (the first whose width matches wins).
-var qmxiShapes = [][2]int{{8, 8}, {16, 8}, {8, 16}, {4, 4}, {4, 8}, {4, 16}, {16, 4}}
+var qmxiShapes = [][2]int{{8, 8}, {16, 8}, {8, 16}, {4, 4}, {4, 8}, {4, 16}}
 
 func qmxiVariant() string {
 	v := QMXI
