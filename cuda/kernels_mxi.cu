@@ -352,6 +352,110 @@ __device__ __forceinline__ void qmxi_body(const long long* __restrict__ D) {
   probe_exit(pc);
 }
 
+// ---- qmxie: qmxe on the integer tensor cores ----
+//
+// The gate and up projections of the K routed experts of token t0 (and a
+// merged shared expert, SH, as qmxe) as qmxi's SwiGLU tiles: MMA rows 0-7
+// are 8 gate rows of one expert, rows 8-15 the same rows of its up
+// projection; tiles run expert by expert (the shared expert's first, so
+// that a block's first one loads before pdl_wait: its weights are static).
+// The routed experts' pointers come from the expert table after the wait
+// (ep, staged in shared memory as qmxe). D is a qmxi descriptor of x (word
+// 1: columns, 3: mode 0, QB_ITEM + 3: the normed row); h = silu(g)·up goes
+// to hbuf[(t0·K + k)·I + row] as qmxe.
+template <int GW>
+__device__ __forceinline__ void qmxie_load(const char* const (*ep)[QMX_MAXK + 1], int t, int tpe, int I, int K, int KK, int g, int t4, int g0,
+                                           int in, QmxiTile<GW>& T) {
+  const int k = qmxe_expert(t, tpe, K, KK);
+  const size_t r = (size_t)min((t % tpe) * 8 + g, I - 1);
+  const int wpr = in / 8, gpr = in / 64;
+  const uint2* Wa = reinterpret_cast<const uint2*>((const u32*)ep[0][k] + r * wpr + g0 * 8) + t4;
+  const uint2* Wb = reinterpret_cast<const uint2*>((const u32*)ep[3][k] + r * wpr + g0 * 8) + t4;
+#pragma unroll
+  for (int j = 0; j < GW; j++) {
+    T.qa[j] = __ldg(Wa + 4 * j);
+    T.qb[j] = __ldg(Wb + 4 * j);
+  }
+  ld_words<GW / 2>(reinterpret_cast<const u32*>((const u16*)ep[1][k] + r * gpr + g0), T.sa);
+  ld_words<GW / 2>(reinterpret_cast<const u32*>((const u16*)ep[4][k] + r * gpr + g0), T.sb);
+  ld_words<GW / 2>(reinterpret_cast<const u32*>((const u16*)ep[2][k] + r * gpr + g0), T.ba);
+  ld_words<GW / 2>(reinterpret_cast<const u32*>((const u16*)ep[5][k] + r * gpr + g0), T.bb);
+}
+
+template <int NW, int GW>
+__device__ __forceinline__ void qmxie_body(QmxMoE m, const long long* __restrict__ D, float* hbuf, int I, int K, int t0,
+                                           const long long* __restrict__ SH) {
+  extern __shared__ float qsm[];  // parts (in floats' worth), Σx (in/64)
+  __shared__ float red[2][NW][16];
+  __shared__ float sh[32];
+  __shared__ const char* ep[6][QMX_MAXK + 1];
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g = lane >> 2, t4 = lane & 3;
+  const int in = (int)D[1], g0 = w * GW;
+  const int KK = K + (SH != nullptr ? 1 : 0), tpe = (I + 7) / 8, ntiles = KK * tpe;
+  if (SH != nullptr) {
+    if (tid == 0) {
+#pragma unroll
+      for (int j = 0; j < 6; j++) ep[j][K] = (const char*)SH[j];
+    }
+    __syncthreads();
+  }
+  QmxiTile<GW> A;
+  int t = blockIdx.x;
+  const bool pre = SH != nullptr && t < tpe && t < ntiles;
+  if (pre) qmxie_load<GW>(ep, t, tpe, I, K, KK, g, t4, g0, in, A);
+  pdl_wait();  // the ids come from the router, x from the router's norm
+  if (tid < K) {
+    const char* e = reinterpret_cast<const char*>(m.table[m.ids[t0 * K + tid]]);
+    ep[0][tid] = e + m.w0; ep[1][tid] = e + m.s0; ep[2][tid] = e + m.b0;
+    ep[3][tid] = e + m.w1; ep[4][tid] = e + m.s1; ep[5][tid] = e + m.b1;
+  }
+  constexpr int XW = GW / 4;
+  float4 gv[XW][2];  // no norm (mode 0): unread
+  uint2* xq = reinterpret_cast<uint2*>(qsm);
+  float* xsum = qsm + in;
+  float cw0, cw1;
+  qmxi_prologue<XW>(D, xq, xsum, sh, t4, false, gv, cw0, cw1);  // its barriers publish ep
+  if (!pre && t < ntiles) qmxie_load<GW>(ep, t, tpe, I, K, KK, g, t4, g0, in, A);
+  if (SH != nullptr && blockIdx.x == gridDim.x - 1) {  // the shared expert's gate logit, one block
+    const float gl = qmx_gate_logit(SH, (const float*)D[QB_ITEM + 3], in, sh);
+    if (tid == 0) ((float*)SH[17])[0] = gl;
+  }
+  for (int buf = 0; t < ntiles; t += gridDim.x, buf ^= 1) {
+    QmxiTile<GW> Bt;
+    const int tn = t + gridDim.x;
+    if (tn < ntiles) qmxie_load<GW>(ep, tn, tpe, I, K, KK, g, t4, g0, in, Bt);
+    float va, vb;
+    qmxi_dot<GW>(A, xq, xsum, g, t4, g0, cw0, cw1, va, vb);
+    if (t4 == 0) {
+      red[buf][w][g] = va;
+      red[buf][w][g + 8] = vb;
+    }
+    __syncthreads();
+    if (tid < 8) {
+      float gg, up;
+      qmx_pair<16, NW>(red[buf], 0, tid, gg, up);
+      const int k = qmxe_expert(t, tpe, K, KK), row = (t % tpe) * 8 + tid;
+      if (row < I) {
+        const float h = silu(gg) * up;
+        hbuf[(size_t)(t0 * K + k) * I + row] = h;
+        if (k == K) {  // the shared expert: its gate, up and SwiGLU outputs in that order (as qmxe)
+          ((float*)SH[14])[row] = gg;
+          ((float*)SH[15])[row] = up;
+          ((float*)SH[16])[row] = h;
+        }
+      }
+    }
+    A = Bt;
+  }
+}
+
+#define QMXIE(NW, GW)                                                                                                                    \
+  extern "C" __global__ void __launch_bounds__(32 * NW) qmxie4_##NW##_##GW(const u64* table, const int* ids, const long long* D, float* hbuf, \
+                                                                          int I, int K, int t0, long long gw, long long gs, long long gb,    \
+                                                                          long long uw, long long us, long long ub, const long long* SH) {   \
+    qmxie_body<NW, GW>(QmxMoE{table, ids, gw, gs, gb, uw, us, ub}, D, hbuf, I, K, t0, SH);                                              \
+  }
+
 // qmxi4_<NW>_<GW><c?><p|n>: NW warps, GW groups per warp (in = 64·NW·GW),
 // c = 16-byte loads of group pairs (qmxi_pair), p = next tile prefetched.
 #define QMXI(NW, GW)                                                                                                                    \
@@ -365,3 +469,9 @@ QMXI(8, 16)
 QMXI(4, 4)
 QMXI(4, 8)
 QMXI(4, 16)
+QMXIE(8, 8)
+QMXIE(16, 8)
+QMXIE(8, 16)
+QMXIE(4, 4)
+QMXIE(4, 8)
+QMXIE(4, 16)
