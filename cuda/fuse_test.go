@@ -177,11 +177,9 @@ func TestFusedDecode(t *testing.T) {
 	cb := cpu.New()
 	want := fs.run(cb)
 	cb.Close()
-	defer func(v string, r bool, m int, x, xi string, xe bool) {
-		QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX, QMXI, QMXIExperts = v, r, m, x, xi, xe
-	}(QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX, QMXI, QMXIExperts)
-	t.Setenv("FMOE_CUDA_QMXIE", "") // QMXIExperts below decides
-	os.Unsetenv("FMOE_CUDA_QMXIE")
+	defer func(v string, r bool, m int, x, xi string) {
+		QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX, QMXI = v, r, m, x, xi
+	}(QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX, QMXI)
 	v0, r0, m0 := QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin
 	t.Setenv("FMOE_CUDA_QMX", "") // QMX below decides
 	os.Unsetenv("FMOE_CUDA_QMX")
@@ -189,8 +187,8 @@ func TestFusedDecode(t *testing.T) {
 	os.Unsetenv("FMOE_CUDA_QMXI")
 	only := os.Getenv("FMOE_TEST_FUSED_CONFIGS") // e.g. "0,2": run only these (repeated runs of one)
 	for i, opts := range []Options{{}, {NoFusion: true}, {NoGraphs: true}, {NoGraphs: true}, {MaskDequant: true}, {MaskDequant: true},
-		{}, {NoGraphs: true}, {}, {}, {}, {NoGraphs: true}, {}, {}} {
-		QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX, QMXI, QMXIExperts = v0, r0, m0, "", "", true
+		{}, {NoGraphs: true}, {}, {}, {}, {NoGraphs: true}, {}} {
+		QMVBVariant, QMVBWarpRows, QMVBWarpRowsMin, QMX, QMXI = v0, r0, m0, "", ""
 		switch i {
 		case 3:
 			QMVBVariant = "o" // the fused kernel capped at 96 registers
@@ -208,8 +206,6 @@ func TestFusedDecode(t *testing.T) {
 			QMX, QMXI = "8p", "cn"
 		case 12:
 			QMX, QMXI = "8p", "cp"
-		case 13:
-			QMX, QMXI, QMXIExperts = "8p", "p", false // the experts' gate/up on qmxe instead of qmxie
 		}
 		if only != "" && !slices.Contains(strings.Split(only, ","), strconv.Itoa(i)) {
 			continue

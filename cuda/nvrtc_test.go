@@ -94,9 +94,6 @@ func TestQMXNamesBuilt(t *testing.T) {
 			built["qmxi4_"+m[1]+"_"+m[2]+v] = true
 		}
 	}
-	for _, m := range regexp.MustCompile(`(?m)^QMXIE\((\d+), (\d+)\)$`).FindAllStringSubmatch(kernelsMXI, -1) {
-		built["qmxie4_"+m[1]+"_"+m[2]] = true
-	}
 	names := qmxKernelNames()
 	for _, n := range names {
 		if !built[n] {

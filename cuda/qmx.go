@@ -158,9 +158,6 @@ func (b *Backend) qmxGateUp(c *expertCache, p qmxEx, table uintptr, xt *Tensor, 
 	if sh != 0 {
 		kk++
 	}
-	if ok, err := b.qmxieGateUp(c, table, xt, ids, hbuf, t0, K, sh); ok || err != nil {
-		return err
-	}
 	tiles := kk * cdiv(l.Intermediate, (128/p.gtpr)*(p.gtile/2))
 	occ, err := b.d.occupancy(f, 128, 0)
 	if err != nil {
@@ -169,49 +166,6 @@ func (b *Backend) qmxGateUp(c *expertCache, p qmxEx, table uintptr, xt *Tensor, 
 	return b.d.launch(f, grid1(min(tiles, occ*b.d.sms)), [3]int{128, 1, 1}, 0,
 		table, ids, xt.p, hbuf, l.Intermediate, l.Hidden, l.GroupSize, K, t0,
 		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset, sh)
-}
-
-// QMXIExperts runs the one-token experts' gate and up projections (qmxe's
-// work) on the integer tensor cores (kernels_mxi.cu qmxie) where qmxi
-// takes the rows: 4-bit in groups of 64, a qmxi width, 16-byte aligned
-// offsets; FMOE_CUDA_QMXIE=0 or 1 overrides it.
-var QMXIExperts = true
-
-// qmxieGateUp (worker only) launches qmxie for qmxGateUp; false: it does
-// not apply (nothing launched).
-func (b *Backend) qmxieGateUp(c *expertCache, table uintptr, xt *Tensor, ids, hbuf uintptr, t0, K int, sh uintptr) (bool, error) {
-	l := c.layout
-	if !envChoice("FMOE_CUDA_QMXIE", "1", "0", QMXIExperts) || qmxiVariant() == "" || l.Gate.Bits != 4 || l.Up.Bits != 4 || l.GroupSize != 64 {
-		return false, nil
-	}
-	for _, o := range []int64{l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset} {
-		if o%16 != 0 {
-			return false, nil
-		}
-	}
-	nw, gw, ok := b.qmxiPlan(4, 64, l.Hidden)
-	if !ok {
-		return false, nil
-	}
-	var D [qbWords]uint64
-	D[1], D[qbItem+3] = uint64(l.Hidden), uint64(xt.p+uintptr(t0*l.Hidden*4))
-	desc, err := b.descFor(&D)
-	if err != nil {
-		return true, err
-	}
-	kk := K
-	if sh != 0 {
-		kk++
-	}
-	tiles := kk * cdiv(l.Intermediate, 8)
-	f := b.fn[fmt.Sprintf("qmxie4_%d_%d", nw, gw)]
-	smem := 4*l.Hidden + 4*(l.Hidden/64)
-	occ, err := b.d.occupancy(f, 32*nw, smem)
-	if err != nil {
-		return true, err
-	}
-	return true, b.d.launch(f, grid1(min(tiles, occ*b.d.sms)), [3]int{32 * nw, 1, 1}, smem,
-		table, ids, desc, hbuf, l.Intermediate, K, t0, l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset, sh)
 }
 
 // qmxDown (worker only) launches qmxd or qmxs for experts ids[0:K] of token
@@ -289,7 +243,6 @@ func qmxKernelNames() []string {
 		for _, pf := range []string{"p", "n", "cp", "cn"} {
 			names = append(names, fmt.Sprintf("qmxi4_%d_%d%s", s[0], s[1], pf))
 		}
-		names = append(names, fmt.Sprintf("qmxie4_%d_%d", s[0], s[1]))
 	}
 	for _, s := range qmxShapes {
 		for _, u := range qmxTiles(s.bits) {
