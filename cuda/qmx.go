@@ -437,9 +437,6 @@ func (b *Backend) qmxiLaunch(bt *fBatch, D *[qbWords]uint64, smem int) (bool, er
 	if u, _ := qmxVariant(); v == "" || u == 0 {
 		return false, nil
 	}
-	if D[3]&8 != 0 && os.Getenv("FMOE_CUDA_QMXI_TOPK") == "0" {
-		return false, nil // the router's matvec on qmx (below)
-	}
 	w0 := bt.items[0].w
 	nw, gw, ok := b.qmxiPlan(w0.bits, w0.group, w0.in)
 	if !ok {
