@@ -128,13 +128,14 @@ func BenchmarkQMatVec(b *testing.B) {
 		ws = append(ws, w.(*Weight))
 	}
 	wbytes := float64(rows*cols/2 + 2*rows*cols/64*2)
-	saveV, saveG, saveM, saveT := QMVVariant, GemmMinTokens, QMMA, QMMAMT
-	defer func() { QMVVariant, GemmMinTokens, QMMA, QMMAMT = saveV, saveG, saveM, saveT }()
+	saveV, saveG, saveM, saveT, saveW := QMVVariant, GemmMinTokens, QMMA, QMMAMT, QMMAWG
+	defer func() { QMVVariant, GemmMinTokens, QMMA, QMMAMT, QMMAWG = saveV, saveG, saveM, saveT, saveW }()
 	type variant struct {
 		name, qmv string
 		gemmFrom  int
 		fp32      bool // the fp32 tiled GEMM, not the tensor cores
 		mt        int  // qmma's 16-row tiles per warp
+		wg        bool // qmmw4 (warpgroup MMA, sm_90a)
 	}
 	var cases []struct {
 		T int
@@ -148,10 +149,17 @@ func BenchmarkQMatVec(b *testing.B) {
 		cases = append(cases, struct {
 			T int
 			v variant
-		}{1, variant{name, v, 2, false, 1}})
+		}{1, variant{name, v, 2, false, 1, false}})
 	}
-	for _, T := range []int{8, 32, 64} {
-		for _, v := range []variant{{"qmma", saveV, 2, false, 1}, {"qmma-m2", saveV, 2, false, 2}, {"gemm", saveV, 2, true, 1}, {"old", saveV, 1 << 30, true, 1}} {
+	for _, T := range []int{8, 32, 64, 128} {
+		vs := []variant{{"qmma", saveV, 2, false, 1, false}, {"qmma-m2", saveV, 2, false, 2, false}}
+		if be.d.wgmma() {
+			vs = append(vs, variant{"qmma-wg", saveV, 2, false, 2, true})
+		}
+		if T <= 64 {
+			vs = append(vs, variant{"gemm", saveV, 2, true, 1, false}, variant{"old", saveV, 1 << 30, true, 1, false})
+		}
+		for _, v := range vs {
 			cases = append(cases, struct {
 				T int
 				v variant
@@ -161,7 +169,7 @@ func BenchmarkQMatVec(b *testing.B) {
 	for _, cs := range cases {
 		T := cs.T
 		b.Run(fmt.Sprintf("T=%d/%s", T, cs.v.name), func(b *testing.B) {
-			QMVVariant, GemmMinTokens, QMMA, QMMAMT = cs.v.qmv, cs.v.gemmFrom, !cs.v.fp32, cs.v.mt
+			QMVVariant, GemmMinTokens, QMMA, QMMAMT, QMMAWG = cs.v.qmv, cs.v.gemmFrom, !cs.v.fp32, cs.v.mt, cs.v.wg
 			x, _ := be.NewTensor(T, cols)
 			y, _ := be.NewTensor(T, rows)
 			xv := make([]float32, T*cols)

@@ -145,11 +145,12 @@ func TestMatMulKernels(t *testing.T) {
 	c := cpu.New()
 	defer c.Close()
 	r := rand.New(rand.NewPCG(5, 6))
-	saveV, saveG, saveM, saveS, saveT, saveP := QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMAMT, QMMAParts
+	saveV, saveG, saveM, saveS, saveT, saveP, saveW := QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMAMT, QMMAParts, QMMAWG
 	defer func() {
-		QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMAMT, QMMAParts = saveV, saveG, saveM, saveS, saveT, saveP
+		QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMAMT, QMMAParts, QMMAWG = saveV, saveG, saveM, saveS, saveT, saveP, saveW
 	}()
-	for _, e := range []string{"FMOE_CUDA_QMMA", "FMOE_CUDA_QMMA_SPLIT", "FMOE_CUDA_QMMA_MT", "FMOE_CUDA_QMMA_PARTS"} {
+	t.Logf("warpgroup MMA (qmmw4, sm_90a): %v", g.d.wgmma())
+	for _, e := range []string{"FMOE_CUDA_QMMA", "FMOE_CUDA_QMMA_SPLIT", "FMOE_CUDA_QMMA_MT", "FMOE_CUDA_QMMA_PARTS", "FMOE_CUDA_QMMA_WG"} {
 		t.Setenv(e, "")
 		os.Unsetenv(e)
 	}
@@ -181,15 +182,20 @@ func TestMatMulKernels(t *testing.T) {
 					on, split bool
 					mt        int // 16-row tiles per warp
 					parts     int // bf16 parts of x (mt 2)
+					wg        bool
 				}
-				mmas := []mm{{false, false, 1, 3}}
+				mmas := []mm{{false, false, 1, 3, false}}
 				if bits == 4 && sh.group == 64 && T > 1 {
-					mmas = []mm{{true, true, 1, 3}, {true, false, 1, 3}, {true, true, 2, 3}, {true, false, 2, 3}, {true, true, 2, 2}, {true, false, 2, 2}, {false, false, 1, 3}}
+					mmas = []mm{{true, true, 1, 3, false}, {true, false, 1, 3, false}, {true, true, 2, 3, false}, {true, false, 2, 3, false},
+						{true, true, 2, 2, false}, {true, false, 2, 2, false}, {false, false, 1, 3, false}}
+					if g.d.wgmma() {
+						mmas = append(mmas, mm{true, true, 2, 2, true}, mm{true, false, 2, 2, true})
+					}
 				}
 				for _, v := range variants {
 					for _, gm := range []int{2, 1 << 30} {
 						for _, mma := range mmas {
-							QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMAMT, QMMAParts = v, gm, mma.on, mma.split, mma.mt, mma.parts
+							QMVVariant, GemmMinTokens, QMMA, QMMASplitK, QMMAMT, QMMAParts, QMMAWG = v, gm, mma.on, mma.split, mma.mt, mma.parts, mma.wg
 							got := matmulOn(t, g, gw, xv, T, sh.rows, sh.cols)
 							for row := 0; row < T; row++ {
 								var e, m float64
@@ -251,8 +257,8 @@ func TestMoELarge(t *testing.T) {
 	for i := range rv {
 		rv[i] = r.Float32() - 0.5
 	}
-	defer func(m bool, mt, p int) { MoEGateSplit, QMMA, QMMAEMT, QMMAParts = true, m, mt, p }(QMMA, QMMAEMT, QMMAParts)
-	for _, e := range []string{"FMOE_CUDA_QMMA", "FMOE_CUDA_QMMAE_MT", "FMOE_CUDA_QMMA_PARTS"} {
+	defer func(m bool, mt, p int, wg bool) { MoEGateSplit, QMMA, QMMAEMT, QMMAParts, QMMAWG = true, m, mt, p, wg }(QMMA, QMMAEMT, QMMAParts, QMMAWG)
+	for _, e := range []string{"FMOE_CUDA_QMMA", "FMOE_CUDA_QMMAE_MT", "FMOE_CUDA_QMMA_PARTS", "FMOE_CUDA_QMMA_WG"} {
 		t.Setenv(e, "")
 		os.Unsetenv(e)
 	}
@@ -289,10 +295,15 @@ func TestMoELarge(t *testing.T) {
 		for _, v := range []struct {
 			split, mma bool
 			mt         int // the grouped experts' 16-row tiles per warp
-			parts      int // bf16 parts of x (mt 2)
-		}{{true, true, 1, 3}, {true, true, 2, 3}, {true, true, 2, 2}, {true, false, 1, 3}, {false, false, 1, 3}} {
-			MoEGateSplit, QMMA, QMMAEMT, QMMAParts = v.split, v.mma, v.mt, v.parts
+			parts      int  // bf16 parts of x (mt 2)
+			wg         bool // the warpgroup MMA (qmmwe4 / qmmwd4 for slots of 32 pairs, sm_90a)
+		}{{true, true, 1, 3, false}, {true, true, 2, 3, false}, {true, true, 2, 2, false}, {true, true, 2, 2, true}, {true, false, 1, 3, false}, {false, false, 1, 3, false}} {
+			MoEGateSplit, QMMA, QMMAEMT, QMMAParts, QMMAWG = v.split, v.mma, v.mt, v.parts, v.wg
 			g := openOrSkip(t, Options{})
+			if v.wg && !g.d.wgmma() {
+				g.Close()
+				continue
+			}
 			got := run(g)
 			g.Close()
 			if ok, maxErr, maxRef := closeTo(got, want, 1e-4); !ok {

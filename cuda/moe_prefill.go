@@ -55,6 +55,9 @@ func (b *Backend) qmmaExperts(c *expertCache, table uintptr, xt, d *Tensor, ids,
 		return true, err
 	}
 	x := xt.p + uintptr(t0*l.Hidden*4)
+	if b.qmmwOn() && nt == 4 {
+		return true, b.qmmwExperts(c, table, slots, x, gbuf, ubuf, hbuf, part, pw, d, t0, n, K)
+	}
 	mt, m2 := 1, ""
 	if qmmaeMT() == 2 {
 		mt, m2 = 2, "m2"+qmmaPartsSuffix()
@@ -72,6 +75,28 @@ func (b *Backend) qmmaExperts(c *expertCache, table uintptr, xt, d *Tensor, ids,
 		return true, err
 	}
 	return true, b.d.launch(b.fn["moe_combine"], [3]int{cdiv(l.Hidden, 256), n, 1}, [3]int{256, 1, 1}, 0,
+		part, pw, d.p+uintptr(t0*l.Hidden*4), l.Hidden, K, 0)
+}
+
+// qmmwExperts (worker only) is the rest of qmmaExperts on the warpgroup MMA
+// (qmmwe4 / qmmwd4, kernels_wg.cu), for slots of up to 32 pairs.
+func (b *Backend) qmmwExperts(c *expertCache, table, slots, x, gbuf, ubuf, hbuf, part, pw uintptr, d *Tensor, t0, n, K int) error {
+	l := c.layout
+	np := n * K
+	lbo, sbo := qmmwOffsets()
+	if err := b.d.launch(b.fn["qmmwe4"], [3]int{2 * l.Intermediate / 128, np, 1}, [3]int{256, 1, 1}, 0,
+		table, slots, x, gbuf, ubuf, l.Intermediate, l.Hidden, K,
+		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset, lbo, sbo); err != nil {
+		return err
+	}
+	if err := b.d.launch(b.fn["swiglu_f"], ewGrid(np*l.Intermediate), blk, 0, hbuf, gbuf, ubuf, int64(np*l.Intermediate)); err != nil {
+		return err
+	}
+	if err := b.d.launch(b.fn["qmmwd4"], [3]int{cdiv(l.Hidden, 128), np, 1}, [3]int{256, 1, 1}, 0,
+		table, slots, hbuf, part, l.Hidden, l.Intermediate, l.Down.WOffset, l.Down.SOffset, l.Down.BOffset, lbo, sbo); err != nil {
+		return err
+	}
+	return b.d.launch(b.fn["moe_combine"], [3]int{cdiv(l.Hidden, 256), n, 1}, [3]int{256, 1, 1}, 0,
 		part, pw, d.p+uintptr(t0*l.Hidden*4), l.Hidden, K, 0)
 }
 

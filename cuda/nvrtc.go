@@ -36,6 +36,9 @@ var kernelsMXI string
 //go:embed kernels_mma.cu
 var kernelsMMA string
 
+//go:embed kernels_wg.cu
+var kernelsWG string
+
 // kernelSource is the whole CUDA C translation unit (default build).
 func kernelSource() string { return kernelSourceDQ(false) }
 
@@ -50,14 +53,34 @@ func kernelSourceDQ(dq bool) string {
 	if probeOn() {
 		pre += "#define FMOE_PROBE 1\n" // the stage probe (trace.go)
 	}
-	return pre + kernelsCore + "\n" + kernelsMixer + "\n" + kernelsFast + "\n" + kernelsFuse + "\n" + kernelsMX + "\n" + kernelsMXI + "\n" + kernelsMMA
+	return pre + kernelsCore + "\n" + kernelsMixer + "\n" + kernelsFast + "\n" + kernelsFuse + "\n" + kernelsMX + "\n" + kernelsMXI + "\n" + kernelsMMA + "\n" + kernelsWG
 }
 
 // ErrCompile reports that NVRTC rejected the kernel source; the error text
 // carries the compiler log.
 var ErrCompile = errors.New("cuda: kernel compilation failed")
 
-func (d *device) arch() string { return fmt.Sprintf("sm_%d%d", d.ccMajor, d.ccMinor) }
+// arch is the --gpu-architecture NVRTC compiles for: the device's compute
+// capability, and on 9.0 (Hopper) with NVRTC 12 or later its feature target
+// sm_90a, the one that has wgmma (kernels_wg.cu; a cubin for sm_90a runs
+// only on 9.0 devices, which is all it is built for). NVRTC takes one
+// architecture per program, so the whole source is built for it.
+func (d *device) arch() string {
+	if d.wgmma() {
+		return "sm_90a"
+	}
+	return fmt.Sprintf("sm_%d%d", d.ccMajor, d.ccMinor)
+}
+
+// wgmma reports whether the kernels are built for sm_90a, where the
+// warpgroup MMA kernels (kernels_wg.cu) are compiled in.
+func (d *device) wgmma() bool {
+	if d.ccMajor != 9 || d.ccMinor != 0 || os.Getenv("FMOE_CUDA_SM90A") == "0" {
+		return false
+	}
+	maj, _, err := d.nvrtcVersion()
+	return err == nil && maj >= 12
+}
 
 func (d *device) nvrtcVersion() (int, int, error) {
 	var maj, min int32

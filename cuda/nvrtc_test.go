@@ -36,6 +36,10 @@ func TestCompileOnly(t *testing.T) {
 			cur = m[1]
 			continue
 		}
+		if strings.Contains(line, "warning") {
+			t.Logf("WARNING %s: %s", cur, strings.TrimSpace(line))
+			continue
+		}
 		if strings.Contains(line, "registers") || strings.Contains(line, "spill") {
 			if strings.Contains(line, "spill") && !strings.Contains(line, "0 bytes spill stores, 0 bytes spill loads") {
 				t.Logf("SPILL %s: %s", cur, strings.TrimSpace(line))

@@ -171,6 +171,9 @@ var QMMASplitK = true
 // qmma (worker only): the tensor-core prefill GEMM, split over the columns
 // into partial sums added by qgemm_sum when the tiles are few.
 func (b *Backend) qmma(y uintptr, w *Weight, x uintptr, T int) error {
+	if b.qmmwOn() {
+		return b.qmmw(y, w, x, T)
+	}
 	name, rows := "qmma4", 64
 	if qmmaMT() == 2 {
 		name, rows = "qmma4m2"+qmmaPartsSuffix(), 128
@@ -199,6 +202,68 @@ func (b *Backend) qmma(y uintptr, w *Weight, x uintptr, T int) error {
 		return err
 	}
 	return b.d.launch(b.fn["qgemm_sum"], ewGrid(n), blk, 0, part, y, int64(n), splits)
+}
+
+// QMMAWG lets the dense prefill GEMMs and the grouped prefill experts (slots
+// of 32 pairs) run on the warpgroup MMA (qmmw4, qmmwe4, qmmwd4,
+// kernels_wg.cu: the arithmetic of qmma4m2p2, x in two bf16 parts) where the
+// kernels are built for sm_90a (Hopper with NVRTC 12 or later);
+// FMOE_CUDA_QMMA_WG=0 or 1 overrides it.
+var QMMAWG = false
+
+// qmmwOn reports whether qmma runs qmmw4.
+func (b *Backend) qmmwOn() bool {
+	on := QMMAWG
+	if v, ok := os.LookupEnv("FMOE_CUDA_QMMA_WG"); ok {
+		on = v != "0"
+	}
+	return on && b.d.wgmma()
+}
+
+// qmmw (worker only): qmma on the warpgroup MMA, 128 rows × 64 tokens a
+// block, split over the columns (64 a chunk) into partial sums added by
+// qgemm_sum when the tiles alone would not fill the GPU twice.
+func (b *Backend) qmmw(y uintptr, w *Weight, x uintptr, T int) error {
+	gx, gy := cdiv(T, 64), cdiv(w.out, 128)
+	chunks := w.in / 64
+	splits := 1
+	on := QMMASplitK
+	if v, ok := os.LookupEnv("FMOE_CUDA_QMMA_SPLIT"); ok {
+		on = v != "0"
+	}
+	if on {
+		splits = max(1, min(cdiv(2*b.d.sms, gx*gy), chunks/4))
+	}
+	kc := cdiv(chunks, splits) * 64
+	splits = cdiv(w.in, kc)
+	f := b.fn["qmmw4"]
+	lbo, sbo := qmmwOffsets()
+	if splits == 1 {
+		return b.d.launch(f, [3]int{gx, gy, 1}, [3]int{256, 1, 1}, 0, w.w, w.s, w.z, x, y, w.out, w.in, T, kc, lbo, sbo)
+	}
+	n := T * w.out
+	part, err := b.scratchBuf("gemm_part", splits*n*4)
+	if err != nil {
+		return err
+	}
+	if err := b.d.launch(f, [3]int{gx, gy, splits}, [3]int{256, 1, 1}, 0, w.w, w.s, w.z, x, part, w.out, w.in, T, kc, lbo, sbo); err != nil {
+		return err
+	}
+	return b.d.launch(b.fn["qgemm_sum"], ewGrid(n), blk, 0, part, y, int64(n), splits)
+}
+
+// qmmwLBO and qmmwSBO are the byte offsets of qmmw4's shared-memory matrix
+// descriptors (kernels_wg.cu): between the two k halves of a step's core
+// matrices, and between groups of 8 tokens.
+var qmmwLBO, qmmwSBO = 128, 256
+
+// qmmwOffsets returns qmmwLBO and qmmwSBO, exchanged with
+// FMOE_CUDA_QMMW_SWAP=1 (a diagnostic for the descriptor's layout).
+func qmmwOffsets() (int, int) {
+	if os.Getenv("FMOE_CUDA_QMMW_SWAP") == "1" {
+		return qmmwSBO, qmmwLBO
+	}
+	return qmmwLBO, qmmwSBO
 }
 
 // QMMAMT is the number of 16-row MMA tiles per warp of the dense prefill

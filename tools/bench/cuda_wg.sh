@@ -1,0 +1,52 @@
+#!/bin/sh
+# qmmw4 (the dense prefill GEMM on the warpgroup MMA, kernels_wg.cu) on the
+# GPU machine, from the repository root with the static binaries of
+# `make bench-cuda` in .devbin: the kernel-variant test (every GEMM variant
+# and the grouped MoE experts against the CPU backend), the runtime's tests on CUDA with qmmw4 on (HF
+# parity included), the GEMM micro-benchmark at 32-128 tokens against
+# qmma4m2p2, then whole-model prefill (397B shapes, EXPERTS per layer, all
+# resident) with FMOE_CUDA_QMMA_WG=0 and 1 alternated, ROUNDS times.
+set -u
+D=${DEVBIN:-$PWD/.devbin}
+OUT=${OUT:-/tmp/fmoe-bench}
+W=${WORK:-/tmp/fmoe397}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+date -u +%Y-%m-%dT%H:%MZ
+t0=$(date +%s)
+ok=1
+for swap in 0 1; do
+	echo "== check (descriptor offsets exchanged: $swap)"
+	(cd cuda && FMOE_REQUIRE_CUDA=1 FMOE_CUDA_QMMW_SWAP=$swap "$D/cuda.test" -test.run 'MatMulKernels|MoELarge' -test.count 1 -test.v 2>&1) >"$OUT/check$swap.txt"
+	grep -E "^(--- FAIL|FAIL|ok|PASS)|warpgroup|error |panic|cuda_test" "$OUT/check$swap.txt" | head -8
+	if grep -q '^ok' "$OUT/check$swap.txt"; then ok=0; break; fi
+done
+echo "== check $(( $(date +%s) - t0 )) s"
+[ "$ok" = 0 ] || exit 1
+[ "$swap" = 0 ] || { echo "qmmw4 passes only with the offsets exchanged: fix qmmwLBO/qmmwSBO"; exit 1; }
+(cd runtime && FMOE_BACKEND=cuda FMOE_CUDA_QMMA_WG=1 "$D/runtime.test" -test.count 1 -test.v 2>&1) >"$OUT/runtime.txt"
+grep -E "^(--- FAIL|FAIL|ok)|worst|HFParity" "$OUT/runtime.txt" | head -12
+(cd cuda && "$D/cuda.test" -test.run '^$' -test.bench "${BENCH:-QMatVec/T=(32|64|128)/qmma-(m2|wg)}" -test.benchtime 1x 2>&1) >"$OUT/micro.txt"
+grep -E "^Benchmark" "$OUT/micro.txt"
+[ -n "${SKIPFULL-}" ] && exit 0
+(cd cuda && "$D/cuda.test" -test.run '^$' -test.bench 'CopyD2D' -test.benchtime 2x 2>&1) >"$OUT/copy.txt"
+HBM=$(awk '/CopyD2D/ {for(i=1;i<=NF;i++) if($(i)=="GB/s") print $(i-1)}' "$OUT/copy.txt" | tail -1)
+if [ ! -f "$W/model/model_weights.json" ]; then
+	rm -rf "$W"; mkdir -p "$W"
+	"$D/fmoe" synth -o "$W/hf" --preset 397b-shape --experts "${EXPERTS:-32}" --quiet &&
+	"$D/fmoe" pack-experts "$W/hf" --bits 4 -o "$W/model/packed_experts" --quiet &&
+	"$D/fmoe" extract "$W/hf" -o "$W/model" --quiet || exit 1
+	rm -rf "$W/hf"
+fi
+echo "== model ready $(( $(date +%s) - t0 )) s; HBM $HBM GB/s"
+for r in $(seq "${ROUNDS:-2}"); do
+	for k in ${KS:-4 10}; do
+		for wg in 0 1; do
+			j=$(FMOE_CUDA_QMMA_WG=$wg "$D/fmoe" bench --model "$W/model" --backend cuda --mode full --json --hbm-gbs "$HBM" -k "$k" \
+				--prefill 128 --tokens 2 --routing uniform 2>"$OUT/err.txt")
+			echo "$j" | tr -d '\n' >>"$OUT/prefill.jsonl"; echo >>"$OUT/prefill.jsonl"
+			echo "round $r K=$k wg=$wg: $(echo "$j" | grep -oE '"prefill_(tok_s|E)": *[0-9.e+-]+' | tr -d '"\n ')" "$(tail -1 "$OUT/err.txt" | grep -i error)"
+		done
+	done
+done
+echo "== done $(( $(date +%s) - t0 )) s"
