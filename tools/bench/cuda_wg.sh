@@ -5,7 +5,8 @@
 # and the grouped MoE experts against the CPU backend), the runtime's tests on CUDA with qmmw4 on (HF
 # parity included), the GEMM micro-benchmark at 32-128 tokens against
 # qmma4m2p2, then whole-model prefill (397B shapes, EXPERTS per layer, all
-# resident) with FMOE_CUDA_QMMA_WG=0 and 1 alternated, ROUNDS times.
+# resident) with FMOE_CUDA_QMMA_WG=0 and 1 alternated, ROUNDS times, and
+# one decode pair with the kernels built for sm_90 and sm_90a.
 set -u
 D=${DEVBIN:-$PWD/.devbin}
 OUT=${OUT:-/tmp/fmoe-bench}
@@ -48,5 +49,13 @@ for r in $(seq "${ROUNDS:-2}"); do
 			echo "round $r K=$k wg=$wg: $(echo "$j" | grep -oE '"prefill_(tok_s|E)": *[0-9.e+-]+' | tr -d '"\n ')" "$(tail -1 "$OUT/err.txt" | grep -i error)"
 		done
 	done
+done
+# decode is untouched by qmmw, but the whole source now builds for sm_90a:
+# one K=4 decode pair against the sm_90 build
+[ -n "${SKIPDEC-}" ] || for a in 0 1; do
+	j=$(FMOE_CUDA_SM90A=$a "$D/fmoe" bench --model "$W/model" --backend cuda --mode full --json --hbm-gbs "$HBM" -k 4 \
+		--prefill 1 --tokens 32 --routing uniform 2>"$OUT/err.txt")
+	echo "$j" | tr -d '\n' >>"$OUT/decode.jsonl"; echo >>"$OUT/decode.jsonl"
+	echo "decode K=4 sm90a=$a: $(echo "$j" | grep -oE '"decode_(tok_s|E)": *[0-9.e+-]+' | tr -d '"\n ')" "$(tail -1 "$OUT/err.txt" | grep -i error)"
 done
 echo "== done $(( $(date +%s) - t0 )) s"
