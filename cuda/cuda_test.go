@@ -3,6 +3,7 @@ package cuda
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -449,5 +450,68 @@ func TestTraceStats(t *testing.T) {
 	}
 	if cut := firstKernels(names, 3); !slices.Equal(cut, names[:4]) {
 		t.Fatalf("first 3 kernels: %q", cut)
+	}
+}
+
+// TestQMMWLayout: qmmw4 (the warpgroup MMA GEMM) on one 128-row, 64-token
+// tile of 128 columns against the CPU backend; on a mismatch it says, for
+// the first wrong outputs, which (token, row) of the reference each one
+// equals, so that a fragment or descriptor layout error shows as a
+// permutation rather than only as an error size. Skips unless the kernels
+// are built for sm_90a.
+func TestQMMWLayout(t *testing.T) {
+	g := openOrSkip(t, Options{})
+	defer g.Close()
+	if !g.d.wgmma() {
+		t.Skip("kernels not built for sm_90a")
+	}
+	c := cpu.New()
+	defer c.Close()
+	defer func(w, s bool) { QMMAWG, QMMASplitK = w, s }(QMMAWG, QMMASplitK)
+	t.Setenv("FMOE_CUDA_QMMA_WG", "")
+	os.Unsetenv("FMOE_CUDA_QMMA_WG")
+	QMMAWG, QMMASplitK = true, false
+	r := rand.New(rand.NewPCG(31, 32))
+	const rows, cols, T = 128, 128, 64
+	wd := &runtime.WeightData{Name: "w", Out: rows, In: cols, Q: randQuant(r, 4, 64, rows, cols)}
+	gw, err := g.LoadWeight(wd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cw, err := c.LoadWeight(wd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	xv := make([]float32, T*cols)
+	for i := range xv {
+		xv[i] = 2*r.Float32() - 1
+	}
+	want := matmulOn(t, c, cw, xv, T, rows, cols)
+	got := matmulOn(t, g, gw, xv, T, rows, cols)
+	var maxRef float64
+	for _, v := range want {
+		maxRef = math.Max(maxRef, math.Abs(float64(v)))
+	}
+	bad := 0
+	for n := 0; n < T; n++ {
+		for row := 0; row < rows; row++ {
+			v := got[n*rows+row]
+			if math.Abs(float64(v-want[n*rows+row])) <= 2e-5*maxRef {
+				continue
+			}
+			if bad++; bad <= 12 {
+				at := "none"
+				for i, wv := range want {
+					if math.Abs(float64(v-wv)) <= 2e-5*maxRef {
+						at = fmt.Sprintf("token %d row %d", i/rows, i%rows)
+						break
+					}
+				}
+				t.Errorf("token %d row %d: got %g, want %g; got equals the reference at %s", n, row, v, want[n*rows+row], at)
+			}
+		}
+	}
+	if bad > 0 {
+		t.Fatalf("%d of %d outputs wrong", bad, T*rows)
 	}
 }
