@@ -19,7 +19,7 @@ ok=1
 for swap in 0 1; do
 	echo "== check (descriptor offsets exchanged: $swap)"
 	(cd cuda && FMOE_REQUIRE_CUDA=1 FMOE_CUDA_QMMW_SWAP=$swap "$D/cuda.test" -test.run 'QMMWLayout|MatMulKernels|MoELarge' -test.count 1 -test.v 2>&1) >"$OUT/check$swap.txt"
-	grep -E "^(--- FAIL|FAIL|ok|PASS)|warpgroup|error |panic|cuda_test" "$OUT/check$swap.txt" | head -8
+	grep -E "^(--- FAIL|FAIL|ok|PASS)|warpgroup|error |panic|cuda_test" "$OUT/check$swap.txt" | head -16
 	if grep -q '^ok' "$OUT/check$swap.txt"; then ok=0; break; fi
 done
 echo "== check $(( $(date +%s) - t0 )) s"
