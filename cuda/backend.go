@@ -110,6 +110,7 @@ func Open(opts Options) (*Backend, error) {
 	}
 	b := &Backend{d: d, opts: opts, allocs: map[uintptr]int{}, scr: map[string]*scratch{}}
 	err = d.do(func() error {
+		d.sm90a = d.canSM90A() && wantSM90A()
 		bin, err := d.cubin(kernelSourceDQ(opts.MaskDequant || os.Getenv("FMOE_CUDA_DQ") == "1"), opts.KernelCacheDir)
 		if err != nil {
 			return err

@@ -295,7 +295,7 @@ func TestMoELarge(t *testing.T) {
 		c.Close()
 		for _, v := range []struct {
 			split, mma bool
-			mt         int // the grouped experts' 16-row tiles per warp
+			mt         int  // the grouped experts' 16-row tiles per warp
 			parts      int  // bf16 parts of x (mt 2)
 			wg         bool // the warpgroup MMA (qmmwe4 / qmmwd4 for slots of 32 pairs, sm_90a)
 		}{{true, true, 1, 3, false}, {true, true, 2, 3, false}, {true, true, 2, 2, false}, {true, true, 2, 2, true}, {true, false, 1, 3, false}, {false, false, 1, 3, false}} {

@@ -61,26 +61,45 @@ func kernelSourceDQ(dq bool) string {
 var ErrCompile = errors.New("cuda: kernel compilation failed")
 
 // arch is the --gpu-architecture NVRTC compiles for: the device's compute
-// capability, and on 9.0 (Hopper) with NVRTC 12 or later its feature target
-// sm_90a, the one that has wgmma (kernels_wg.cu; a cubin for sm_90a runs
-// only on 9.0 devices, which is all it is built for). NVRTC takes one
-// architecture per program, so the whole source is built for it.
+// capability, or sm_90a when d.sm90a (Hopper's feature target, the one that
+// has wgmma, kernels_wg.cu; a cubin for it runs only on 9.0 devices, which
+// is all it is built for). NVRTC takes one architecture per program, so the
+// whole source is built for it.
 func (d *device) arch() string {
-	if d.wgmma() {
+	if d.sm90a {
 		return "sm_90a"
 	}
 	return fmt.Sprintf("sm_%d%d", d.ccMajor, d.ccMinor)
 }
 
-// wgmma reports whether the kernels are built for sm_90a, where the
-// warpgroup MMA kernels (kernels_wg.cu) are compiled in.
-func (d *device) wgmma() bool {
-	if d.ccMajor != 9 || d.ccMinor != 0 || os.Getenv("FMOE_CUDA_SM90A") == "0" {
+// canSM90A reports whether sm_90a can be built here: compute capability 9.0
+// and NVRTC 12 or later.
+func (d *device) canSM90A() bool {
+	if d.ccMajor != 9 || d.ccMinor != 0 {
 		return false
 	}
 	maj, _, err := d.nvrtcVersion()
 	return err == nil && maj >= 12
 }
+
+// wantSM90A: build for sm_90a when the warpgroup MMA kernels are on
+// (QMMAWG, FMOE_CUDA_QMMA_WG=1), or as FMOE_CUDA_SM90A=1 or 0 says. Until
+// those kernels are the default, the default build stays sm_90.
+func wantSM90A() bool {
+	switch os.Getenv("FMOE_CUDA_SM90A") {
+	case "1":
+		return true
+	case "0":
+		return false
+	}
+	if v, ok := os.LookupEnv("FMOE_CUDA_QMMA_WG"); ok {
+		return v != "0"
+	}
+	return QMMAWG
+}
+
+// wgmma reports whether the warpgroup MMA kernels are compiled in.
+func (d *device) wgmma() bool { return d.sm90a }
 
 func (d *device) nvrtcVersion() (int, int, error) {
 	var maj, min int32

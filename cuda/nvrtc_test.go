@@ -8,7 +8,7 @@ import (
 )
 
 // TestCompileOnly compiles the embedded kernels with NVRTC alone (no driver,
-// no GPU) for sm_90, when FMOE_NVRTC names a libnvrtc (for example one
+// no GPU) for sm_90 (sm_90a with NVRTC 12 or later), when FMOE_NVRTC names a libnvrtc (for example one
 // unpacked from a distribution package), and logs ptxas's register and spill
 // report per kernel. It catches CUDA C errors before a GPU run.
 func TestCompileOnly(t *testing.T) {
@@ -21,6 +21,8 @@ func TestCompileOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := &device{l: l, ccMajor: 9, ccMinor: 0}
+	d.sm90a = d.canSM90A() // NVRTC 12+: sm_90a, with the warpgroup MMA kernels
+	t.Logf("building for %s", d.arch())
 	log, bin, err := d.compileLog(kernelSource(), "-Xptxas=-v")
 	if err != nil {
 		t.Fatal(err)

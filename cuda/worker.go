@@ -31,6 +31,7 @@ type device struct {
 	ccMinor int
 	sms     int
 	smemOpt int
+	sm90a   bool // the kernels are built for sm_90a (nvrtc.go arch)
 
 	slots  [32]uint64  // kernel argument values (launch)
 	params [32]uintptr // pointers to slots

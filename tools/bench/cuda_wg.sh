@@ -18,7 +18,7 @@ t0=$(date +%s)
 ok=1
 for swap in 0 1; do
 	echo "== check (descriptor offsets exchanged: $swap)"
-	(cd cuda && FMOE_REQUIRE_CUDA=1 FMOE_CUDA_QMMW_SWAP=$swap "$D/cuda.test" -test.run 'QMMWLayout|MatMulKernels|MoELarge' -test.count 1 -test.v 2>&1) >"$OUT/check$swap.txt"
+	(cd cuda && FMOE_REQUIRE_CUDA=1 FMOE_CUDA_SM90A=1 FMOE_CUDA_QMMW_SWAP=$swap "$D/cuda.test" -test.run 'QMMWLayout|MatMulKernels|MoELarge' -test.count 1 -test.v 2>&1) >"$OUT/check$swap.txt"
 	grep -E "^(--- FAIL|FAIL|ok|PASS)|warpgroup|error |panic|cuda_test" "$OUT/check$swap.txt" | head -16
 	if grep -q '^ok' "$OUT/check$swap.txt"; then ok=0; break; fi
 done
@@ -27,7 +27,7 @@ echo "== check $(( $(date +%s) - t0 )) s"
 [ "$swap" = 0 ] || { echo "qmmw4 passes only with the offsets exchanged: fix qmmwLBO/qmmwSBO"; exit 1; }
 (cd runtime && FMOE_BACKEND=cuda FMOE_CUDA_QMMA_WG=1 "$D/runtime.test" -test.count 1 -test.v 2>&1) >"$OUT/runtime.txt"
 grep -E "^(--- FAIL|FAIL|ok)|worst|HFParity" "$OUT/runtime.txt" | head -12
-(cd cuda && "$D/cuda.test" -test.run '^$' -test.bench "${BENCH:-QMatVec/T=(32|64|128)/qmma-(m2|wg)}" -test.benchtime 1x 2>&1) >"$OUT/micro.txt"
+(cd cuda && FMOE_CUDA_SM90A=1 "$D/cuda.test" -test.run '^$' -test.bench "${BENCH:-QMatVec/T=(32|64|128)/qmma-(m2|wg)}" -test.benchtime 1x 2>&1) >"$OUT/micro.txt"
 grep -E "^Benchmark" "$OUT/micro.txt"
 [ -n "${SKIPFULL-}" ] && exit 0
 (cd cuda && "$D/cuda.test" -test.run '^$' -test.bench 'CopyD2D' -test.benchtime 2x 2>&1) >"$OUT/copy.txt"
@@ -50,7 +50,7 @@ for r in $(seq "${ROUNDS:-2}"); do
 		done
 	done
 done
-# decode is untouched by qmmw, but the whole source now builds for sm_90a:
+# decode is untouched by qmmw, but with it on the whole source builds for sm_90a:
 # one K=4 decode pair against the sm_90 build
 [ -n "${SKIPDEC-}" ] || for a in 0 1; do
 	j=$(FMOE_CUDA_SM90A=$a "$D/fmoe" bench --model "$W/model" --backend cuda --mode full --json --hbm-gbs "$HBM" -k 4 \
