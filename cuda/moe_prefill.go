@@ -55,7 +55,7 @@ func (b *Backend) qmmaExperts(c *expertCache, table uintptr, xt, d *Tensor, ids,
 		return true, err
 	}
 	x := xt.p + uintptr(t0*l.Hidden*4)
-	if b.qmmwOn() && nt == 4 {
+	if b.qmmwOn() && nt == 4 && os.Getenv("FMOE_CUDA_QMMAE_WG") != "0" { // =0: benchmarks, the dense GEMMs alone on qmmw4
 		return true, b.qmmwExperts(c, table, slots, x, gbuf, ubuf, hbuf, part, pw, d, t0, n, K)
 	}
 	mt, m2 := 1, ""

@@ -5,7 +5,8 @@
 # and the grouped MoE experts against the CPU backend), the runtime's tests on CUDA with qmmw4 on (HF
 # parity included), the GEMM micro-benchmark at 32-128 tokens against
 # qmma4m2p2, then whole-model prefill (397B shapes, EXPERTS per layer, all
-# resident) with FMOE_CUDA_QMMA_WG=0 and 1 alternated, ROUNDS times, and
+# resident) with FMOE_CUDA_QMMA_WG=0 and 1 alternated, ROUNDS times (WGS
+# names the settings: 0, 1, or 1e for qmmw4 with the experts on qmma), and
 # one decode pair with the kernels built for sm_90 and sm_90a.
 set -u
 D=${DEVBIN:-$PWD/.devbin}
@@ -20,7 +21,7 @@ for swap in 0 1; do
 	echo "== check (descriptor offsets exchanged: $swap)"
 	(cd cuda && FMOE_REQUIRE_CUDA=1 FMOE_CUDA_SM90A=1 FMOE_CUDA_QMMW_SWAP=$swap "$D/cuda.test" -test.run 'QMMWLayout|MatMulKernels|MoELarge' -test.count 1 -test.v 2>&1) >"$OUT/check$swap.txt"
 	grep -E "^(--- FAIL|FAIL|ok|PASS)|warpgroup|error |panic|cuda_test" "$OUT/check$swap.txt" | head -16
-	if grep -q '^ok' "$OUT/check$swap.txt"; then ok=0; break; fi
+	if grep -q '^PASS' "$OUT/check$swap.txt"; then ok=0; break; fi
 done
 echo "== check $(( $(date +%s) - t0 )) s"
 [ "$ok" = 0 ] || exit 1
@@ -42,8 +43,8 @@ fi
 echo "== model ready $(( $(date +%s) - t0 )) s; HBM $HBM GB/s"
 for r in $(seq "${ROUNDS:-2}"); do
 	for k in ${KS:-4 10}; do
-		for wg in 0 1; do
-			j=$(FMOE_CUDA_QMMA_WG=$wg "$D/fmoe" bench --model "$W/model" --backend cuda --mode full --json --hbm-gbs "$HBM" -k "$k" \
+		for wg in ${WGS:-0 1}; do
+			j=$(env FMOE_CUDA_QMMA_WG=${wg%e} $(case $wg in *e) echo FMOE_CUDA_QMMAE_WG=0;; esac) "$D/fmoe" bench --model "$W/model" --backend cuda --mode full --json --hbm-gbs "$HBM" -k "$k" \
 				--prefill 128 --tokens 2 --routing uniform 2>"$OUT/err.txt")
 			echo "$j" | tr -d '\n' >>"$OUT/prefill.jsonl"; echo >>"$OUT/prefill.jsonl"
 			echo "round $r K=$k wg=$wg: $(echo "$j" | grep -oE '"prefill_(tok_s|E)": *[0-9.e+-]+' | tr -d '"\n ')" "$(tail -1 "$OUT/err.txt" | grep -i error)"
