@@ -92,10 +92,7 @@ func wantSM90A() bool {
 	case "0":
 		return false
 	}
-	if v, ok := os.LookupEnv("FMOE_CUDA_QMMA_WG"); ok {
-		return v != "0"
-	}
-	return QMMAWG
+	return qmmwWanted()
 }
 
 // wgmma reports whether the warpgroup MMA kernels are compiled in.

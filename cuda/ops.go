@@ -211,14 +211,16 @@ func (b *Backend) qmma(y uintptr, w *Weight, x uintptr, T int) error {
 // FMOE_CUDA_QMMA_WG=0 or 1 overrides it.
 var QMMAWG = false
 
-// qmmwOn reports whether qmma runs qmmw4.
-func (b *Backend) qmmwOn() bool {
-	on := QMMAWG
+// qmmwWanted is QMMAWG as FMOE_CUDA_QMMA_WG overrides it.
+func qmmwWanted() bool {
 	if v, ok := os.LookupEnv("FMOE_CUDA_QMMA_WG"); ok {
-		on = v != "0"
+		return v != "0"
 	}
-	return on && b.d.wgmma()
+	return QMMAWG
 }
+
+// qmmwOn reports whether qmma runs qmmw4: wanted, and compiled in.
+func (b *Backend) qmmwOn() bool { return qmmwWanted() && b.d.wgmma() }
 
 // qmmw (worker only): qmma on the warpgroup MMA, 128 rows × 64 tokens a
 // block, split over the columns (64 a chunk) into partial sums added by
@@ -255,7 +257,7 @@ func (b *Backend) qmmw(y uintptr, w *Weight, x uintptr, T int) error {
 // qmmwLBO and qmmwSBO are the byte offsets of qmmw4's shared-memory matrix
 // descriptors (kernels_wg.cu): between the two k halves of a step's core
 // matrices, and between groups of 8 tokens.
-var qmmwLBO, qmmwSBO = 128, 256
+const qmmwLBO, qmmwSBO = 128, 256
 
 // qmmwOffsets returns qmmwLBO and qmmwSBO, exchanged with
 // FMOE_CUDA_QMMW_SWAP=1 (a diagnostic for the descriptor's layout).
