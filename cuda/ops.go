@@ -178,30 +178,41 @@ func (b *Backend) qmma(y uintptr, w *Weight, x uintptr, T int) error {
 	if qmmaMT() == 2 {
 		name, rows = "qmma4m2"+qmmaPartsSuffix(), 128
 	}
-	gx, gy := cdiv(w.out, rows), cdiv(T, 32)
-	chunks := w.in / 128
+	return b.splitGEMM(b.fn[name], cdiv(w.out, rows), cdiv(T, 32), 128, 128, 2, y, w, x, T)
+}
+
+// splitGEMM (worker only) launches the prefill GEMM kernel f (arguments W,
+// S, B, x, y, out, in, T, kc, then post) on gx × gy blocks of threads, its
+// columns split over blockIdx.z into slices of kc columns (whole chunks of
+// chunk columns, at least minChunks a slice) when the tiles alone would not
+// fill the GPU twice and QMMASplitK (FMOE_CUDA_QMMA_SPLIT) allows; the
+// slices' partial sums go to scratch and qgemm_sum adds them into y.
+func (b *Backend) splitGEMM(f uintptr, gx, gy, threads, chunk, minChunks int, y uintptr, w *Weight, x uintptr, T int, post ...karg) error {
+	chunks := w.in / chunk
 	splits := 1
 	on := QMMASplitK
 	if v, ok := os.LookupEnv("FMOE_CUDA_QMMA_SPLIT"); ok {
 		on = v != "0"
 	}
 	if on {
-		splits = max(1, min(cdiv(2*b.d.sms, gx*gy), chunks/2))
+		splits = max(1, min(cdiv(2*b.d.sms, gx*gy), chunks/minChunks))
 	}
-	kc := cdiv(chunks, splits) * 128
+	kc := cdiv(chunks, splits) * chunk
 	splits = cdiv(w.in, kc)
-	if splits == 1 {
-		return b.d.launch(b.fn[name], [3]int{gx, gy, 1}, [3]int{128, 1, 1}, 0, w.w, w.s, w.z, x, y, w.out, w.in, T, kc)
+	dst := y
+	if splits > 1 {
+		part, err := b.scratchBuf("gemm_part", splits*T*w.out*4)
+		if err != nil {
+			return err
+		}
+		dst = part
+	}
+	args := append([]karg{w.w, w.s, w.z, x, dst, w.out, w.in, T, kc}, post...)
+	if err := b.d.launch(f, [3]int{gx, gy, splits}, [3]int{threads, 1, 1}, 0, args...); err != nil || splits == 1 {
+		return err
 	}
 	n := T * w.out
-	part, err := b.scratchBuf("gemm_part", splits*n*4)
-	if err != nil {
-		return err
-	}
-	if err := b.d.launch(b.fn[name], [3]int{gx, gy, splits}, [3]int{128, 1, 1}, 0, w.w, w.s, w.z, x, part, w.out, w.in, T, kc); err != nil {
-		return err
-	}
-	return b.d.launch(b.fn["qgemm_sum"], ewGrid(n), blk, 0, part, y, int64(n), splits)
+	return b.d.launch(b.fn["qgemm_sum"], ewGrid(n), blk, 0, dst, y, int64(n), splits)
 }
 
 // QMMAWG lets the dense prefill GEMMs and the grouped prefill experts (slots
@@ -224,35 +235,25 @@ func (b *Backend) qmmwOn() bool { return qmmwWanted() && b.d.wgmma() }
 
 // qmmw (worker only): qmma on the warpgroup MMA, 128 rows × 64 tokens a
 // block, split over the columns (64 a chunk) into partial sums added by
-// qgemm_sum when the tiles alone would not fill the GPU twice.
+// qgemm_sum when the tiles alone would not fill the GPU twice; x is first
+// converted once into the blocks' shared-memory images (qmmw_xprep), which
+// every row tile then copies instead of converting x again.
 func (b *Backend) qmmw(y uintptr, w *Weight, x uintptr, T int) error {
-	gx, gy := cdiv(T, 64), cdiv(w.out, 128)
-	chunks := w.in / 64
-	splits := 1
-	on := QMMASplitK
-	if v, ok := os.LookupEnv("FMOE_CUDA_QMMA_SPLIT"); ok {
-		on = v != "0"
-	}
-	if on {
-		splits = max(1, min(cdiv(2*b.d.sms, gx*gy), chunks/4))
-	}
-	kc := cdiv(chunks, splits) * 64
-	splits = cdiv(w.in, kc)
-	f := b.fn["qmmw4"]
-	lbo, sbo := qmmwOffsets()
-	if splits == 1 {
-		return b.d.launch(f, [3]int{gx, gy, 1}, [3]int{256, 1, 1}, 0, w.w, w.s, w.z, x, y, w.out, w.in, T, kc, lbo, sbo)
-	}
-	n := T * w.out
-	part, err := b.scratchBuf("gemm_part", splits*n*4)
+	tiles, chunks := cdiv(T, 64), w.in/64
+	img, err := b.scratchBuf("qmmw_x", tiles*chunks*qmmwImage)
 	if err != nil {
 		return err
 	}
-	if err := b.d.launch(f, [3]int{gx, gy, splits}, [3]int{256, 1, 1}, 0, w.w, w.s, w.z, x, part, w.out, w.in, T, kc, lbo, sbo); err != nil {
+	if err := b.d.launch(b.fn["qmmw_xprep"], [3]int{chunks, tiles, 1}, [3]int{256, 1, 1}, 0, x, img, T, w.in); err != nil {
 		return err
 	}
-	return b.d.launch(b.fn["qgemm_sum"], ewGrid(n), blk, 0, part, y, int64(n), splits)
+	lbo, sbo := qmmwOffsets()
+	return b.splitGEMM(b.fn["qmmw4"], tiles, cdiv(w.out, 128), 256, 64, 4, y, w, img, T, lbo, sbo)
 }
+
+// qmmwImage is the size of one chunk image of qmmw_xprep (kernels_wg.cu
+// QMMW_IMG(64)): two bf16 parts of 64 tokens × 64 columns, and 64 sums.
+const qmmwImage = 2*64*64*2 + 64*4
 
 // qmmwLBO and qmmwSBO are the byte offsets of qmmw4's shared-memory matrix
 // descriptors (kernels_wg.cu): between the two k halves of a step's core
