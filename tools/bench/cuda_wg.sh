@@ -3,7 +3,7 @@
 # GPU machine, from the repository root with the static binaries of
 # `make bench-cuda` in .devbin: the kernel-variant test (every GEMM variant
 # and the grouped MoE experts against the CPU backend), the runtime's tests on CUDA with qmmw4 on (HF
-# parity included), the GEMM micro-benchmark at 32-128 tokens against
+# parity included; RTWG="1 0" also with it off), the GEMM micro-benchmark at 32-128 tokens against
 # qmma4m2p2, then whole-model prefill (397B shapes, EXPERTS per layer, all
 # resident) with FMOE_CUDA_QMMA_WG=0 and 1 alternated, ROUNDS times (WGS
 # names the settings: 0, 1, or 1e for qmmw4 with the experts on qmma), and
@@ -26,8 +26,11 @@ done
 echo "== check $(( $(date +%s) - t0 )) s"
 [ "$ok" = 0 ] || exit 1
 [ "$swap" = 0 ] || { echo "qmmw4 passes only with the offsets exchanged: fix qmmwLBO/qmmwSBO"; exit 1; }
-(cd runtime && FMOE_BACKEND=cuda FMOE_CUDA_QMMA_WG=1 "$D/runtime.test" -test.count 1 -test.v 2>&1) >"$OUT/runtime.txt"
-grep -E "^(--- FAIL|FAIL|ok)|worst|HFParity" "$OUT/runtime.txt" | head -12
+for wg in ${RTWG:-1}; do
+	echo "== runtime.test on CUDA, FMOE_CUDA_QMMA_WG=$wg"
+	(cd runtime && FMOE_BACKEND=cuda FMOE_CUDA_QMMA_WG=$wg "$D/runtime.test" -test.count 1 -test.v 2>&1) >"$OUT/runtime$wg.txt"
+	grep -E "^(--- FAIL|FAIL|ok|PASS)|worst|HFParity" "$OUT/runtime$wg.txt" | head -12
+done
 (cd cuda && FMOE_CUDA_SM90A=1 "$D/cuda.test" -test.run '^$' -test.bench "${BENCH:-QMatVec/T=(32|64|128)/qmma-(m2|wg)}" -test.benchtime 1x 2>&1) >"$OUT/micro.txt"
 grep -E "^Benchmark" "$OUT/micro.txt"
 [ -n "${SKIPFULL-}" ] && exit 0
