@@ -62,38 +62,45 @@ func (b *Backend) qmmaExperts(c *expertCache, table uintptr, xt, d *Tensor, ids,
 	if qmmaeMT() == 2 {
 		mt, m2 = 2, "m2"+qmmaPartsSuffix()
 	}
-	if err := b.d.launch(b.fn[fmt.Sprintf("qmmae4%s_%d", m2, nt)], [3]int{2 * l.Intermediate / (64 * mt), np, 1}, [3]int{128, 1, 1}, 0,
-		table, slots, x, gbuf, ubuf, l.Intermediate, l.Hidden, K,
-		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset); err != nil {
-		return true, err
-	}
-	if err := b.d.launch(b.fn["swiglu_f"], ewGrid(np*l.Intermediate), blk, 0, hbuf, gbuf, ubuf, int64(np*l.Intermediate)); err != nil {
-		return true, err
-	}
-	if err := b.d.launch(b.fn[fmt.Sprintf("qmmad4%s_%d", m2, nt)], [3]int{cdiv(l.Hidden, 64*mt), np, 1}, [3]int{128, 1, 1}, 0,
-		table, slots, hbuf, part, l.Hidden, l.Intermediate, l.Down.WOffset, l.Down.SOffset, l.Down.BOffset); err != nil {
-		return true, err
-	}
-	return true, b.d.launch(b.fn["moe_combine"], [3]int{cdiv(l.Hidden, 256), n, 1}, [3]int{256, 1, 1}, 0,
-		part, pw, d.p+uintptr(t0*l.Hidden*4), l.Hidden, K, 0)
+	return true, b.expertGEMMs(c, expertKernels{gu: fmt.Sprintf("qmmae4%s_%d", m2, nt), down: fmt.Sprintf("qmmad4%s_%d", m2, nt), rows: 64 * mt, threads: 128},
+		table, slots, x, gbuf, ubuf, hbuf, part, pw, d, t0, n, K)
+}
+
+// expertKernels names the grouped expert GEMMs of a prompt step: gate/up
+// (gu) and down, each block rows output rows of one slot, threads per
+// block, and the arguments both take after their own (tail).
+type expertKernels struct {
+	gu, down      string
+	rows, threads int
+	tail          []karg
 }
 
 // qmmwExperts (worker only) is the rest of qmmaExperts on the warpgroup MMA
 // (qmmwe4 / qmmwd4, kernels_wg.cu), for slots of up to 32 pairs.
 func (b *Backend) qmmwExperts(c *expertCache, table, slots, x, gbuf, ubuf, hbuf, part, pw uintptr, d *Tensor, t0, n, K int) error {
+	lbo, sbo := qmmwOffsets()
+	return b.expertGEMMs(c, expertKernels{gu: "qmmwe4", down: "qmmwd4", rows: 128, threads: 256, tail: []karg{lbo, sbo}},
+		table, slots, x, gbuf, ubuf, hbuf, part, pw, d, t0, n, K)
+}
+
+// expertGEMMs (worker only) launches a prompt step's grouped experts over
+// the slots that moe_slots numbered: gate and up of every pair into gbuf
+// and ubuf, SwiGLU into hbuf, down into part, then the combine with the
+// routing weights pw into d's rows t0..t0+n.
+func (b *Backend) expertGEMMs(c *expertCache, k expertKernels, table, slots, x, gbuf, ubuf, hbuf, part, pw uintptr, d *Tensor, t0, n, K int) error {
 	l := c.layout
 	np := n * K
-	lbo, sbo := qmmwOffsets()
-	if err := b.d.launch(b.fn["qmmwe4"], [3]int{2 * l.Intermediate / 128, np, 1}, [3]int{256, 1, 1}, 0,
-		table, slots, x, gbuf, ubuf, l.Intermediate, l.Hidden, K,
-		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset, lbo, sbo); err != nil {
+	th := [3]int{k.threads, 1, 1}
+	gu := append([]karg{table, slots, x, gbuf, ubuf, l.Intermediate, l.Hidden, K,
+		l.Gate.WOffset, l.Gate.SOffset, l.Gate.BOffset, l.Up.WOffset, l.Up.SOffset, l.Up.BOffset}, k.tail...)
+	if err := b.d.launch(b.fn[k.gu], [3]int{2 * l.Intermediate / k.rows, np, 1}, th, 0, gu...); err != nil {
 		return err
 	}
 	if err := b.d.launch(b.fn["swiglu_f"], ewGrid(np*l.Intermediate), blk, 0, hbuf, gbuf, ubuf, int64(np*l.Intermediate)); err != nil {
 		return err
 	}
-	if err := b.d.launch(b.fn["qmmwd4"], [3]int{cdiv(l.Hidden, 128), np, 1}, [3]int{256, 1, 1}, 0,
-		table, slots, hbuf, part, l.Hidden, l.Intermediate, l.Down.WOffset, l.Down.SOffset, l.Down.BOffset, lbo, sbo); err != nil {
+	down := append([]karg{table, slots, hbuf, part, l.Hidden, l.Intermediate, l.Down.WOffset, l.Down.SOffset, l.Down.BOffset}, k.tail...)
+	if err := b.d.launch(b.fn[k.down], [3]int{cdiv(l.Hidden, k.rows), np, 1}, th, 0, down...); err != nil {
 		return err
 	}
 	return b.d.launch(b.fn["moe_combine"], [3]int{cdiv(l.Hidden, 256), n, 1}, [3]int{256, 1, 1}, 0,

@@ -7,7 +7,9 @@
 # qmma4m2p2, then whole-model prefill (397B shapes, EXPERTS per layer, all
 # resident) with FMOE_CUDA_QMMA_WG=0 and 1 alternated, ROUNDS times (WGS
 # names the settings: 0, 1, or 1e for qmmw4 with the experts on qmma), and
-# one decode pair with the kernels built for sm_90 and sm_90a.
+# decode under the settings of DECAB (default: the kernels built for sm_90
+# and sm_90a). CHECKX: a regex of more cuda tests for the check; SKIPFULL:
+# no whole-model runs; SKIPDEC: no decode runs.
 set -u
 D=${DEVBIN:-$PWD/.devbin}
 OUT=${OUT:-/tmp/fmoe-bench}
@@ -23,6 +25,12 @@ for swap in 0 1; do
 	grep -E "^(--- FAIL|FAIL|ok|PASS)|warpgroup|error |panic|cuda_test" "$OUT/check$swap.txt" | head -16
 	if grep -q '^PASS' "$OUT/check$swap.txt"; then ok=0; break; fi
 done
+if [ -n "${CHECKX-}" ]; then # more cuda tests (a regex), run as they are
+	(cd cuda && FMOE_REQUIRE_CUDA=1 "$D/cuda.test" -test.run "$CHECKX" -test.count 1 -test.v 2>&1) >"$OUT/checkx.txt"
+	echo "== cuda.test -test.run '$CHECKX'"
+	grep -E "^(--- FAIL|FAIL|PASS)|panic|cuda_test|fuse_test" "$OUT/checkx.txt" | grep -v 'outputs ' | head -16
+	grep -q "^PASS" "$OUT/checkx.txt" || echo "CHECKX FAILED (measurements go on)"
+fi
 echo "== check $(( $(date +%s) - t0 )) s"
 [ "$ok" = 0 ] || exit 1
 [ "$swap" = 0 ] || { echo "qmmw4 passes only with the offsets exchanged: fix qmmwLBO/qmmwSBO"; exit 1; }
@@ -55,11 +63,19 @@ for r in $(seq "${ROUNDS:-2}"); do
 	done
 done
 # decode is untouched by qmmw, but with it on the whole source builds for sm_90a:
-# one K=4 decode pair against the sm_90 build
-[ -n "${SKIPDEC-}" ] || for a in 0 1; do
-	j=$(FMOE_CUDA_SM90A=$a "$D/fmoe" bench --model "$W/model" --backend cuda --mode full --json --hbm-gbs "$HBM" -k 4 \
-		--prefill 1 --tokens 32 --routing uniform 2>"$OUT/err.txt")
-	echo "$j" | tr -d '\n' >>"$OUT/decode.jsonl"; echo >>"$OUT/decode.jsonl"
-	echo "decode K=4 sm90a=$a: $(echo "$j" | grep -oE '"decode_(tok_s|E)": *[0-9.e+-]+' | tr -d '"\n ')" "$(tail -1 "$OUT/err.txt" | grep -i error)"
+# decode runs under the settings of DECAB (lines "label|env", default the sm_90
+# and sm_90a builds), alternated DROUNDS times, at each K of DKS
+DECAB=${DECAB:-"sm90|FMOE_CUDA_SM90A=0
+sm90a|FMOE_CUDA_SM90A=1"}
+[ -n "${SKIPDEC-}" ] || for r in $(seq "${DROUNDS:-1}"); do
+	for k in ${DKS:-4}; do
+		echo "$DECAB" | while IFS='|' read -r l e; do
+			[ -n "$l" ] || continue
+			j=$(env $e "$D/fmoe" bench --model "$W/model" --backend cuda --mode full --json --hbm-gbs "$HBM" -k "$k" \
+				--prefill 1 --tokens 32 --routing uniform 2>"$OUT/err.txt")
+			echo "$j" | tr -d '\n' | sed "s/^{/{\"label\":\"$l\",/" >>"$OUT/decode.jsonl"; echo >>"$OUT/decode.jsonl"
+			echo "decode round $r K=$k $l: $(echo "$j" | grep -oE '"decode_(tok_s|E)": *[0-9.e+-]+' | tr -d '"\n ')" "$(tail -1 "$OUT/err.txt" | grep -i error)"
+		done
+	done
 done
 echo "== done $(( $(date +%s) - t0 )) s"
