@@ -180,7 +180,7 @@ func kernelNames() []string {
 			names = append(names, "qgemm"+bits+"_"+v)
 		}
 	}
-	names = append(names, "qgemm_sum", "moe_combine", "qmvb2", "qmvb4", "qmvb8", "qmvb2o", "qmvb4o", "qmvb8o", "moe_dnc2", "moe_dnc4", "moe_dnc8", "qmma4", "qmma4m2", "qmmae4_1", "qmmad4_1", "qmmae4_2", "qmmad4_2", "qmmae4_4", "qmmad4_4", "qmmae4m2_1", "qmmad4m2_1", "qmmae4m2_2", "qmmad4m2_2", "qmmae4m2_4", "qmmad4m2_4", "moe_slots", "qmma4m2p2", "qmmae4m2p2_1", "qmmad4m2p2_1", "qmmae4m2p2_2", "qmmad4m2p2_2", "qmmae4m2p2_4", "qmmad4m2p2_4", "qmmw4", "qmmw_xprep", "qmmwe4", "qmmwd4", "step_probe", "barrier_probe")
+	names = append(names, "qgemm_sum", "moe_combine", "qmvb2", "qmvb4", "qmvb8", "qmvb2o", "qmvb4o", "qmvb8o", "moe_dnc2", "moe_dnc4", "moe_dnc8", "qmma4", "qmma4m2", "qmmae4_1", "qmmad4_1", "qmmae4_2", "qmmad4_2", "qmmae4_4", "qmmad4_4", "qmmae4m2_1", "qmmad4m2_1", "qmmae4m2_2", "qmmad4m2_2", "qmmae4m2_4", "qmmad4m2_4", "moe_slots", "qmma4m2p2", "qmmae4m2p2_1", "qmmad4m2p2_1", "qmmae4m2p2_2", "qmmad4m2p2_2", "qmmae4m2p2_4", "qmmad4m2p2_4", "qmmw4", "qmmwe4", "qmmwd4", "step_probe", "barrier_probe")
 	return append(names, qmxKernelNames()...)
 }
 

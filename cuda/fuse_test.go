@@ -445,39 +445,3 @@ func TestRouteOverride(t *testing.T) {
 	}
 	t.Fatal("the steps with the routing override equal the router's own")
 }
-
-// TestRouterOneBlock: a router of three 16-row qmxi tiles (40 experts) gives
-// the CPU backend's steps both in one block (QMXIRouterOne, the top-K after
-// a block barrier) and in three (the last block's top-K behind fences and
-// a counter), and the trace shows which grid ran.
-func TestRouterOneBlock(t *testing.T) {
-	openOrSkip(t, Options{}).Close()
-	fs := fusedSteps(t, 37, decodeCase{H: 1024, Q: 768, S: 256, E: 40, K: 4, I: 256, steps: 3})
-	cb := cpu.New()
-	want := fs.run(cb)
-	cb.Close()
-	defer func(x, xi string, one int) { QMX, QMXI, QMXIRouterOne = x, xi, one }(QMX, QMXI, QMXIRouterOne)
-	for _, k := range []string{"FMOE_CUDA_QMX", "FMOE_CUDA_QMXI", "FMOE_CUDA_ROUTER1"} {
-		t.Setenv(k, "") // the variables below decide
-		os.Unsetenv(k)
-	}
-	t.Setenv("FMOE_CUDA_TRACE", "1")
-	QMX, QMXI = "8p", "p"
-	ones := map[int]int{} // QMXIRouterOne → qmxi launches of one block
-	for _, one := range []int{0, 4} {
-		QMXIRouterOne = one
-		g := openOrSkip(t, Options{NoGraphs: true})
-		got := fs.run(g)
-		names := g.d.trace.names
-		g.Close()
-		fs.check(t, fmt.Sprintf("QMXIRouterOne %d", one), got, want, 1e-4)
-		for _, n := range names {
-			if strings.HasPrefix(n, "qmxi4_") && strings.HasSuffix(n, "/g1") {
-				ones[one]++
-			}
-		}
-	}
-	if ones[4] < ones[0]+3 { // one router launch per step
-		t.Fatalf("qmxi launches of one block: %d with the router in one block, %d without", ones[4], ones[0])
-	}
-}

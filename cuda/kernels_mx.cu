@@ -280,26 +280,23 @@ __device__ __forceinline__ int qmx_ovid(const long long* __restrict__ D) {
 }
 
 // qmx_topk (mode top-K): the last block to finish picks the experts from
-// item 0's output (sl: E floats of shared memory); a grid of one block picks
-// them after its barrier, without the fences and the counter.
+// item 0's output (sl: E floats of shared memory).
 // ovid: lane k of warp 0 holds override id k (qmx_ovid), when word 21 is set.
 __device__ __forceinline__ void qmx_topk(const long long* __restrict__ D, float* sl, int* last, int ovid) {
   const int tid = threadIdx.x;
-  const bool one = gridDim.x == 1;
-  if (!one) __threadfence();
+  __threadfence();
   __syncthreads();
-  if (!one) {
-    if (tid == 0) *last = atomicAdd((unsigned*)D[18], 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!*last) return;
+  if (tid == 0) *last = atomicAdd((unsigned*)D[18], 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (*last) {
     __threadfence();
+    if ((tid >> 5) == 0) {
+      topk_warp((const float*)D[QB_ITEM + 4], (int)D[14], (int)D[15], (int*)D[16], (float*)D[17], sl);
+      __syncwarp();
+      if (D[21] && tid < (int)D[15]) ((int*)D[16])[tid] = ovid;
+    }
+    if (tid == 0) *(unsigned*)D[18] = 0u;
   }
-  if ((tid >> 5) == 0) {
-    topk_warp((const float*)D[QB_ITEM + 4], (int)D[14], (int)D[15], (int*)D[16], (float*)D[17], sl);
-    __syncwarp();
-    if (D[21] && tid < (int)D[15]) ((int*)D[16])[tid] = ovid;
-  }
-  if (!one && tid == 0) *(unsigned*)D[18] = 0u;
 }
 
 template <int BITS, int TPR, int CPT, int U, bool PF>

@@ -96,47 +96,6 @@ __device__ __forceinline__ void wg_mma<32>(float (&d)[16], u32 a0, u32 a1, u32 a
 #endif
 }
 
-// qmmw_convert: one thread's XF float4 of x (columns 16t + 4(s0 + i) .. +3
-// of token xn of a chunk) as bf16 hi and lo parts into a chunk image at
-// base (shared or global memory: the layout above, QMMW_STEP(N) bytes a
-// step), and their sum, the sum over the token's lanes returned to all of
-// them (N = 64: lanes t of a quad; N = 32: also lane ^ 16).
-template <int N, int XF>
-__device__ __forceinline__ float qmmw_convert(const float4 (&xr)[XF], int s0, int xn, int t, unsigned char* img) {
-  constexpr int STEP = N / 8 * 256, PART = 4 * STEP;
-  unsigned char* base = img + (xn >> 3) * 256 + (xn & 7) * 16 + 4 * t;
-  float sum = 0.f;
-#pragma unroll
-  for (int i = 0; i < XF; i++) {
-    const int s = s0 + i;
-    const float r[4] = {xr[i].x, xr[i].y, xr[i].z, xr[i].w};
-    sum += (r[0] + r[1]) + (r[2] + r[3]);
-    u32 h[4], l[4];
-#pragma unroll
-    for (int e = 0; e < 4; e++) {
-      h[e] = bf16_bits(r[e]);
-      l[e] = bf16_bits(r[e] - __uint_as_float(h[e] << 16));
-    }
-    *reinterpret_cast<u32*>(base + s * STEP) = h[0] | (h[1] << 16);
-    *reinterpret_cast<u32*>(base + s * STEP + 128) = h[2] | (h[3] << 16);
-    *reinterpret_cast<u32*>(base + PART + s * STEP) = l[0] | (l[1] << 16);
-    *reinterpret_cast<u32*>(base + PART + s * STEP + 128) = l[2] | (l[3] << 16);
-  }
-  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-  sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-  if (N == 32) sum += __shfl_xor_sync(0xffffffffu, sum, 16);
-  return sum;
-}
-
-// A chunk image: both parts of N tokens × 64 columns, then the N tokens' Σx.
-#define QMMW_IMG(N) (8 * ((N) / 8 * 256) + 4 * (N))
-
-__device__ __forceinline__ void cp_async_wait_all() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_all;" ::: "memory");
-#endif
-}
-
 // QwCodes: one chunk's codes (words 2t, 2t+1 of the group) of this thread's
 // rows g and g+8, with their scales and biases.
 struct QwCodes {
@@ -151,10 +110,11 @@ struct QwCodes {
 // 8w + g, t = lane%4); N = 32: 2 (token 4w + g%4, steps 2·(g/4), +1).
 template <int N, class XR, class PUT>
 __device__ __forceinline__ void qmmw_tile(const u32* __restrict__ W, const u16* __restrict__ S, const u16* __restrict__ B, int out, int in,
-                                          int r0, XR xrow, PUT put, int k0, int k1, int lbo, int sbo, const unsigned char* __restrict__ ximg) {
+                                          int r0, XR xrow, PUT put, int k0, int k1, int lbo, int sbo) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int STEP = N / 8 * 256, PART = 4 * STEP, BUF = 2 * PART, IMG = QMMW_IMG(N), XF = N / 16;  // XF: float4 per thread per chunk
-  __shared__ __align__(128) unsigned char xs[2][IMG];  // chunk images: parts, then Σx
+  constexpr int STEP = N / 8 * 256, PART = 4 * STEP, BUF = 2 * PART, XF = N / 16;  // XF: float4 per thread per chunk
+  __shared__ __align__(128) unsigned char xs[2][BUF];
+  __shared__ float sxs[2][N];
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g = lane >> 2, t = lane & 3;
   k1 = min(k1, in);
   const int wpr = in / 8, gpr = in / 64;
@@ -176,33 +136,37 @@ __device__ __forceinline__ void qmmw_tile(const u32* __restrict__ W, const u16* 
   };
   // x: the token this thread converts and its first step
   const int xn = N == 64 ? w * 8 + g : w * 4 + (g & 3), s0 = N == 64 ? 0 : 2 * (g >> 2);
-  const float* xp = ximg == nullptr ? xrow(xn) : nullptr;
+  const float* xp = xrow(xn);
   if (xp != nullptr) xp += 16 * t + 4 * s0;
   float4 xr[XF];
   auto loadx = [&](int c0) {
 #pragma unroll
     for (int i = 0; i < XF; i++) xr[i] = xp != nullptr ? __ldg(reinterpret_cast<const float4*>(xp + c0) + i) : make_float4(0.f, 0.f, 0.f, 0.f);
   };
-  // a chunk's x into buffer buf: converted here (ximg == nullptr), or its
-  // image (qmmw_xprep) copied with cp.async
-  auto stage = [&](int buf, int c0) {
-    if (ximg != nullptr) {
-      const unsigned char* src = ximg + (size_t)(c0 / 64) * IMG;
-      for (int i = tid; i < IMG / 16; i += 256) cp_async16(xs[buf] + 16 * i, src + 16 * i);
-      cp_async_commit();
-      return;
+  auto stage = [&](int buf) {
+    unsigned char* base = xs[buf] + (xn >> 3) * 256 + (xn & 7) * 16 + 4 * t;
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < XF; i++) {
+      const int s = s0 + i;
+      const float r[4] = {xr[i].x, xr[i].y, xr[i].z, xr[i].w};
+      sum += (r[0] + r[1]) + (r[2] + r[3]);
+      u32 h[4], l[4];
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        h[e] = bf16_bits(r[e]);
+        l[e] = bf16_bits(r[e] - __uint_as_float(h[e] << 16));
+      }
+      *reinterpret_cast<u32*>(base + s * STEP) = h[0] | (h[1] << 16);
+      *reinterpret_cast<u32*>(base + s * STEP + 128) = h[2] | (h[3] << 16);
+      *reinterpret_cast<u32*>(base + PART + s * STEP) = l[0] | (l[1] << 16);
+      *reinterpret_cast<u32*>(base + PART + s * STEP + 128) = l[2] | (l[3] << 16);
     }
-    const float sum = qmmw_convert<N, XF>(xr, s0, xn, t, xs[buf]);
-    if (t == 0 && (N == 64 || g < 4)) reinterpret_cast<float*>(xs[buf] + BUF)[xn] = sum;
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    if (N == 32) sum += __shfl_xor_sync(0xffffffffu, sum, 16);
+    if (t == 0 && (N == 64 || g < 4)) sxs[buf][xn] = sum;
     fence_async_smem();
-  };
-  // before the barrier that publishes a buffer: this thread's copies landed
-  // and are visible to the tensor cores
-  auto staged = [&]() {
-    if (ximg != nullptr) {
-      cp_async_wait_all();
-      fence_async_smem();
-    }
   };
   float acc[N / 2], tacc[N / 2];
 #pragma unroll
@@ -210,10 +174,9 @@ __device__ __forceinline__ void qmmw_tile(const u32* __restrict__ W, const u16* 
   QwCodes cur, nxt;
   load(k0, cur);
   if (k0 + 64 < k1) load(k0 + 64, nxt);
-  if (ximg == nullptr) loadx(k0);
-  stage(0, k0);
-  if (ximg == nullptr && k0 + 64 < k1) loadx(k0 + 64);
-  staged();
+  loadx(k0);
+  stage(0);
+  if (k0 + 64 < k1) loadx(k0 + 64);
   __syncthreads();
   const u32 xs0 = (u32)__cvta_generic_to_shared(&xs[0][0]);
   int buf = 0;
@@ -232,7 +195,7 @@ __device__ __forceinline__ void qmmw_tile(const u32* __restrict__ W, const u16* 
 #pragma unroll
     for (int i = 0; i < N / 2; i++) wg_reg_fence(tacc[i]);
     wg_fence();
-    const u32 bb0 = xs0 + buf * IMG;
+    const u32 bb0 = xs0 + buf * BUF;
 #pragma unroll
     for (int p = 0; p < 2; p++)
 #pragma unroll
@@ -241,8 +204,8 @@ __device__ __forceinline__ void qmmw_tile(const u32* __restrict__ W, const u16* 
     // while the tensor cores work: the next chunk's x into the other
     // buffer (its readers finished before the last barrier), and the loads
     // of the chunk after it
-    if (c0 + 64 < k1) stage(buf ^ 1, c0 + 64);
-    if (ximg == nullptr && c0 + 128 < k1) loadx(c0 + 128);
+    if (c0 + 64 < k1) stage(buf ^ 1);
+    if (c0 + 128 < k1) loadx(c0 + 128);
     cur = nxt;
     if (c0 + 128 < k1) load(c0 + 128, nxt);
     wg_wait0();
@@ -250,14 +213,12 @@ __device__ __forceinline__ void qmmw_tile(const u32* __restrict__ W, const u16* 
     for (int i = 0; i < N / 2; i++) wg_reg_fence(tacc[i]);
 #pragma unroll
     for (int j = 0; j < N / 8; j++) {
-      const float* sx = reinterpret_cast<const float*>(xs[buf] + BUF);
-      const float x0 = sx[8 * j + 2 * t], x1 = sx[8 * j + 2 * t + 1];
+      const float x0 = sxs[buf][8 * j + 2 * t], x1 = sxs[buf][8 * j + 2 * t + 1];
       acc[4 * j + 0] = fmaf(fsa, tacc[4 * j + 0], fmaf(fba, x0, acc[4 * j + 0]));
       acc[4 * j + 1] = fmaf(fsa, tacc[4 * j + 1], fmaf(fba, x1, acc[4 * j + 1]));
       acc[4 * j + 2] = fmaf(fsb, tacc[4 * j + 2], fmaf(fbb, x0, acc[4 * j + 2]));
       acc[4 * j + 3] = fmaf(fsb, tacc[4 * j + 3], fmaf(fbb, x1, acc[4 * j + 3]));
     }
-    staged();
     __syncthreads();
   }
 #pragma unroll
@@ -272,37 +233,20 @@ __device__ __forceinline__ void qmmw_tile(const u32* __restrict__ W, const u16* 
 #endif
 }
 
-// qmmw_xprep: x[T, in] as qmmw4's chunk images: tile n (64 tokens, zeros
-// past T), chunk c (64 columns) at img + (n·in/64 + c)·QMMW_IMG(64); block
-// (c, n), threads as qmmw_tile converts them.
-extern "C" __global__ void __launch_bounds__(256) qmmw_xprep(const float* __restrict__ x, unsigned char* __restrict__ img, int T, int in) {
-  pdl_wait();
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int c0 = blockIdx.x * 64, xn = w * 8 + g, tok = blockIdx.y * 64 + xn;
-  float4 xr[4];
-#pragma unroll
-  for (int i = 0; i < 4; i++)
-    xr[i] = tok < T ? __ldg(reinterpret_cast<const float4*>(x + (size_t)tok * in + c0 + 16 * t) + i) : make_float4(0.f, 0.f, 0.f, 0.f);
-  unsigned char* dst = img + ((size_t)blockIdx.y * (in / 64) + blockIdx.x) * QMMW_IMG(64);
-  const float sum = qmmw_convert<64, 4>(xr, 0, xn, t, dst);
-  if (t == 0) reinterpret_cast<float*>(dst + 8 * (64 / 8 * 256))[xn] = sum;
-}
-
-// qmmw4: y[T, out] = x·Wᵀ, block (64-token tile, 128-row tile, k split z)
-// from x's chunk images (qmmw_xprep): columns [z·kc, (z+1)·kc) go to y +
-// z·T·out (qgemm_sum adds the splits).
+// qmmw4: y[T, out] = x·Wᵀ, block (64-token tile, 128-row tile, k split z):
+// columns [z·kc, (z+1)·kc) go to y + z·T·out (qgemm_sum adds the splits).
 extern "C" __global__ void __launch_bounds__(256, 2) qmmw4(const u32* __restrict__ W, const u16* __restrict__ S, const u16* __restrict__ B,
-                                                            const unsigned char* __restrict__ ximg, float* __restrict__ y, int out, int in, int T,
-                                                            int kc, int lbo, int sbo) {
+                                                            const float* __restrict__ x, float* __restrict__ y, int out, int in, int T, int kc,
+                                                            int lbo, int sbo) {
   pdl_wait();
   const int n0 = blockIdx.x * 64;
   float* yz = y + (size_t)blockIdx.z * T * out;
   qmmw_tile<64>(
-      W, S, B, out, in, blockIdx.y * 128, [&](int) { return (const float*)nullptr; },
+      W, S, B, out, in, blockIdx.y * 128, [&](int i) { return n0 + i < T ? x + (size_t)(n0 + i) * in : (const float*)nullptr; },
       [&](int i, int row, float v) {
         if (n0 + i < T) yz[(size_t)(n0 + i) * out + row] = v;
       },
-      blockIdx.z * kc, (blockIdx.z + 1) * kc, lbo, sbo, ximg + (size_t)blockIdx.x * (in / 64) * QMMW_IMG(64));
+      blockIdx.z * kc, (blockIdx.z + 1) * kc, lbo, sbo);
 }
 
 // qmmwe4 / qmmwd4: the grouped prefill experts (qmmae4m2p2_4 / qmmad4m2p2_4,
@@ -322,7 +266,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) qmmwe4(QMMAE_ARGS, int lbo,
       [&](int i, int row, float v) {
         if (i < n) dst[(size_t)sl[2 + i] * I + row] = v;
       },
-      0, Hd, lbo, sbo, nullptr);
+      0, Hd, lbo, sbo);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2) qmmwd4(QMMAD_ARGS, int lbo, int sbo) {
@@ -337,5 +281,5 @@ extern "C" __global__ void __launch_bounds__(256, 2) qmmwd4(QMMAD_ARGS, int lbo,
       [&](int i, int row, float v) {
         if (i < n) part[(size_t)sl[2 + i] * Hd + row] = v;
       },
-      0, I, lbo, sbo, nullptr);
+      0, I, lbo, sbo);
 }

@@ -235,25 +235,11 @@ func (b *Backend) qmmwOn() bool { return qmmwWanted() && b.d.wgmma() }
 
 // qmmw (worker only): qmma on the warpgroup MMA, 128 rows × 64 tokens a
 // block, split over the columns (64 a chunk) into partial sums added by
-// qgemm_sum when the tiles alone would not fill the GPU twice; x is first
-// converted once into the blocks' shared-memory images (qmmw_xprep), which
-// every row tile then copies instead of converting x again.
+// qgemm_sum when the tiles alone would not fill the GPU twice.
 func (b *Backend) qmmw(y uintptr, w *Weight, x uintptr, T int) error {
-	tiles, chunks := cdiv(T, 64), w.in/64
-	img, err := b.scratchBuf("qmmw_x", tiles*chunks*qmmwImage)
-	if err != nil {
-		return err
-	}
-	if err := b.d.launch(b.fn["qmmw_xprep"], [3]int{chunks, tiles, 1}, [3]int{256, 1, 1}, 0, x, img, T, w.in); err != nil {
-		return err
-	}
 	lbo, sbo := qmmwOffsets()
-	return b.splitGEMM(b.fn["qmmw4"], tiles, cdiv(w.out, 128), 256, 64, 4, y, w, img, T, lbo, sbo)
+	return b.splitGEMM(b.fn["qmmw4"], cdiv(T, 64), cdiv(w.out, 128), 256, 64, 4, y, w, x, T, lbo, sbo)
 }
-
-// qmmwImage is the size of one chunk image of qmmw_xprep (kernels_wg.cu
-// QMMW_IMG(64)): two bf16 parts of 64 tokens × 64 columns, and 64 sums.
-const qmmwImage = 2*64*64*2 + 64*4
 
 // qmmwLBO and qmmwSBO are the byte offsets of qmmw4's shared-memory matrix
 // descriptors (kernels_wg.cu): between the two k halves of a step's core

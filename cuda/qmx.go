@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"unsafe"
 )
@@ -349,19 +348,6 @@ var QMXIDynamic = true
 
 func qmxiDynamic() bool { return envChoice("FMOE_CUDA_QMXI_DYN", "1", "0", QMXIDynamic) }
 
-// QMXIRouterOne runs a router of at most this many 16-row tiles (the
-// synthetic 397B checkpoint's 32 experts: 2) in one qmxi block; 0: as many
-// blocks as tiles. FMOE_CUDA_ROUTER1=n overrides it.
-var QMXIRouterOne = 0
-
-func qmxiRouterOne() int {
-	n := QMXIRouterOne
-	if v, ok := os.LookupEnv("FMOE_CUDA_ROUTER1"); ok {
-		n, _ = strconv.Atoi(v)
-	}
-	return n
-}
-
 // qmxPersistent (worker only) uploads D and launches kernel name with a
 // persistent grid: as many blocks as fit on the GPU at once, at most tiles.
 func (b *Backend) qmxPersistent(D *[qbWords]uint64, name string, threads, smem, tiles int) error {
@@ -458,11 +444,6 @@ func (b *Backend) qmxiLaunch(bt *fBatch, D *[qbWords]uint64, smem int) (bool, er
 	}
 	tiles := qmxTileWords(bt, D, 16) // the MMA's 16 rows
 	smem += 4*w0.in + 4*(w0.in/64)   // x's parts and Σx per group
-	if D[3]&8 != 0 && tiles <= qmxiRouterOne() {
-		// the router in one block: its tiles one after another, the top-K
-		// after a block barrier instead of a grid's fences and counter
-		return true, b.qmxPersistent(D, fmt.Sprintf("qmxi4_%d_%d%s", nw, gw, v), 32*nw, smem, 1)
-	}
 	if qmxiDynamic() {
 		// one counter for every qmxi launch: they run one after another,
 		// and each launch's last grab resets it (kernels_mxi.cu)
