@@ -34,3 +34,14 @@ func checkDir(path, what string) error {
 	}
 	return nil
 }
+
+// firstErr returns the first of errs that is not nil: a command's checks,
+// in the order their messages should come.
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -74,27 +74,15 @@ EXAMPLES:
 ` + exitCodesHelp,
 		Flags: flags,
 		Before: func(c *cli.Context) error {
-			args, err := parseInterspersed(c, flags)
+			arg, err := oneArg(c, flags, "extract takes one checkpoint directory")
 			if err != nil {
-				return usageError{err}
+				return err
 			}
-			if len(args) != 1 {
-				return usagef("extract takes one checkpoint directory (got %d arguments)", len(args))
-			}
-			o.src = args[0]
+			o.src = arg
 			if o.out == "" {
 				return usagef("extract needs -o DIR")
 			}
-			if err := checkHFQuant(o.hf.Bits, o.hf.GroupSize); err != nil {
-				return err
-			}
-			if err := checkJobs(o.jobs); err != nil {
-				return err
-			}
-			if err := checkDir(o.src, "checkpoint directory"); err != nil {
-				return err
-			}
-			return nil
+			return firstErr(checkHFQuant(o.hf.Bits, o.hf.GroupSize), checkJobs(o.jobs), checkDir(o.src, "checkpoint directory"))
 		},
 		Action: func(c *cli.Context) error { return runExtract(c.Context, &o, c.App.Writer, c.App.ErrWriter) },
 	}

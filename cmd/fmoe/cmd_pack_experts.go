@@ -74,14 +74,11 @@ EXAMPLES:
 ` + exitCodesHelp,
 		Flags: flags,
 		Before: func(c *cli.Context) error {
-			args, err := parseInterspersed(c, flags)
+			arg, err := oneArg(c, flags, "pack-experts takes one checkpoint directory")
 			if err != nil {
-				return usageError{err}
+				return err
 			}
-			if len(args) != 1 {
-				return usagef("pack-experts takes one checkpoint directory (got %d arguments)", len(args))
-			}
-			o.src = args[0]
+			o.src = arg
 			if o.out == "" {
 				return usagef("pack-experts needs -o DIR")
 			}
@@ -96,13 +93,7 @@ EXAMPLES:
 			if o.opts.Layout != formats.PackLayoutExpert && o.opts.Layout != formats.PackLayoutLayer {
 				return usagef("--layout %q: want expert or layer", o.opts.Layout)
 			}
-			if err := checkJobs(o.run.Jobs); err != nil {
-				return err
-			}
-			if err := checkDir(o.src, "checkpoint directory"); err != nil {
-				return err
-			}
-			return nil
+			return firstErr(checkJobs(o.run.Jobs), checkDir(o.src, "checkpoint directory"))
 		},
 		Action: func(c *cli.Context) error { return runPackExperts(c.Context, &o, c.App.Writer, c.App.ErrWriter) },
 	}

@@ -66,14 +66,11 @@ EXAMPLES:
 		Flags: flags,
 		Before: func(c *cli.Context) error {
 			// Flags may follow the input directory (fmoe requant IN -o OUT).
-			args, err := parseInterspersed(c, flags)
+			arg, err := oneArg(c, flags, "requant takes one input directory")
 			if err != nil {
-				return usageError{err}
+				return err
 			}
-			if len(args) != 1 {
-				return usagef("requant takes one input directory (got %d arguments)", len(args))
-			}
-			o.opts.In = args[0]
+			o.opts.In = arg
 			if o.opts.Out == "" {
 				return usagef("requant needs -o DIR")
 			}
@@ -146,6 +143,20 @@ func expertSize4(res *requant.Result) int64 {
 		return 0
 	}
 	return res.BytesIn / int64(res.Report.Experts)
+}
+
+// oneArg parses c's arguments, flags allowed after them (parseInterspersed),
+// and returns the one positional argument; takes is how the usage error
+// names it ("verify takes one directory").
+func oneArg(c *cli.Context, flags []cli.Flag, takes string) (string, error) {
+	args, err := parseInterspersed(c, flags)
+	if err != nil {
+		return "", usageError{err}
+	}
+	if len(args) != 1 {
+		return "", usagef("%s (got %d arguments)", takes, len(args))
+	}
+	return args[0], nil
 }
 
 // parseInterspersed parses flags that follow positional arguments (urfave/cli

@@ -65,14 +65,11 @@ EXAMPLES:
 		Before: func(c *cli.Context) error {
 			// Flags may follow the text (fmoe tokenize "text" --ids); a text
 			// that starts with "-" goes after "--".
-			args, err := parseInterspersed(c, flags)
+			arg, err := oneArg(c, flags, "tokenize takes one text argument or - for stdin")
 			if err != nil {
-				return usageError{err}
+				return err
 			}
-			if len(args) != 1 {
-				return usagef("tokenize takes one text argument or - for stdin (got %d arguments)", len(args))
-			}
-			o.text = args[0]
+			o.text = arg
 			if o.model == "" {
 				return usagef("tokenize needs --model DIR")
 			}

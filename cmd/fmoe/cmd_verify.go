@@ -56,21 +56,12 @@ EXAMPLES:
 ` + exitCodesHelp,
 		Flags: flags,
 		Before: func(c *cli.Context) error {
-			args, err := parseInterspersed(c, flags)
+			arg, err := oneArg(c, flags, "verify takes one directory")
 			if err != nil {
-				return usageError{err}
-			}
-			if len(args) != 1 {
-				return usagef("verify takes one directory (got %d arguments)", len(args))
-			}
-			o.dir = args[0]
-			if err := checkJobs(o.opts.Jobs); err != nil {
 				return err
 			}
-			if err := checkDir(o.dir, "directory"); err != nil {
-				return err
-			}
-			return nil
+			o.dir = arg
+			return firstErr(checkJobs(o.opts.Jobs), checkDir(o.dir, "directory"))
 		},
 		Action: func(c *cli.Context) error { return runVerify(c.Context, &o, c.App.Writer, c.App.ErrWriter) },
 	}
