@@ -159,14 +159,7 @@ func TestMatMulKernels(t *testing.T) {
 		for _, sh := range []struct{ rows, cols, group int }{{100, 512, 64}, {37, 256, 32}, {300, 4096, 64}, {64, 96, 32}, {130, 1024, 64}} {
 			q := randQuant(r, bits, sh.group, sh.rows, sh.cols)
 			wd := &runtime.WeightData{Name: "w", Out: sh.rows, In: sh.cols, Q: q}
-			gw, err := g.LoadWeight(wd)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cw, err := c.LoadWeight(wd)
-			if err != nil {
-				t.Fatal(err)
-			}
+			gw, cw := loadOn(t, g, wd), loadOn(t, c, wd)
 			for _, T := range []int{1, 3, 8, 17, 40, 77} {
 				xv := make([]float32, T*sh.cols)
 				for i := range xv {
@@ -214,6 +207,16 @@ func TestMatMulKernels(t *testing.T) {
 			}
 		}
 	}
+}
+
+// loadOn loads wd on be, failing t on an error.
+func loadOn(t *testing.T, be runtime.Backend, wd *runtime.WeightData) runtime.Weight {
+	t.Helper()
+	w, err := be.LoadWeight(wd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
 }
 
 func matmulOn(t *testing.T, be runtime.Backend, w runtime.Weight, xv []float32, T, rows, cols int) []float32 {
@@ -474,14 +477,7 @@ func TestQMMWLayout(t *testing.T) {
 	r := rand.New(rand.NewPCG(31, 32))
 	const rows, cols, T = 128, 128, 64
 	wd := &runtime.WeightData{Name: "w", Out: rows, In: cols, Q: randQuant(r, 4, 64, rows, cols)}
-	gw, err := g.LoadWeight(wd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cw, err := c.LoadWeight(wd)
-	if err != nil {
-		t.Fatal(err)
-	}
+	gw, cw := loadOn(t, g, wd), loadOn(t, c, wd)
 	xv := make([]float32, T*cols)
 	for i := range xv {
 		xv[i] = 2*r.Float32() - 1
