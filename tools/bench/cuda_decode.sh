@@ -24,17 +24,7 @@ if [ -z "${SKIPCHECK-}" ]; then
 	(cd runtime && FMOE_BACKEND=cuda "$D/runtime.test" -test.count 1 2>&1 | tail -4)
 	echo "== check $(( $(date +%s) - t0 )) s"
 fi
-(cd cuda && "$D/cuda.test" -test.run '^$' -test.bench 'Copy' -test.benchtime 2x 2>&1) >"$OUT/copy.txt"
-HBM=$(awk '/CopyD2D/ {for(i=1;i<=NF;i++) if($(i)=="GB/s") print $(i-1)}' "$OUT/copy.txt" | tail -1)
-H2D=$(awk '/CopyH2D/ {for(i=1;i<=NF;i++) if($(i)=="GB/s") print $(i-1)}' "$OUT/copy.txt" | tail -1)
-if [ ! -f "$W/model/model_weights.json" ]; then
-	rm -rf "$W"; mkdir -p "$W"
-	"$D/fmoe" synth -o "$W/hf" --preset 397b-shape --experts "${EXPERTS:-32}" --quiet &&
-	"$D/fmoe" pack-experts "$W/hf" --bits 4 -o "$W/model/packed_experts" --quiet &&
-	"$D/fmoe" extract "$W/hf" -o "$W/model" --quiet || exit 1
-	rm -rf "$W/hf"
-fi
-echo "== model ready $(( $(date +%s) - t0 )) s; HBM $HBM GB/s, H2D $H2D GB/s"
+. "$(dirname "$0")/cuda_model.sh" # HBM, H2D; the model in $W/model
 bench() { # label, env, flags
 	l=$1; e=$2; shift 2
 	echo "== $l" >>"$OUT/decode.err"

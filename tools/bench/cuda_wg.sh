@@ -42,16 +42,7 @@ done
 (cd cuda && FMOE_CUDA_SM90A=1 "$D/cuda.test" -test.run '^$' -test.bench "${BENCH:-QMatVec/T=(32|64|128)/qmma-(m2|wg)}" -test.benchtime 1x 2>&1) >"$OUT/micro.txt"
 grep -E "^Benchmark" "$OUT/micro.txt"
 [ -n "${SKIPFULL-}" ] && exit 0
-(cd cuda && "$D/cuda.test" -test.run '^$' -test.bench 'CopyD2D' -test.benchtime 2x 2>&1) >"$OUT/copy.txt"
-HBM=$(awk '/CopyD2D/ {for(i=1;i<=NF;i++) if($(i)=="GB/s") print $(i-1)}' "$OUT/copy.txt" | tail -1)
-if [ ! -f "$W/model/model_weights.json" ]; then
-	rm -rf "$W"; mkdir -p "$W"
-	"$D/fmoe" synth -o "$W/hf" --preset 397b-shape --experts "${EXPERTS:-32}" --quiet &&
-	"$D/fmoe" pack-experts "$W/hf" --bits 4 -o "$W/model/packed_experts" --quiet &&
-	"$D/fmoe" extract "$W/hf" -o "$W/model" --quiet || exit 1
-	rm -rf "$W/hf"
-fi
-echo "== model ready $(( $(date +%s) - t0 )) s; HBM $HBM GB/s"
+. "$(dirname "$0")/cuda_model.sh" # HBM, H2D; the model in $W/model
 for r in $(seq "${ROUNDS:-2}"); do
 	for k in ${KS:-4 10}; do
 		for wg in ${WGS:-0 1}; do
